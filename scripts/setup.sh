@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Sets up everything sglang-msa needs on a fresh Debian machine (no GPU needed), idempotently:
+#   1. Debian packages: FFmpeg 5.1 dev libraries + clang/libclang + pkg-config (Rust build of smg_rs),
+#      the ffmpeg CLI (test fixtures, sample video).
+#   2. A Python venv OUTSIDE the clone (default ~/.cache/sglang-msa/venv) with the pinned host stack
+#      from constraints.txt (SGLang 0.5.17, torch 2.11.0, Triton 3.6.0). Re-synced only when
+#      constraints.txt changes (stamp file), so repeated runs and CI re-runs take seconds.
+#   3. `pip install .` of this repository into that venv (maturin builds smg_rs; the cargo target
+#      directory is cached outside the clone as well).
+# Prints the venv's python path on its last line. Variables: SGLANG_MSA_CACHE, SGLANG_MSA_VENV, PYTHON.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${SGLANG_MSA_CACHE:-$HOME/.cache/sglang-msa}"
+VENV="${SGLANG_MSA_VENV:-$CACHE/venv}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+log() { echo "[setup] $*" >&2; }
+
+# --- 1. system packages ---------------------------------------------------------------------------
+APT_PKGS=(pkg-config clang libclang-dev ffmpeg libavcodec-dev libavformat-dev libavutil-dev
+          libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev python3-venv)
+missing=()
+for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  log "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+  [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+fi
+command -v cargo >/dev/null 2>&1 || { log "error: no Rust toolchain (cargo) found; install Rust >= 1.80 (rustup)"; exit 1; }
+
+# --- 2. the venv with the pinned host stack --------------------------------------------------------
+PY="${PYTHON:-python3}"
+"$PY" -c 'import sys; assert sys.version_info >= (3, 10), sys.version' \
+  || { log "error: Python >= 3.10 is required"; exit 1; }
+stamp_want="$(cat "$ROOT/constraints.txt" | sha256sum | cut -c1-16)"
+stamp_file="$VENV/.sglang-msa-stamp"
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating venv $VENV"
+  mkdir -p "$(dirname "$VENV")"
+  "$PY" -m venv "$VENV"
+fi
+if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp_want" ]; then
+  log "installing the host stack into $VENV (first time: ~10 min, ~9 GB; SGLang pulls torch's CUDA build)"
+  "$VENV/bin/python" -m pip install -q -U pip >&2
+  "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" \
+    sglang torch triton transformers numpy pytest maturin aiohttp matplotlib >&2
+  echo "$stamp_want" > "$stamp_file"
+fi
+
+# --- 3. this repository ----------------------------------------------------------------------------
+log "building and installing sglang-msa (maturin; cargo target dir $CARGO_TARGET_DIR)"
+"$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation --force-reinstall "$ROOT" >&2
+echo "$VENV/bin/python"

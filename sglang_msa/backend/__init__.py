@@ -1,0 +1,1 @@
+"""The ``msa`` SGLang attention backend."""
