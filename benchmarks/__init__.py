@@ -1,0 +1,1 @@
+"""Benchmarks of sglang-msa (serving A/B client, kernel micro-benchmarks); results go to results/."""
