@@ -1,0 +1,13 @@
+"""MSA indexer: per (index head, query token) top-k key blocks by pooled q·k score.
+
+`indexer_prefill` (fused, one kernel) for extend batches; `IndexerDecode` (plan/run, CUDA-graph
+capturable) and `indexer_decode` for decode. `naive` holds the fp32 torch reference. The selection
+rules are in README.md.
+"""
+
+from .decode import IndexerDecode, indexer_decode
+from .naive import naive_indexer_decode, naive_indexer_prefill
+from .prefill import indexer_prefill
+
+__all__ = ["IndexerDecode", "indexer_decode", "indexer_prefill", "naive_indexer_decode",
+           "naive_indexer_prefill"]

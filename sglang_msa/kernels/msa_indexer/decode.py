@@ -1,0 +1,209 @@
+"""Decode indexer: split-K block scores over the paged index-K cache, then a small top-k kernel.
+
+Stage 1 (grid: splits x requests): each program scores a contiguous range of one request's key
+blocks for all index heads at once (one [H_PAD, BLOCK_SIZE] dot per block, K read once) and writes
+the raw pooled scores to a workspace [H, max_batch, max_blocks]. The split count only depends on the
+batch size, so the grid is static under a CUDA graph; programs past a short request's end exit.
+Stage 2 (grid: heads x requests): forced blocks + top-k over the row of <= max_blocks scores, by
+repeated "largest order key below the previous one" selection, chunk by chunk.
+
+Host API (FlashInfer style): `IndexerDecode(...).plan(max_batch, max_context_len, device)` does all
+allocation once; `run(..., out=)` only launches (no sync, no allocation when `out` is given).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import (
+    INT64_MAX,
+    INT64_MIN,
+    LOG2E,
+    check_common,
+    force_scores,
+    key_block_id,
+    order_key,
+    score_block,
+    store_sorted_ids,
+)
+
+
+@triton.jit
+def _decode_block_scores_kernel(
+    q_ptr, k_ptr, r2t_ptr, pool_idx_ptr, seq_lens_ptr, ws_ptr,
+    num_heads, sm_scale,
+    stride_q_b, stride_q_h, stride_k_s, stride_r2t, stride_ws_h, stride_ws_b,
+    HEAD_DIM: tl.constexpr, H_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    SCORE_TYPE: tl.constexpr, CONTIGUOUS_BLOCKS: tl.constexpr, IEEE_DOT: tl.constexpr,
+):
+    i_s, i_b = tl.program_id(0), tl.program_id(1)
+    seq_len = tl.load(seq_lens_ptr + i_b).to(tl.int32)
+    n_blocks = tl.cdiv(seq_len, BLOCK_SIZE)
+    per_split = tl.cdiv(n_blocks, tl.num_programs(0))
+    blk_lo = i_s * per_split
+    blk_hi = tl.minimum(blk_lo + per_split, n_blocks)
+    if blk_lo >= blk_hi:
+        return
+    pool_idx = tl.load(pool_idx_ptr + i_b).to(tl.int64)
+    r2t_row_ptr = r2t_ptr + pool_idx * stride_r2t
+    scale = sm_scale * LOG2E
+
+    o_h = tl.arange(0, H_PAD)
+    o_d = tl.arange(0, HEAD_DIM)
+    m_h = o_h < num_heads
+    p_q = q_ptr + i_b.to(tl.int64) * stride_q_b + o_h[:, None] * stride_q_h + o_d[None, :]
+    b_q = tl.load(p_q, mask=m_h[:, None], other=0.0)
+    q_pos = tl.full([H_PAD], 0, tl.int32) + (seq_len - 1)
+    p_ws = ws_ptr + o_h.to(tl.int64) * stride_ws_h + i_b.to(tl.int64) * stride_ws_b
+    # only the request's last block can be partial
+    for i_blk in range(blk_lo, tl.minimum(blk_hi, n_blocks - 1)):
+        b_pool = score_block(b_q, k_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
+                             HEAD_DIM, BLOCK_SIZE, SCORE_TYPE, CONTIGUOUS_BLOCKS, False, IEEE_DOT)
+        tl.store(p_ws + i_blk, b_pool, mask=m_h)
+    if blk_hi == n_blocks:
+        i_blk = n_blocks - 1
+        b_pool = score_block(b_q, k_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
+                             HEAD_DIM, BLOCK_SIZE, SCORE_TYPE, CONTIGUOUS_BLOCKS, True, IEEE_DOT)
+        tl.store(p_ws + i_blk, b_pool, mask=m_h)
+
+
+@triton.jit
+def _decode_topk_kernel(
+    ws_ptr, seq_lens_ptr, out_ptr, init_blocks, local_blocks,
+    stride_ws_h, stride_ws_b, stride_o_h, stride_o_b,
+    BLOCK_SIZE: tl.constexpr, TOPK: tl.constexpr, TOPK_PAD: tl.constexpr, CHUNK: tl.constexpr,
+):
+    i_h, i_b = tl.program_id(0), tl.program_id(1)
+    seq_len = tl.load(seq_lens_ptr + i_b).to(tl.int32)
+    n_blocks = tl.cdiv(seq_len, BLOCK_SIZE)
+    p_ws = ws_ptr + i_h.to(tl.int64) * stride_ws_h + i_b.to(tl.int64) * stride_ws_b
+    o_j = tl.arange(0, TOPK_PAD)
+    b_best = tl.full([TOPK_PAD], INT64_MIN, tl.int64)
+    for c0 in range(0, n_blocks, CHUNK):
+        o_c = c0 + tl.arange(0, CHUNK)
+        m_c = o_c < n_blocks
+        b_s = tl.load(p_ws + o_c, mask=m_c, other=0.0)
+        b_key = order_key(force_scores(b_s, o_c, n_blocks, init_blocks, local_blocks), o_c)
+        b_key = tl.where(m_c, b_key, INT64_MIN)
+        # top-k of (this chunk + the best so far): take the largest key below the previous pick
+        b_new = tl.full([TOPK_PAD], INT64_MIN, tl.int64)
+        prev = tl.full([], INT64_MAX, tl.int64)
+        for t in tl.static_range(TOPK):
+            pick = tl.maximum(tl.max(tl.where(b_key < prev, b_key, INT64_MIN), axis=0),
+                              tl.max(tl.where(b_best < prev, b_best, INT64_MIN), axis=0))
+            b_new = tl.where(o_j == t, pick, b_new)
+            prev = pick
+        b_best = b_new
+    m_valid = b_best != INT64_MIN
+    p_out = out_ptr + i_h.to(tl.int64) * stride_o_h + i_b.to(tl.int64) * stride_o_b
+    store_sorted_ids(p_out + tl.zeros([1], tl.int64), key_block_id(b_best)[None, :],
+                     m_valid[None, :], tl.full([1], 1, tl.int1), TOPK)
+
+
+class IndexerDecode:
+    """Decode indexer with a plan/run split (CUDA-graph capturable run).
+
+    Fixed per layer config goes to the constructor; `plan` sizes the workspace for the largest
+    batch and context it will see; `run` writes int32 [H_idx, B, topk] block ids (ascending,
+    -1 padded) into `out`. Every seq_len passed to `run` must be <= the planned max_context_len.
+    """
+
+    def __init__(self, *, num_heads: int, head_dim: int, block_size: int, topk: int,
+                 init_blocks: int, local_blocks: int, score_type: str = "max",
+                 sm_scale: Optional[float] = None, page_size: int = 1,
+                 programs_per_sm: int = 8, num_warps: int = 4, num_stages: int = 3):
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.block_size, self.topk = block_size, topk
+        self.init_blocks, self.local_blocks = init_blocks, local_blocks
+        self.score_type = score_type
+        self.sm_scale = head_dim**-0.5 if sm_scale is None else sm_scale
+        self.contiguous_blocks = page_size % block_size == 0
+        self.programs_per_sm = programs_per_sm
+        self.num_warps, self.num_stages = num_warps, num_stages
+        self.workspace: Optional[torch.Tensor] = None
+
+    def plan(self, max_batch: int, max_context_len: int, device, num_splits: Optional[int] = None):
+        """Allocate the block-score workspace and fix the launch shapes (host work, once)."""
+        device = torch.device(device)
+        self.max_batch = max_batch
+        self.max_blocks = max(1, triton.cdiv(max_context_len, self.block_size))
+        self.workspace = torch.empty((self.num_heads, max_batch, self.max_blocks), dtype=torch.float32,
+                                     device=device)
+        if device.type == "cuda":
+            self.sm_count = torch.cuda.get_device_properties(device).multi_processor_count
+        else:
+            self.sm_count = 2
+        self.fixed_splits = num_splits
+        self.chunk = min(triton.next_power_of_2(self.max_blocks), 1024)
+        self.chunk = max(self.chunk, 2 * triton.next_power_of_2(self.topk))
+        return self
+
+    def num_splits(self, batch: int) -> int:
+        if self.fixed_splits is not None:
+            return self.fixed_splits
+        return max(1, min(self.max_blocks, triton.cdiv(self.programs_per_sm * self.sm_count, batch)))
+
+    def run(self, idx_q: torch.Tensor, idx_k_cache: torch.Tensor, req_to_token: torch.Tensor,
+            req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
+            out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """idx_q [B, H_idx, D]; idx_k_cache [max_slots, 1, D]; req_to_token [max_reqs, ctx] int32;
+        req_pool_indices, seq_lens [B] (query position = seq_len - 1). Launches only."""
+        if self.workspace is None:
+            raise RuntimeError("call plan() before run()")
+        batch, num_heads, head_dim = idx_q.shape
+        assert num_heads == self.num_heads and head_dim == self.head_dim and batch <= self.max_batch
+        if out is None:
+            out = torch.empty((num_heads, batch, self.topk), dtype=torch.int32, device=idx_q.device)
+        if batch == 0:
+            return out
+        ws = self.workspace
+        _decode_block_scores_kernel[(self.num_splits(batch), batch)](
+            idx_q, idx_k_cache, req_to_token, req_pool_indices, seq_lens, ws,
+            num_heads, self.sm_scale,
+            idx_q.stride(0), idx_q.stride(1), idx_k_cache.stride(0), req_to_token.stride(0),
+            ws.stride(0), ws.stride(1),
+            HEAD_DIM=head_dim, H_PAD=max(16, triton.next_power_of_2(num_heads)),
+            BLOCK_SIZE=self.block_size, SCORE_TYPE=self.score_type,
+            CONTIGUOUS_BLOCKS=self.contiguous_blocks, IEEE_DOT=idx_q.dtype == torch.float32,
+            num_warps=self.num_warps, num_stages=self.num_stages,
+        )
+        _decode_topk_kernel[(num_heads, batch)](
+            ws, seq_lens, out, self.init_blocks, self.local_blocks,
+            ws.stride(0), ws.stride(1), out.stride(0), out.stride(1),
+            BLOCK_SIZE=self.block_size, TOPK=self.topk, TOPK_PAD=triton.next_power_of_2(self.topk),
+            CHUNK=self.chunk, num_warps=4,
+        )
+        return out
+
+
+def indexer_decode(
+    idx_q: torch.Tensor,
+    idx_k_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    block_size: int,
+    topk: int,
+    init_blocks: int,
+    local_blocks: int,
+    score_type: str = "max",
+    sm_scale: Optional[float] = None,
+    page_size: int = 1,
+    max_context_len: Optional[int] = None,
+    num_splits: Optional[int] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """One-shot plan + run (convenience for tests and eager callers; syncs if max_context_len is None)."""
+    check_common(idx_q, idx_k_cache, topk, init_blocks, local_blocks, score_type)
+    if max_context_len is None:
+        max_context_len = int(seq_lens.max()) if seq_lens.numel() else 1
+    indexer = IndexerDecode(num_heads=idx_q.shape[1], head_dim=idx_q.shape[2], block_size=block_size,
+                            topk=topk, init_blocks=init_blocks, local_blocks=local_blocks,
+                            score_type=score_type, sm_scale=sm_scale, page_size=page_size)
+    indexer.plan(idx_q.shape[0], max_context_len, idx_q.device, num_splits=num_splits)
+    return indexer.run(idx_q, idx_k_cache, req_to_token, req_pool_indices, seq_lens, out=out)
