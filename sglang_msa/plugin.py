@@ -7,10 +7,12 @@ What ``register()`` does, and nothing else:
 
 * adds ``msa`` to ``--attention-backend`` choices (``add_attention_backend_choices``, public API);
 * registers the backend factory under ``ATTENTION_BACKENDS["msa"]`` (``register_attention_backend``);
+* registers one AROUND hook with SGLang's ``HookRegistry`` so MiniMax sparse layers use our sparse
+  backend when ``msa`` is selected (why, how and when it can go: :mod:`sglang_msa.backend.hooks`);
 * makes SGLang's model registry see ``sglang_msa.models`` when our models are enabled (see
   :func:`_register_models`).
 
-It patches no SGLang function. It is idempotent, never raises (failures are logged), and can be
+Apart from that documented hook it patches nothing. It is idempotent, never raises (failures are logged), and can be
 switched off with ``SGLANG_MSA_DISABLE=1``.
 """
 
@@ -61,6 +63,10 @@ def _register_backend() -> None:
         add_attention_backend_choices([BACKEND_NAME])
     if ATTENTION_BACKENDS.get(BACKEND_NAME) is not create_msa_backend:
         register_attention_backend(BACKEND_NAME)(create_msa_backend)
+
+    from sglang_msa.backend.hooks import register_hooks
+
+    register_hooks()
 
 
 def _register_models() -> None:

@@ -127,15 +127,6 @@ def test_off_switch_registers_nothing():
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
 
 
-def test_backend_factory_fails_with_a_clear_message_until_implemented():
-    from sglang_msa.backend import factory
-
-    if getattr(factory, "IMPLEMENTED", False):
-        pytest.skip("the serving backend is implemented; covered by the backend tests")
-    with pytest.raises(NotImplementedError, match="not available in this version"):
-        factory.create_msa_backend(runner=None)
-
-
 def test_sglang_argument_parser_accepts_msa_and_rejects_unknown():
     proc = run_python(
         """

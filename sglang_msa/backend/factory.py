@@ -1,19 +1,32 @@
-"""Factory registered as ``ATTENTION_BACKENDS["msa"]``."""
+"""Factory registered as ``ATTENTION_BACKENDS["msa"]``.
+
+``msa`` accelerates MiniMax sparse attention layers. Dense attention (M3's full-attention layers,
+and every layer of other models) runs on SGLang's own Triton backend, which this factory builds
+and marks; the hook in :mod:`sglang_msa.backend.hooks` then puts our sparse backend next to it.
+"""
 
 from __future__ import annotations
 
+import logging
 
-class MSABackendNotReady(NotImplementedError):
-    """Raised while the serving backend is not implemented yet (see the backend issue)."""
+from sglang_msa.backend.hooks import MSA_MARKER
+
+logger = logging.getLogger("sglang_msa")
+
+DENSE_BACKEND = "triton"
 
 
 def create_msa_backend(runner):
-    """Build the MSA attention backend for a ``ModelRunner``.
+    """Build the dense half of the ``msa`` backend for a ``ModelRunner``."""
+    from sglang.srt.configs.model_config import is_minimax_sparse
+    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
 
-    The serving backend lands with the backend/model issue; until then selecting it fails loudly
-    with this message instead of silently falling back to another backend.
-    """
-    raise MSABackendNotReady(
-        "sglang-msa: the 'msa' attention backend is registered, but its serving implementation is "
-        "not available in this version yet. Use --attention-backend triton for now."
-    )
+    dense = ATTENTION_BACKENDS[DENSE_BACKEND](runner)
+    setattr(dense, MSA_MARKER, True)
+    if not is_minimax_sparse(runner.model_config.hf_config):
+        logger.warning(
+            "sglang-msa: --attention-backend msa only changes MiniMax sparse models; this model "
+            "(%s) runs entirely on SGLang's %s backend",
+            (runner.model_config.hf_config.architectures or ["?"])[0], DENSE_BACKEND,
+        )
+    return dense

@@ -1,0 +1,148 @@
+"""GPU end-to-end check: SGLang's own MiniMax sparse path vs ``--attention-backend msa``.
+
+Starts two SGLang servers on the same checkpoint, side by side on one GPU:
+  A: SGLang's in-tree MiniMax-M3 with SGLang's sparse backend (dense layers on ``triton``),
+  B: the same model served with ``--attention-backend msa`` (our indexer/prefill/decode kernels),
+greedy-decodes the same token-id prompts on both (long enough to be sparse, plus prompts that share
+a prefix so B serves cached prefixes from the radix cache), and compares tokens and logprobs.
+Writes ``e2e-correctness-<card>-<date>.json`` with a ``summary`` object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.servers import Server, generate  # noqa: E402
+
+
+def card_name() -> str:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001 - reporting only
+        return "unknown"
+
+
+def make_prompts(lengths: list[int], vocab: int, seed: int) -> list[tuple[str, list[int]]]:
+    rng = random.Random(seed)
+    lo = 16  # keep clear of special tokens
+    prompts = []
+    for n in lengths:
+        prompts.append((f"random-{n}", [rng.randrange(lo, vocab) for _ in range(n)]))
+    # Prefix reuse: same first half as the longest prompt, new second half (radix-cache hit on B).
+    base = prompts[-1][1]
+    half = len(base) // 2
+    prompts.append((f"shared-prefix-{len(base)}", base[:half] + [rng.randrange(lo, vocab) for _ in range(len(base) - half)]))
+    return prompts
+
+
+def compare(a: dict, b: dict) -> dict:
+    ids_a, ids_b = a["output_ids"], b["output_ids"]
+    n = min(len(ids_a), len(ids_b))
+    first_diff = next((i for i in range(n) if ids_a[i] != ids_b[i]), None)
+    upto = n if first_diff is None else first_diff + 1  # the first diverging step is still comparable
+    diffs = [abs(x - y) for x, y in zip(a["logprobs"][:upto], b["logprobs"][:upto])]
+    return {
+        "exact_match": ids_a == ids_b,
+        "first_divergence": first_diff,
+        "max_logprob_abs_diff": max(diffs) if diffs else None,
+        "tokens_a": ids_a, "tokens_b": ids_b,
+        "latency_a_s": a["latency_s"], "latency_b_s": b["latency_s"],
+        "cached_tokens_b": b.get("cached_tokens"),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model-path", required=True)
+    ap.add_argument("--out-dir", default="benchmarks/results")
+    ap.add_argument("--prompt-lens", default="3000,9000,17000")
+    ap.add_argument("--new-tokens", type=int, default=24)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--page-size", type=int, default=128)
+    ap.add_argument("--context-length", type=int, default=65536)
+    ap.add_argument("--mem-fraction", type=float, default=0.35)
+    ap.add_argument("--cuda-graph", choices=["on", "off"], default="on", help="for server B")
+    ap.add_argument("--health-timeout", type=float, default=420)
+    ap.add_argument("--log-dir", default="/tmp/e2e-logs")
+    args = ap.parse_args(argv)
+
+    cfg = json.loads((Path(args.model_path) / "config.json").read_text())
+    vocab = int(cfg.get("vocab_size") or cfg.get("text_config", {}).get("vocab_size"))
+    common = ["--model-path", args.model_path, "--context-length", str(args.context_length),
+              "--mem-fraction-static", str(args.mem_fraction), "--page-size", str(args.page_size),
+              "--max-running-requests", "8", "--chunked-prefill-size", "8192"]
+    a = Server("A-sglang-sparse", 30000, [*common, "--attention-backend", "triton",
+                                          "--disable-cuda-graph"])
+    b_flags = [*common, "--attention-backend", "msa"]
+    if args.cuda_graph == "off":
+        b_flags.append("--disable-cuda-graph")
+    else:
+        b_flags += ["--cuda-graph-max-bs", "8"]
+    b = Server("B-msa", 30001, b_flags)
+    log_dir = Path(args.log_dir)
+    results = {"card": card_name(), "date": date.today().isoformat(), "command": " ".join(sys.argv),
+               "servers": {}, "prompts": []}
+    failed = 0
+    try:
+        a.start(log_dir)
+        b.start(log_dir)
+        for s in (a, b):
+            ok = s.wait_healthy(args.health_timeout)
+            results["servers"][s.name] = {"args": s.args, "healthy": ok, "ready_s": s.ready_s}
+            if not ok:
+                print(f"server {s.name} did not become healthy:\n{s.tail()}", flush=True)
+                raise SystemExit(2)
+        lens = [int(x) for x in args.prompt_lens.split(",")]
+        for name, ids in make_prompts(lens, vocab, args.seed):
+            with ThreadPoolExecutor(2) as pool:
+                fa = pool.submit(generate, a, ids, args.new_tokens)
+                fb = pool.submit(generate, b, ids, args.new_tokens)
+                try:
+                    ra, rb = fa.result(), fb.result()
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    failed += 1
+                    results["prompts"].append({"name": name, "len": len(ids), "error": repr(exc)})
+                    print(f"{name}: request failed: {exc!r}", flush=True)
+                    continue
+            row = {"name": name, "len": len(ids), **compare(ra, rb)}
+            results["prompts"].append(row)
+            print(f"{name:>22} len={len(ids):>6} exact={row['exact_match']!s:>5} "
+                  f"first_div={row['first_divergence']} max|dlogp|={row['max_logprob_abs_diff']}", flush=True)
+    finally:
+        for s in (a, b):
+            s.stop()
+        for s in (a, b):
+            results["servers"].setdefault(s.name, {})["log_tail"] = s.tail(60)
+
+    ok_rows = [r for r in results["prompts"] if "error" not in r]
+    diffs = [r["max_logprob_abs_diff"] for r in ok_rows if r["max_logprob_abs_diff"] is not None]
+    results["summary"] = {
+        "card": results["card"],
+        "greedy_exact_match_fraction": (sum(r["exact_match"] for r in ok_rows) / len(ok_rows)) if ok_rows else 0.0,
+        "max_logprob_abs_diff": max(diffs) if diffs else None,
+        "cuda_graph": args.cuda_graph == "on",
+        "failed_requests": failed,
+        "prompt_tokens": [r["len"] for r in results["prompts"]],
+    }
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    card = results["card"].replace(" ", "-")
+    path = out_dir / f"e2e-correctness-{card}-{results['date']}.json"
+    path.write_text(json.dumps(results, indent=1))
+    print(json.dumps(results["summary"], indent=1))
+    print(f"wrote {path}")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""Start, health-check and stop SGLang servers for the GPU scripts (loopback only, bounded waits)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+# Flags that fit the GPU bundle: no FA3/FlashInfer sampling, no grammar backend.
+BASE_FLAGS = ["--sampling-backend", "pytorch", "--grammar-backend", "none", "--skip-tokenizer-init",
+              "--log-level", "info"]
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    ready_s: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self, log_dir: Path) -> "Server":
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"server-{self.name}.log"
+        env = {**os.environ, **self.env}
+        cmd = [sys.executable, "-m", "sglang.launch_server", "--host", HOST, "--port", str(self.port),
+               *BASE_FLAGS, *self.args]
+        self.log_path.write_text("$ " + " ".join(cmd) + "\n")
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        self.started_at = time.time()
+        return self
+
+    def wait_healthy(self, timeout_s: float) -> bool:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        self.ready_s = time.time() - self.started_at
+                        return True
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(2)
+        return False
+
+    def tail(self, n: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def post_json(url: str, payload: dict, timeout: float = 600.0) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def generate(server: Server, input_ids: list[int], max_new_tokens: int, *, logprobs: bool = True,
+             timeout: float = 600.0) -> dict:
+    """Greedy /generate with token ids; returns output ids, per-token logprobs, latency."""
+    t0 = time.time()
+    body = post_json(server.url + "/generate", {
+        "input_ids": input_ids,
+        "sampling_params": {"temperature": 0.0, "max_new_tokens": max_new_tokens, "ignore_eos": True},
+        "return_logprob": logprobs,
+    }, timeout=timeout)
+    meta = body.get("meta_info", {})
+    lps = meta.get("output_token_logprobs") or []
+    return {
+        "output_ids": body.get("output_ids") or [t[1] for t in lps],
+        "logprobs": [t[0] for t in lps],
+        "latency_s": time.time() - t0,
+        "cached_tokens": meta.get("cached_tokens"),
+    }
