@@ -32,6 +32,16 @@ def card_name() -> str:
         return "unknown"
 
 
+def versions() -> dict:
+    out = {}
+    for mod in ("sglang", "torch", "triton", "sglang_msa"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception as exc:  # noqa: BLE001 - reporting only
+            out[mod] = f"unavailable: {exc!r}"
+    return out
+
+
 def make_prompts(lengths: list[int], vocab: int, seed: int) -> list[tuple[str, list[int]]]:
     rng = random.Random(seed)
     lo = 16  # keep clear of special tokens
@@ -91,7 +101,7 @@ def main(argv=None) -> int:
     b = Server("B-msa", 30001, b_flags)
     log_dir = Path(args.log_dir)
     results = {"card": card_name(), "date": date.today().isoformat(), "command": " ".join(sys.argv),
-               "servers": {}, "prompts": []}
+               "versions": versions(), "servers": {}, "prompts": []}
     failed = 0
     try:
         a.start(log_dir)
