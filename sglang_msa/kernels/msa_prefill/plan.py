@@ -1,0 +1,276 @@
+"""Host API (FlashInfer style): ``plan`` once per batch, ``run`` per layer.
+
+``plan`` does every host sync and allocation (batch metadata, per-block tables, the partial-output
+workspace). The reverse map depends on the layer's ``topk_idx``; it is built by ``bind_topk`` with
+device ops only (no sync; sizes are upper bounds fixed by ``plan``), and ``run`` calls it itself when
+given a ``topk_idx`` other than the bound one. ``run`` then launches the kernels and accepts ``out=``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from .block_major import launch_block_major
+from .combine import launch_combine
+from .query_major import launch_query_major
+from .reverse_map import ReverseMap, build_reverse_map, max_work_items
+
+# "auto" picks query-major while num_tokens * num_kv_heads <= this. Measured on an H200 (64/4 heads,
+# 16k prefix, extend n): query-major 0.06 ms (n <= 64), 0.23 ms (256), 0.87 ms (1024), 3.4 ms (4096);
+# block-major ~0.55-0.9 ms up to n = 1024 (reverse map + launches dominate), 2.1 ms at 4096
+# (first kernel version, before the Q prefetch; the small-n floor is the map, not the kernel).
+# Query-major's cost grows with tokens x KV heads, block-major's floor is fixed: crossover ~1k x 4.
+QUERY_MAJOR_MAX_TOKEN_HEADS = 4096
+DEFAULT_SEG_TOKENS = 4096
+
+
+@dataclass
+class SparsePrefillPlan:
+    method: str  # "block_major" | "query_major"
+    num_tokens: int
+    num_q_heads: int
+    num_kv_heads: int
+    group: int
+    block_h: int
+    head_dim: int
+    topk: int
+    block_size: int
+    paged_block: bool
+    sm_scale_log2: float
+    dtype: torch.dtype
+    token_pos: torch.Tensor  # [T] int32
+    token_req: torch.Tensor  # [T] int32
+    seq_lens: torch.Tensor  # [B] int32
+    req_pool_indices: torch.Tensor  # [B] int64
+    # block-major only
+    num_blocks_total: int = 0
+    bucket_stride_group: int = 0
+    num_buckets: int = 0
+    num_items: int = 0
+    item_tokens: int = 0
+    chunk_tokens: int = 0
+    num_warps: int = 4
+    num_stages: int = 1
+    prefetch: bool = True
+    block_req: torch.Tensor | None = None  # [NB] int32
+    block_local: torch.Tensor | None = None  # [NB] int32
+    token_key_base: torch.Tensor | None = None  # [T] int32
+    ws_o: torch.Tensor | None = None  # [E * group, D]
+    ws_lse: torch.Tensor | None = None  # [E * group] fp32
+    rmap: ReverseMap | None = None
+    bound_topk: torch.Tensor | None = None
+
+
+def plan(
+    cu_seqlens_q: torch.Tensor,
+    seq_lens: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    *,
+    num_q_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    topk: int,
+    block_size: int,
+    page_size: int = 1,
+    dtype: torch.dtype = torch.bfloat16,
+    sm_scale: float | None = None,
+    method: str = "auto",
+    topk_idx: torch.Tensor | None = None,
+    seg_tokens: int | None = None,
+    chunk_tokens: int | None = None,
+    item_tokens: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+    prefetch: bool = True,
+    workspace_dtype: torch.dtype | None = None,
+) -> SparsePrefillPlan:
+    """Batch metadata + workspaces; syncs with the host (small [B] tensors only)."""
+    device = cu_seqlens_q.device
+    if num_q_heads % num_kv_heads:
+        raise ValueError(f"num_q_heads={num_q_heads} not a multiple of num_kv_heads={num_kv_heads}")
+    if head_dim & (head_dim - 1) or block_size & (block_size - 1) or block_size < 16:
+        raise ValueError("head_dim and block_size must be powers of two, block_size >= 16")
+    cu = [int(x) for x in cu_seqlens_q.tolist()]
+    lens = [int(x) for x in seq_lens.tolist()]
+    prefixes = [int(x) for x in prefix_lens.tolist()]
+    num_reqs = len(cu) - 1
+    num_tokens = cu[-1]
+    for r in range(num_reqs):
+        if prefixes[r] + cu[r + 1] - cu[r] != lens[r]:
+            raise ValueError(f"request {r}: prefix_len + extend_len != seq_len")
+    group = num_q_heads // num_kv_heads
+    block_h = triton.next_power_of_2(group)
+    if method == "auto":
+        method = "query_major" if num_tokens * num_kv_heads <= QUERY_MAJOR_MAX_TOKEN_HEADS else "block_major"
+    if method not in ("block_major", "query_major"):
+        raise ValueError(f"unknown method {method!r}")
+    scale = head_dim**-0.5 if sm_scale is None else sm_scale
+
+    extend = [cu[r + 1] - cu[r] for r in range(num_reqs)]
+    token_req_host = torch.repeat_interleave(torch.arange(num_reqs, dtype=torch.int32), torch.tensor(extend, dtype=torch.long))
+    token_pos_host = torch.cat(
+        [torch.arange(prefixes[r], lens[r], dtype=torch.int32) for r in range(num_reqs)]
+        or [torch.zeros(0, dtype=torch.int32)]
+    )
+    p = SparsePrefillPlan(
+        method=method,
+        num_tokens=num_tokens,
+        num_q_heads=num_q_heads,
+        num_kv_heads=num_kv_heads,
+        group=group,
+        block_h=block_h,
+        head_dim=head_dim,
+        topk=topk,
+        block_size=block_size,
+        paged_block=page_size >= block_size and page_size % block_size == 0,
+        sm_scale_log2=scale * math.log2(math.e),
+        dtype=dtype,
+        token_pos=token_pos_host.to(device),
+        token_req=token_req_host.to(device),
+        seq_lens=seq_lens.to(device=device, dtype=torch.int32),
+        req_pool_indices=req_pool_indices.to(device=device, dtype=torch.int64),
+    )
+    if method == "block_major":
+        p.prefetch = prefetch
+        _plan_block_major(p, cu, lens, seg_tokens, chunk_tokens, item_tokens, num_warps, num_stages, workspace_dtype)
+        if topk_idx is not None:
+            bind_topk(p, topk_idx)
+    return p
+
+
+def _plan_block_major(p, cu, lens, seg_tokens, chunk_tokens, item_tokens, num_warps, num_stages, workspace_dtype):
+    device = p.token_pos.device
+    num_reqs = len(lens)
+    blocks_per_req = [triton.cdiv(n, p.block_size) for n in lens]
+    cu_blocks = [0]
+    for nb in blocks_per_req:
+        cu_blocks.append(cu_blocks[-1] + nb)
+    p.num_blocks_total = max(cu_blocks[-1], 1)
+    seg = seg_tokens or DEFAULT_SEG_TOKENS
+    num_seg = max(triton.cdiv(p.num_tokens, seg), 1)
+    p.bucket_stride_group = num_seg * p.num_blocks_total
+    p.num_buckets = p.num_kv_heads * p.bucket_stride_group
+    # Defaults from the H200 sweep at 64k tokens, 64/4 heads (benchmarks/bench_prefill.py --sweep):
+    # 64-row MMA tiles (4 tokens x 16 heads) on 4 warps, two programs per SM, hand-pipelined Q loads
+    # and 128-token items: 13.8 ms block-major kernel vs 17.5 ms for 128-row tiles on 8 warps and
+    # 24-26 ms without the Q prefetch.
+    p.chunk_tokens = chunk_tokens or max(1, 64 // p.block_h)
+    p.item_tokens = item_tokens or 128
+    p.num_warps = num_warps or 4
+    p.num_stages = num_stages or 1
+    num_entries = p.num_kv_heads * p.num_tokens * p.topk
+    p.num_items = max_work_items(num_entries, p.num_buckets, p.item_tokens)
+
+    req_of_block = torch.repeat_interleave(torch.arange(num_reqs, dtype=torch.int32), torch.tensor(blocks_per_req, dtype=torch.long))
+    local_of_block = torch.cat([torch.arange(nb, dtype=torch.int32) for nb in blocks_per_req] or [torch.zeros(0, dtype=torch.int32)])
+    p.block_req = req_of_block.to(device)
+    p.block_local = local_of_block.to(device)
+    first_block = torch.tensor(cu_blocks[:-1], dtype=torch.int32, device=device)
+    t = torch.arange(p.num_tokens, device=device, dtype=torch.int32)
+    p.token_key_base = (t // seg) * p.num_blocks_total + first_block[p.token_req.long()]
+
+    ws_dtype = workspace_dtype or p.dtype
+    p.ws_o = torch.empty(num_entries * p.group, p.head_dim, dtype=ws_dtype, device=device)
+    p.ws_lse = torch.empty(num_entries * p.group, dtype=torch.float32, device=device)
+
+
+def bind_topk(p: SparsePrefillPlan, topk_idx: torch.Tensor) -> None:
+    """Build the reverse map of this layer's topk_idx (device ops only, no host sync)."""
+    _check_topk(p, topk_idx)
+    if p.method == "block_major":
+        p.rmap = build_reverse_map(
+            topk_idx,
+            p.token_pos,
+            p.token_key_base,
+            block_size=p.block_size,
+            bucket_stride_group=p.bucket_stride_group,
+            num_buckets=p.num_buckets,
+            num_items=p.num_items,
+            item_tokens=p.item_tokens,
+        )
+    p.bound_topk = topk_idx
+
+
+def run(
+    p: SparsePrefillPlan,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    req_to_token: torch.Tensor,
+    topk_idx: torch.Tensor | None = None,
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Launch only (plus the device-side reverse map when ``topk_idx`` is not the bound one)."""
+    if topk_idx is not None and topk_idx is not p.bound_topk:
+        bind_topk(p, topk_idx)
+    topk_idx = p.bound_topk
+    if topk_idx is None:
+        raise ValueError("run needs topk_idx (pass it, or bind it with bind_topk / plan(topk_idx=...))")
+    _check_inputs(p, q, k_cache, v_cache)
+    if out is None:
+        out = torch.empty(p.num_tokens, p.num_q_heads, p.head_dim, dtype=q.dtype, device=q.device)
+    if p.num_tokens == 0:
+        return out
+    if p.method == "query_major":
+        launch_query_major(p, q, k_cache, v_cache, req_to_token, topk_idx, out)
+    else:
+        launch_block_major(p, q, k_cache, v_cache, req_to_token)
+        launch_combine(p, out, topk_idx)
+    return out
+
+
+def sparse_prefill(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    topk_idx: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seq_lens: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    *,
+    block_size: int,
+    page_size: int = 1,
+    sm_scale: float | None = None,
+    sink: torch.Tensor | None = None,
+    method: str = "auto",
+    out: torch.Tensor | None = None,
+    **plan_kwargs,
+) -> torch.Tensor:
+    """plan + run in one call (argument meanings as SGLang's ``minimax_sparse_prefill``)."""
+    if sink is not None:
+        raise NotImplementedError("MSA sparse prefill has no attention sink (MiniMax-M3 passes None)")
+    p = plan(
+        cu_seqlens_q, seq_lens, prefix_lens, req_pool_indices,
+        num_q_heads=q.shape[1], num_kv_heads=k_cache.shape[1], head_dim=q.shape[2], topk=topk_idx.shape[-1],
+        block_size=block_size, page_size=page_size, dtype=q.dtype, sm_scale=sm_scale, method=method,
+        topk_idx=topk_idx, **plan_kwargs,
+    )  # fmt: skip
+    return run(p, q, k_cache, v_cache, req_to_token, topk_idx, out=out)
+
+
+def _check_topk(p: SparsePrefillPlan, topk_idx: torch.Tensor) -> None:
+    expected = (p.num_kv_heads, p.num_tokens, p.topk)
+    if tuple(topk_idx.shape) != expected:
+        raise ValueError(f"topk_idx shape {tuple(topk_idx.shape)} != {expected}")
+    if topk_idx.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"topk_idx must be int32/int64, got {topk_idx.dtype}")
+
+
+def _check_inputs(p: SparsePrefillPlan, q, k_cache, v_cache) -> None:
+    if tuple(q.shape) != (p.num_tokens, p.num_q_heads, p.head_dim):
+        raise ValueError(f"q shape {tuple(q.shape)} does not match the plan")
+    if k_cache.shape[1] != p.num_kv_heads or k_cache.shape[2] != p.head_dim or v_cache.shape[1:] != k_cache.shape[1:]:
+        raise ValueError("k_cache/v_cache must be [slots, num_kv_heads, head_dim]")
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} needs a unit stride on head_dim")
+    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError("q, k_cache and v_cache must share a dtype (fp8 caches are not supported)")

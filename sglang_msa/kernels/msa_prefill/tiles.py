@@ -1,0 +1,41 @@
+"""Triton helpers shared by the prefill kernels."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def load_kv_block(
+    k_ptr,
+    v_ptr,
+    p_r2t,  # req_to_token row of the request
+    i_g,
+    i_blk,
+    seq_len,
+    stride_ks,
+    stride_kh,
+    stride_vs,
+    stride_vh,
+    BLOCK: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    PAGED_BLOCK: tl.constexpr,
+):
+    """K and V tiles [BLOCK, HEAD_DIM] of logical block i_blk, keys past seq_len zeroed.
+
+    PAGED_BLOCK: pages hold whole blocks, so the block is BLOCK consecutive slots from the slot of
+    its first position; otherwise each position is looked up (page size 1, any slot order).
+    """
+    o_k = i_blk * BLOCK + tl.arange(0, BLOCK)
+    m_k = o_k < seq_len
+    o_d = tl.arange(0, HEAD_DIM)
+    if PAGED_BLOCK:
+        slots = tl.load(p_r2t + i_blk * BLOCK).to(tl.int64) + tl.arange(0, BLOCK).to(tl.int64)
+    else:
+        slots = tl.load(p_r2t + o_k, mask=m_k, other=0).to(tl.int64)
+    p_k = k_ptr + slots[:, None] * stride_ks + i_g.to(tl.int64) * stride_kh + o_d[None, :]
+    p_v = v_ptr + slots[:, None] * stride_vs + i_g.to(tl.int64) * stride_vh + o_d[None, :]
+    b_k = tl.load(p_k, mask=m_k[:, None], other=0.0)
+    b_v = tl.load(p_v, mask=m_k[:, None], other=0.0)
+    return b_k, b_v, o_k, m_k
