@@ -1,0 +1,227 @@
+"""CPU benchmark: smg_rs.preprocess_video vs SGLang's Python path for MiniMax-M3.
+
+Python path = SGLang's VideoDecoderWrapper (TorchCodec) + SGLang's sampling/resize
+(`get_video_tensor`, torchvision) + the HF MiniMaxM3VLVideoProcessor, exactly what the
+SGLang 0.5.17 MiniMax-M3 processor runs per video. Videos are generated with the ffmpeg CLI.
+
+Usage: python benchmarks/bench_preprocess.py [--repeats 3] [--quick]
+Writes benchmarks/results/preprocess-<machine>-<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import fixtures_video as fv  # noqa: E402
+import smg_rs  # noqa: E402
+
+VIDEOS = [  # name, size, fps, seconds
+    ("360p_10s", "640x360", 30, 10.0),
+    ("720p_10s", "1280x720", 30, 10.0),
+    ("1080p_5s", "1920x1080", 30, 5.0),
+]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    out, times = None, []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3, out
+
+
+def python_path_factory():
+    import torch
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_smg_rs import FramesReader, _load_sglang_minimax, sglang_resize_config
+    from transformers.models.minimax_m3_vl.video_processing_minimax_m3_vl import MiniMaxM3VLVideoProcessor
+
+    sgl = _load_sglang_minimax()
+    vp = MiniMaxM3VLVideoProcessor()
+    factor, max_size = sglang_resize_config(vp)
+    try:
+        from sglang.srt.utils.video_decoder import VideoDecoderWrapper
+    except Exception:  # pragma: no cover - SGLang missing
+        VideoDecoderWrapper = None
+
+    def run(path: Path, threads: int):
+        torch.set_num_threads(threads)
+        if VideoDecoderWrapper is not None:
+            vr = VideoDecoderWrapper(str(path), num_decode_threads=threads)
+            if PIN_OK:
+                get = vr.get_frames_as_tensor  # SGLang's own call, pinned output included
+            elif threads > 1:
+                get = lambda ix: _unpinned_parallel(vr, ix, threads)  # noqa: E731
+            else:
+                get = lambda ix: vr._decoder.get_frames_at(ix).data  # noqa: E731
+            reader = FramesReader(len(vr), vr.avg_fps, get)
+        else:
+            from torchcodec.decoders import VideoDecoder
+
+            dec = VideoDecoder(str(path), dimension_order="NHWC")
+            reader = FramesReader(len(dec), dec.metadata.average_fps, lambda ix: dec.get_frames_at(ix).data)
+        resized, meta = asyncio.run(sgl["get_video_tensor"](reader, image_factor=factor, max_size=max_size))
+        out = vp(videos=[resized], return_tensors="pt")
+        return out["pixel_values_videos"].numpy(), tuple(int(v) for v in out["video_grid_thw"][0]), meta["frames_indices"]
+
+    return run
+
+
+def _pin_ok() -> bool:
+    import torch
+
+    try:
+        torch.zeros(1).pin_memory()
+        return True
+    except Exception:
+        return False
+
+
+PIN_OK = _pin_ok()
+
+
+def _unpinned_parallel(vr, indices, threads):
+    import torch
+    from concurrent.futures import ThreadPoolExecutor as TPE
+
+    from torchcodec.decoders import VideoDecoder
+
+    chunks = [list(c) for c in np.array_split(indices, threads) if len(c)]
+    with TPE(len(chunks)) as ex:
+        parts = list(ex.map(lambda c: VideoDecoder(vr._source, **vr._tc_kwargs).get_frames_at(c).data, chunks))
+    return torch.cat(parts, 0)
+
+
+MALFORMED_CHILD = r"""
+import json, sys, smg_rs
+out = []
+for src in (sys.argv[1], open(sys.argv[1], "rb").read()):
+    try:
+        smg_rs.preprocess_video(src); out.append("no-error")
+    except smg_rs.SmgError as e:
+        out.append(type(e).__name__)
+    except BaseException as e:
+        out.append("untyped:" + type(e).__name__)
+print(json.dumps(out))
+"""
+
+
+def malformed_round(tmp: Path) -> dict:
+    from test_smg_rs_malformed import _corpus
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    corpus = _corpus(tmp)
+    tried, crashes, results = 0, 0, {}
+    for name, path in sorted(corpus.items()):
+        tried += 1
+        t0 = time.perf_counter()
+        try:
+            r = subprocess.run([sys.executable, "-c", MALFORMED_CHILD, str(path)], capture_output=True, text=True, timeout=60)
+            ok = r.returncode == 0
+            outcome = json.loads(r.stdout.strip().splitlines()[-1]) if ok else [f"rc={r.returncode}"]
+        except subprocess.TimeoutExpired:
+            ok, outcome = False, ["timeout"]
+        if not ok or any(o.startswith("untyped") for o in outcome):
+            crashes += 1
+        results[name] = {"outcome": outcome, "seconds": round(time.perf_counter() - t0, 3)}
+    return {"tried": tried, "crashes": crashes, "cases": results}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="only the smallest video")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args()
+
+    python_path = python_path_factory()
+    rows = []
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        for name, size, fps, secs in VIDEOS[:1] if args.quick else VIDEOS:
+            path = fv.sized_h264(tmp, f"{name}.mp4", size, fps, secs)
+            row = {"video": name, "size": size, "fps": fps, "seconds": secs}
+            for threads in (1, 2):
+                ms, feats = timed(lambda: smg_rs.preprocess_video(path, threads=threads), args.repeats)
+                dec_ms, _ = timed(lambda: smg_rs.decode_frames(path, fps=1.0, threads=threads), args.repeats)
+                py_ms, (pv, grid, idx) = timed(lambda: python_path(path, threads), args.repeats)
+                assert tuple(feats.grid_thw) == grid and feats.frame_indices == list(idx)
+                err = float(np.abs(feats.pixel_values - pv).max())
+                n_src = feats.num_source_frames
+                row[f"threads{threads}"] = {
+                    "smg_rs_ms": round(ms, 2),
+                    "smg_rs_decode_only_ms": round(dec_ms, 2),
+                    "python_ms": round(py_ms, 2),
+                    "speedup": round(py_ms / ms, 3),
+                    "decode_fraction": round(dec_ms / ms, 3),
+                    "smg_rs_source_frames_per_s": round(n_src / ms * 1e3, 1),
+                    "python_source_frames_per_s": round(n_src / py_ms * 1e3, 1),
+                    "sampled_frames": len(feats.frame_indices),
+                    "grid_thw": list(feats.grid_thw),
+                    "max_abs_err_vs_hf": err,
+                }
+                print(name, threads, row[f"threads{threads}"], flush=True)
+            rows.append(row)
+
+        # concurrency: independent videos on a 2-worker pool, one thread each (GIL released)
+        path = fv.sized_h264(tmp, "conc.mp4", "640x360", 30, 10.0)
+        n_videos = 8
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(2) as ex:
+            list(ex.map(lambda _: smg_rs.preprocess_video(path, threads=1), range(n_videos)))
+        videos_per_s = n_videos / (time.perf_counter() - t0)
+        mal = malformed_round(tmp / "malformed")
+
+    t1 = [r["threads1"] for r in rows]
+    summary = {
+        "card": cpu_model(),
+        "cores": os.cpu_count(),
+        "speedup_vs_sglang_python": round(statistics.geometric_mean([r["speedup"] for r in t1]), 3),
+        "speedup_vs_sglang_python_2threads": round(statistics.geometric_mean([r["threads2"]["speedup"] for r in rows]), 3),
+        "decode_fraction": round(statistics.mean([r["decode_fraction"] for r in t1]), 3),
+        "max_abs_err_vs_hf": max(r[f"threads{t}"]["max_abs_err_vs_hf"] for r in rows for t in (1, 2)),
+        "malformed_inputs_tried": mal["tried"],
+        "malformed_inputs_crashes": mal["crashes"],
+        "videos_per_s_concurrent": round(videos_per_s, 3),
+        "notes": "preset minimax_m3, fps=1; python = SGLang VideoDecoderWrapper(TorchCodec)+get_video_tensor+HF "
+        "processor; timings are medians on a shared 2-core machine (other jobs running), so treat as rough",
+    }
+    result = {"summary": summary, "videos": rows, "malformed": mal, "versions": {"smg_rs": smg_rs.__version__, "python": platform.python_version()}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"preprocess-{platform.node() or 'host'}-{dt.date.today().isoformat()}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(summary, indent=2))
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()

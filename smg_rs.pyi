@@ -1,0 +1,106 @@
+"""Type stubs for smg_rs: video preprocessing for multimodal LLM serving (Rust, FFmpeg)."""
+
+import os
+from typing import Literal, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+__all__: list[str]
+
+Source = str | os.PathLike[str] | bytes | bytearray | memoryview
+Preset = Literal["minimax_m3", "qwen2_vl", "qwen3_vl"]
+
+class SmgError(ValueError):
+    """Base class of every smg_rs error."""
+
+class VideoDecodeError(SmgError):
+    """The input could not be demuxed or decoded (corrupt, truncated, empty)."""
+
+class UnsupportedFormatError(SmgError):
+    """Container, codec or stream kind outside the allow-list, or not a video."""
+
+class LimitExceededError(SmgError):
+    """A documented resource limit was hit (size, pixels, frames, duration, aspect, time)."""
+
+class InvalidArgumentError(SmgError):
+    """An argument is out of range or inconsistent."""
+
+class VideoFeatures:
+    """Patch features of one video or image (immutable)."""
+
+    @property
+    def pixel_values(self) -> npt.NDArray[np.float32] | npt.NDArray[np.float16]:
+        """`(grid_t*grid_h*grid_w, C*temporal_patch*patch*patch)`."""
+    @property
+    def grid_thw(self) -> tuple[int, int, int]: ...
+    @property
+    def frame_indices(self) -> list[int]: ...
+    @property
+    def timestamps(self) -> list[float]: ...
+    @property
+    def source_fps(self) -> float: ...
+    @property
+    def duration(self) -> float: ...
+    @property
+    def num_source_frames(self) -> int: ...
+
+class DecodedFrames:
+    """Decoded RGB frames (immutable)."""
+
+    @property
+    def frames(self) -> npt.NDArray[np.uint8]:
+        """`(n, height, width, 3)` RGB, display orientation."""
+    @property
+    def frame_indices(self) -> list[int]: ...
+    @property
+    def timestamps(self) -> list[float]: ...
+    @property
+    def source_fps(self) -> float: ...
+    @property
+    def duration(self) -> float: ...
+    @property
+    def num_source_frames(self) -> int: ...
+
+def preprocess_video(
+    source: Source,
+    *,
+    preset: Preset = "minimax_m3",
+    fps: float | None = None,
+    max_frames: int | None = None,
+    max_pixels: int | None = None,
+    max_long_side: int | None = None,
+    dtype: Literal["float32", "float16"] = "float32",
+    threads: int | None = None,
+    max_input_bytes: int | None = None,
+    max_frame_pixels: int | None = None,
+    max_source_frames: int | None = None,
+    max_duration_s: float | None = None,
+    timeout_s: float | None = None,
+) -> VideoFeatures:
+    """Decode, sample, resize, normalize and patchify a video for `preset`."""
+
+def decode_frames(
+    source: Source,
+    *,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    frame_indices: Sequence[int] | None = None,
+    threads: int | None = None,
+    max_input_bytes: int | None = None,
+    max_frame_pixels: int | None = None,
+    max_source_frames: int | None = None,
+    max_duration_s: float | None = None,
+    timeout_s: float | None = None,
+) -> DecodedFrames:
+    """Decode selected frames to uint8 RGB `(n, H, W, 3)`."""
+
+def preprocess_image(
+    image: npt.NDArray[np.uint8] | bytes | bytearray | memoryview,
+    *,
+    preset: Preset = "minimax_m3",
+    max_pixels: int | None = None,
+    dtype: Literal["float32", "float16"] = "float32",
+) -> VideoFeatures:
+    """Patch features of one RGB uint8 `(H, W, 3)` image, or encoded PNG/JPEG/WebP/BMP bytes."""

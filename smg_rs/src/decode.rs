@@ -1,0 +1,668 @@
+//! Video decoding with the system FFmpeg: stream selection and allow-lists, a demux-only scan
+//! (frame count, timestamps, average rate, as TorchCodec's exact mode measures them), then a
+//! sequential decode that converts (to RGB24, rotated for display) only the requested frames.
+use crate::avio::{self, ff_err, Source};
+use crate::error::{limit, Result, SmgError};
+use crate::limits::Limits;
+use ffmpeg_next as ff;
+use ff::ffi;
+use std::collections::BTreeMap;
+use std::ptr;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+static INIT: Once = Once::new();
+
+pub(crate) fn init_ffmpeg() {
+    INIT.call_once(|| {
+        let _ = ff::init();
+        // Malformed inputs are an expected case: errors come back typed, not on stderr.
+        ff::util::log::set_level(ff::util::log::Level::Fatal);
+    });
+}
+
+/// Codecs accepted for the video stream.
+pub const ALLOWED_CODECS: &[ffi::AVCodecID] = &[
+    ffi::AVCodecID::AV_CODEC_ID_H264,
+    ffi::AVCodecID::AV_CODEC_ID_HEVC,
+    ffi::AVCodecID::AV_CODEC_ID_VP8,
+    ffi::AVCodecID::AV_CODEC_ID_VP9,
+    ffi::AVCodecID::AV_CODEC_ID_AV1,
+    ffi::AVCodecID::AV_CODEC_ID_MPEG4,
+    ffi::AVCodecID::AV_CODEC_ID_MPEG2VIDEO,
+    ffi::AVCodecID::AV_CODEC_ID_MPEG1VIDEO,
+    ffi::AVCodecID::AV_CODEC_ID_MJPEG,
+];
+
+/// Codecs accepted for still images.
+pub const IMAGE_CODECS: &[ffi::AVCodecID] = &[
+    ffi::AVCodecID::AV_CODEC_ID_PNG,
+    ffi::AVCodecID::AV_CODEC_ID_MJPEG,
+    ffi::AVCodecID::AV_CODEC_ID_WEBP,
+    ffi::AVCodecID::AV_CODEC_ID_BMP,
+];
+
+#[derive(Debug, Clone)]
+pub struct DecodeOptions {
+    /// FFmpeg decoder threads (0 or 1 = single-threaded).
+    pub threads: usize,
+    pub limits: Limits,
+    /// Accept still-image formats (PNG, JPEG, WebP, BMP) instead of video containers.
+    pub images: bool,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        Self { threads: 1, limits: Limits::default(), images: false }
+    }
+}
+
+impl DecodeOptions {
+    fn formats(&self) -> &'static str {
+        if self.images { avio::IMAGE_FORMATS } else { avio::ALLOWED_FORMATS }
+    }
+    fn codecs(&self) -> &'static [ffi::AVCodecID] {
+        if self.images { IMAGE_CODECS } else { ALLOWED_CODECS }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoInfo {
+    /// Display size (after rotation).
+    pub width: u32,
+    pub height: u32,
+    /// Clockwise rotation applied to decoded frames (0, 90, 180, 270).
+    pub rotation_cw: u32,
+    /// Frames found by the packet scan.
+    pub num_frames: usize,
+    /// num_frames / (end - begin) of the scanned timestamps, or the header rate.
+    pub avg_fps: f64,
+    /// end - begin of the scanned timestamps, seconds.
+    pub duration: f64,
+    /// Presentation time of each frame (presentation order), seconds.
+    pub frame_times: Vec<f64>,
+    pub codec: String,
+    pub container: String,
+}
+
+/// One decoded frame, packed RGB24 (`height * width * 3` bytes).
+#[derive(Debug, Clone)]
+pub struct RgbFrame {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+    /// Frame index (presentation order) this frame was delivered for.
+    pub index: usize,
+    pub pts_seconds: f64,
+}
+
+pub struct VideoDecoder<'a> {
+    source: Source<'a>,
+    opts: DecodeOptions,
+    deadline: Instant,
+    stream_index: usize,
+    info: VideoInfo,
+    /// Sorted presentation timestamps (stream time base) when every packet had one.
+    frame_pts: Option<Vec<i64>>,
+}
+
+fn rotation_from_matrix(m: &[i32; 9]) -> u32 {
+    // Counter-clockwise display angle, as av_display_rotation_get computes it.
+    let f = |v: i32| v as f64 / 65536.0;
+    let s0 = f(m[0]).hypot(f(m[3]));
+    let s1 = f(m[1]).hypot(f(m[4]));
+    if s0 == 0.0 || s1 == 0.0 {
+        return 0;
+    }
+    let ccw = -(f(m[1]) / s1).atan2(f(m[0]) / s0).to_degrees();
+    // Frames must be turned clockwise by -ccw to display upright.
+    let cw = (-ccw.round()).rem_euclid(360.0);
+    match cw as i64 {
+        a if (a - 90).abs() <= 1 => 90,
+        a if (a - 180).abs() <= 1 => 180,
+        a if (a - 270).abs() <= 1 => 270,
+        _ => 0,
+    }
+}
+
+fn check_deadline(deadline: Instant) -> Result<()> {
+    if Instant::now() > deadline {
+        return limit("decoding exceeded timeout_s");
+    }
+    Ok(())
+}
+
+impl<'a> VideoDecoder<'a> {
+    /// Opens the source and scans its packets. No frame is decoded here.
+    pub fn open(source: Source<'a>, opts: DecodeOptions) -> Result<Self> {
+        let deadline = Instant::now() + Duration::from_secs_f64(opts.limits.timeout_s.max(0.0));
+        let limits = &opts.limits;
+        let mut input = avio::open(&source, limits, deadline, opts.formats())?;
+        let container = input.input().format().name().to_string();
+        let (stream_index, codec, width, height, rotation_cw, time_base, header_fps, header_frames, header_duration) = {
+            let inp = input.input();
+            let stream = inp
+                .streams()
+                .filter(|s| s.parameters().medium() == ff::media::Type::Video)
+                .filter(|s| !s.disposition().contains(ff::format::stream::Disposition::ATTACHED_PIC))
+                .max_by_key(|s| {
+                    let p = s.parameters();
+                    unsafe { (*p.as_ptr()).width as i64 * (*p.as_ptr()).height as i64 }
+                })
+                .ok_or_else(|| SmgError::UnsupportedFormat("input has no video stream".into()))?;
+            let par = stream.parameters();
+            let codec_id = unsafe { (*par.as_ptr()).codec_id };
+            let codec = format!("{:?}", par.id()).to_lowercase();
+            if !opts.codecs().contains(&codec_id) {
+                return Err(SmgError::UnsupportedFormat(format!(
+                    "codec {codec} is not allowed (videos: h264, hevc, vp8, vp9, av1, mpeg4, mpeg1/2, mjpeg; images: png, jpeg, webp, bmp)"
+                )));
+            }
+            let (w, h) = unsafe { ((*par.as_ptr()).width.max(0) as u32, (*par.as_ptr()).height.max(0) as u32) };
+            let mut rot = 0;
+            for sd in stream.side_data() {
+                if sd.kind() == ff::codec::packet::side_data::Type::DisplayMatrix && sd.data().len() >= 36 {
+                    let d = sd.data();
+                    let mut m = [0i32; 9];
+                    for (i, v) in m.iter_mut().enumerate() {
+                        *v = i32::from_ne_bytes(d[i * 4..i * 4 + 4].try_into().unwrap());
+                    }
+                    rot = rotation_from_matrix(&m);
+                }
+            }
+            let tb = stream.time_base();
+            let tb = if tb.denominator() != 0 { tb.numerator() as f64 / tb.denominator() as f64 } else { 0.0 };
+            let afr = stream.avg_frame_rate();
+            let rfr = stream.rate();
+            let fps_of = |r: ff::Rational| {
+                if r.denominator() != 0 && r.numerator() > 0 { r.numerator() as f64 / r.denominator() as f64 } else { 0.0 }
+            };
+            let header_fps = if fps_of(afr) > 0.0 { fps_of(afr) } else { fps_of(rfr) };
+            let header_duration = if stream.duration() > 0 && tb > 0.0 {
+                stream.duration() as f64 * tb
+            } else if inp.duration() > 0 {
+                inp.duration() as f64 / ffi::AV_TIME_BASE as f64
+            } else {
+                0.0
+            };
+            (stream.index(), codec, w, h, rot, tb, header_fps, stream.frames().max(0) as u64, header_duration)
+        };
+        limits.check_frame_size(width, height)?;
+        if header_duration > limits.max_duration_s {
+            return limit(format!(
+                "video lasts {header_duration:.1} s, above max_duration_s={}",
+                limits.max_duration_s
+            ));
+        }
+        if header_frames > limits.max_source_frames {
+            return limit(format!(
+                "video has {header_frames} frames, above max_source_frames={}",
+                limits.max_source_frames
+            ));
+        }
+
+        // Demux-only scan: frame count and timestamps without decoding.
+        let mut pts: Vec<i64> = Vec::new();
+        let mut all_have_pts = true;
+        let mut count = 0usize;
+        let (mut begin, mut end) = (i64::MAX, i64::MIN);
+        let mut packet = ff::Packet::empty();
+        loop {
+            check_deadline(deadline)?;
+            match packet.read(input.input()) {
+                Ok(()) => {}
+                Err(ff::Error::Eof) => break,
+                Err(ff::Error::Other { errno: 11 }) => continue,
+                Err(e) => {
+                    if Instant::now() > deadline {
+                        return limit("decoding exceeded timeout_s");
+                    }
+                    return Err(SmgError::VideoDecode(format!("corrupt or truncated container: {}", ff_err(e))));
+                }
+            }
+            if packet.stream() != stream_index {
+                continue;
+            }
+            if packet.is_corrupt() {
+                return Err(SmgError::VideoDecode("truncated or corrupt video packet".into()));
+            }
+            count += 1;
+            if count as u64 > limits.max_source_frames {
+                return limit(format!(
+                    "video has more than max_source_frames={} frames",
+                    limits.max_source_frames
+                ));
+            }
+            match packet.pts() {
+                Some(p) => {
+                    pts.push(p);
+                    begin = begin.min(p);
+                    end = end.max(p.saturating_add(packet.duration().max(0)));
+                }
+                None => all_have_pts = false,
+            }
+        }
+        if count == 0 {
+            return Err(SmgError::VideoDecode("video stream has no frames".into()));
+        }
+        if header_frames > 0 && (count as u64) < header_frames && container.starts_with("mov") {
+            return Err(SmgError::VideoDecode(format!(
+                "truncated file: index lists {header_frames} frames, only {count} present"
+            )));
+        }
+        let (frame_pts, frame_times, duration, avg_fps) = if all_have_pts && time_base > 0.0 {
+            pts.sort_unstable();
+            let times: Vec<f64> = pts.iter().map(|&p| p as f64 * time_base).collect();
+            let duration = (end - begin) as f64 * time_base;
+            let fps = if duration > 0.0 { count as f64 / duration } else { header_fps };
+            (Some(pts), times, duration, fps)
+        } else {
+            let fps = if header_fps > 0.0 { header_fps } else { 1.0 };
+            let times = (0..count).map(|i| i as f64 / fps).collect();
+            (None, times, count as f64 / fps, fps)
+        };
+        if duration > limits.max_duration_s {
+            return limit(format!("video lasts {duration:.1} s, above max_duration_s={}", limits.max_duration_s));
+        }
+        if !(avg_fps > 0.0) || !avg_fps.is_finite() {
+            return Err(SmgError::VideoDecode("video has no usable frame rate".into()));
+        }
+        let (dw, dh) = if rotation_cw % 180 == 90 { (height, width) } else { (width, height) };
+        let info = VideoInfo {
+            width: dw,
+            height: dh,
+            rotation_cw,
+            num_frames: count,
+            avg_fps,
+            duration,
+            frame_times,
+            codec,
+            container,
+        };
+        drop(input);
+        Ok(Self { source, opts, deadline, stream_index, info, frame_pts })
+    }
+
+    pub fn info(&self) -> &VideoInfo {
+        &self.info
+    }
+
+    /// Decodes the stream once, in order, and hands `sink(slot, frame)` the frame for every
+    /// `indices[slot]` (indices may repeat or be unordered). A frame index that the decoder
+    /// never produces (damaged stream) is served by the next decoded frame, or the last one.
+    pub fn decode_selected(
+        &mut self,
+        indices: &[usize],
+        mut sink: impl FnMut(usize, RgbFrame) -> Result<()>,
+    ) -> Result<()> {
+        let n = self.info.num_frames;
+        if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
+            return crate::error::invalid(format!("frame index {bad} out of range (video has {n} frames)"));
+        }
+        if indices.is_empty() {
+            return Ok(());
+        }
+        // frame index -> slots wanting it, in presentation order
+        let mut wanted: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (slot, &i) in indices.iter().enumerate() {
+            wanted.entry(i).or_default().push(slot);
+        }
+        let limits = self.opts.limits.clone();
+        let mut input = avio::open(&self.source, &limits, self.deadline, self.opts.formats())?;
+        let mut decoder = {
+            let stream = input
+                .input()
+                .stream(self.stream_index)
+                .ok_or_else(|| SmgError::VideoDecode("video stream vanished on reopen".into()))?;
+            let mut ctx = ff::codec::context::Context::from_parameters(stream.parameters())
+                .map_err(|e| SmgError::VideoDecode(format!("cannot set up decoder: {}", ff_err(e))))?;
+            unsafe {
+                let raw = ctx.as_mut_ptr();
+                (*raw).thread_count = self.opts.threads.clamp(1, 16) as i32;
+                (*raw).thread_type = (ffi::FF_THREAD_FRAME | ffi::FF_THREAD_SLICE) as i32;
+                (*raw).max_pixels = limits.max_frame_pixels.min(i32::MAX as u64) as i64;
+                (*raw).pkt_timebase = (*stream.as_ptr()).time_base;
+            }
+            ctx.decoder()
+                .video()
+                .map_err(|e| SmgError::VideoDecode(format!("cannot open decoder: {}", ff_err(e))))?
+        };
+        let mut state = DeliverState {
+            wanted,
+            frame_pts: self.frame_pts.as_deref(),
+            counter: 0,
+            info: &self.info,
+            converter: Converter::default(),
+            last: LastFrame::new(),
+            decode_errors: 0,
+        };
+        let mut packet = ff::Packet::empty();
+        let mut frame = ff::frame::Video::empty();
+        let mut packets_in = 0usize;
+        'demux: loop {
+            check_deadline(self.deadline)?;
+            if state.wanted.is_empty() {
+                break;
+            }
+            match packet.read(input.input()) {
+                Ok(()) => {}
+                Err(ff::Error::Eof) => break,
+                Err(ff::Error::Other { errno: 11 }) => continue,
+                Err(e) => {
+                    check_deadline(self.deadline)?;
+                    return Err(SmgError::VideoDecode(format!("corrupt or truncated container: {}", ff_err(e))));
+                }
+            }
+            if packet.stream() != self.stream_index {
+                continue;
+            }
+            packets_in += 1;
+            if decoder.send_packet(&packet).is_err() {
+                state.decode_errors += 1;
+            }
+            loop {
+                match decoder.receive_frame(&mut frame) {
+                    Ok(()) => {
+                        state.on_frame(&frame, &mut sink)?;
+                        if state.wanted.is_empty() {
+                            break 'demux;
+                        }
+                    }
+                    Err(ff::Error::Other { errno: 11 }) | Err(ff::Error::Eof) => break,
+                    Err(_) => {
+                        state.decode_errors += 1;
+                        break;
+                    }
+                }
+            }
+            state.check_errors(packets_in)?;
+        }
+        if !state.wanted.is_empty() {
+            let _ = decoder.send_eof();
+            loop {
+                check_deadline(self.deadline)?;
+                match decoder.receive_frame(&mut frame) {
+                    Ok(()) => {
+                        state.on_frame(&frame, &mut sink)?;
+                        if state.wanted.is_empty() {
+                            break;
+                        }
+                    }
+                    Err(ff::Error::Other { errno: 11 }) | Err(ff::Error::Eof) => break,
+                    Err(_) => {
+                        state.decode_errors += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        state.check_errors(packets_in.max(1))?;
+        state.flush_with_last(&mut sink)?;
+        drop(decoder);
+        drop(input);
+        Ok(())
+    }
+}
+
+struct DeliverState<'s> {
+    wanted: BTreeMap<usize, Vec<usize>>,
+    frame_pts: Option<&'s [i64]>,
+    counter: usize,
+    info: &'s VideoInfo,
+    converter: Converter,
+    /// A reference to the most recent decoded frame, converted only if it is needed as a
+    /// stand-in for frames the decoder never produced.
+    last: LastFrame,
+    decode_errors: usize,
+}
+
+struct LastFrame(*mut ffi::AVFrame);
+
+impl LastFrame {
+    fn new() -> Self {
+        Self(unsafe { ffi::av_frame_alloc() })
+    }
+    fn keep(&mut self, frame: &ff::frame::Video) {
+        unsafe {
+            ffi::av_frame_unref(self.0);
+            if ffi::av_frame_ref(self.0, frame.as_ptr()) < 0 {
+                ffi::av_frame_unref(self.0);
+            }
+        }
+    }
+    fn is_set(&self) -> bool {
+        !self.0.is_null() && unsafe { (*self.0).width > 0 && !(*self.0).data[0].is_null() }
+    }
+}
+
+impl Drop for LastFrame {
+    fn drop(&mut self) {
+        unsafe { ffi::av_frame_free(&mut self.0) };
+    }
+}
+
+impl DeliverState<'_> {
+    fn check_errors(&self, packets: usize) -> Result<()> {
+        // A few damaged packets are tolerated (streams cut mid-GOP); a mostly broken one is not.
+        if self.decode_errors > 8 && self.decode_errors * 4 > packets {
+            return Err(SmgError::VideoDecode(format!(
+                "stream is damaged: {} decode errors in {packets} packets",
+                self.decode_errors
+            )));
+        }
+        Ok(())
+    }
+
+    fn deliver(
+        &mut self,
+        raw: *const ffi::AVFrame,
+        covered: usize,
+        sink: &mut impl FnMut(usize, RgbFrame) -> Result<()>,
+    ) -> Result<()> {
+        let ready: Vec<usize> = self.wanted.range(..=covered).map(|(&i, _)| i).collect();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let (w, h, data) = self.converter.convert(raw, self.info)?;
+        let total: usize = ready.iter().map(|i| self.wanted[i].len()).sum();
+        let mut data = Some(data);
+        let mut served = 0;
+        for index in ready {
+            let slots = self.wanted.remove(&index).unwrap_or_default();
+            for slot in slots {
+                served += 1;
+                let bytes = if served == total { data.take().unwrap() } else { data.as_ref().unwrap().clone() };
+                let pts_seconds = self.info.frame_times[index];
+                sink(slot, RgbFrame { width: w, height: h, data: bytes, index, pts_seconds })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_frame(&mut self, frame: &ff::frame::Video, sink: &mut impl FnMut(usize, RgbFrame) -> Result<()>) -> Result<()> {
+        let position = self.counter;
+        self.counter += 1;
+        // The largest frame index this decoded frame stands for: by timestamp when the
+        // scan found one for every packet, else by output position.
+        let covered = match (self.frame_pts, frame.timestamp()) {
+            (Some(pts), Some(p)) => match pts.partition_point(|&q| q <= p) {
+                0 => return Ok(()),
+                k => k - 1,
+            },
+            _ => position,
+        };
+        self.last.keep(frame);
+        self.deliver(unsafe { frame.as_ptr() }, covered, sink)
+    }
+
+    /// Serves every still-wanted index with the last decoded frame.
+    fn flush_with_last(&mut self, sink: &mut impl FnMut(usize, RgbFrame) -> Result<()>) -> Result<()> {
+        if self.wanted.is_empty() {
+            return Ok(());
+        }
+        if !self.last.is_set() {
+            return Err(SmgError::VideoDecode("no frame could be decoded".into()));
+        }
+        let raw = self.last.0 as *const ffi::AVFrame;
+        self.deliver(raw, usize::MAX, sink)
+    }
+}
+
+/// RGB24 conversion (swscale) + display rotation, with a context cached per input format.
+#[derive(Default)]
+struct Converter {
+    sws: Option<(*mut ffi::SwsContext, (i32, u32, u32, i32, i32))>,
+}
+
+impl Drop for Converter {
+    fn drop(&mut self) {
+        if let Some((ctx, _)) = self.sws.take() {
+            unsafe { ffi::sws_freeContext(ctx) };
+        }
+    }
+}
+
+impl Converter {
+    fn convert(&mut self, raw: *const ffi::AVFrame, info: &VideoInfo) -> Result<(u32, u32, Vec<u8>)> {
+        let (w, h) = unsafe { ((*raw).width.max(0) as u32, (*raw).height.max(0) as u32) };
+        let (cw, ch) = if info.rotation_cw % 180 == 90 { (info.height, info.width) } else { (info.width, info.height) };
+        if w == 0 || h == 0 {
+            return Err(SmgError::VideoDecode("decoder returned an empty frame".into()));
+        }
+        if (w as u64) * (h as u64) > 7680 * 4320 * 4 {
+            return limit("decoded frame is larger than the frame limit");
+        }
+        let fmt = unsafe { (*raw).format };
+        let (space, range) = unsafe { ((*raw).colorspace as i32, (*raw).color_range as i32) };
+        let key = (fmt, w, h, space, range);
+        unsafe {
+            if self.sws.as_ref().map(|s| s.1) != Some(key) {
+                if let Some((old, _)) = self.sws.take() {
+                    ffi::sws_freeContext(old);
+                }
+                // Frames whose size drifts from the stream header are scaled back to it, so
+                // every delivered frame has the announced size.
+                let ctx = ffi::sws_getContext(
+                    w as i32,
+                    h as i32,
+                    std::mem::transmute::<i32, ffi::AVPixelFormat>(fmt),
+                    cw as i32,
+                    ch as i32,
+                    ffi::AVPixelFormat::AV_PIX_FMT_RGB24,
+                    // Plain flags (no accurate_rnd) give the same bytes as FFmpeg CLI and TorchCodec.
+                    ffi::SWS_BILINEAR as i32,
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                    ptr::null(),
+                );
+                if ctx.is_null() {
+                    return Err(SmgError::UnsupportedFormat(format!("cannot convert pixel format {fmt} to RGB")));
+                }
+                let full_range = (range == ffi::AVColorRange::AVCOL_RANGE_JPEG as i32) as i32;
+                let src_coeffs = ffi::sws_getCoefficients(if (0..=10).contains(&space) { space } else { 2 });
+                let dst_coeffs = ffi::sws_getCoefficients(ffi::SWS_CS_DEFAULT as i32);
+                ffi::sws_setColorspaceDetails(ctx, src_coeffs, full_range, dst_coeffs, 1, 0, 1 << 16, 1 << 16);
+                self.sws = Some((ctx, key));
+            }
+            let ctx = self.sws.as_ref().unwrap().0;
+            // swscale's SIMD writers may store whole blocks of pixels past the row end (and
+            // past the last row): give every row a multiple of 64 pixels plus a spare row.
+            let stride = (cw as usize).div_ceil(64) * 64 * 3;
+            let mut buf = vec![0u8; stride * (ch as usize + 1)];
+            let dst_planes = [buf.as_mut_ptr(), ptr::null_mut(), ptr::null_mut(), ptr::null_mut()];
+            let dst_strides = [stride as i32, 0, 0, 0];
+            let got = ffi::sws_scale(
+                ctx,
+                (*raw).data.as_ptr() as *const *const u8,
+                (*raw).linesize.as_ptr(),
+                0,
+                h as i32,
+                dst_planes.as_ptr(),
+                dst_strides.as_ptr(),
+            );
+            if got <= 0 {
+                return Err(SmgError::VideoDecode("pixel conversion failed".into()));
+            }
+            let mut packed = Vec::with_capacity(cw as usize * ch as usize * 3);
+            for row in buf.chunks_exact(stride).take(ch as usize) {
+                packed.extend_from_slice(&row[..cw as usize * 3]);
+            }
+            let (ow, oh, data) = rotate_rgb(packed, cw, ch, info.rotation_cw);
+            Ok((ow, oh, data))
+        }
+    }
+}
+
+/// Turns a packed RGB24 image clockwise by `rotation_cw` degrees (0/90/180/270).
+pub fn rotate_rgb(src: Vec<u8>, width: u32, height: u32, rotation_cw: u32) -> (u32, u32, Vec<u8>) {
+    let (w, h) = (width as usize, height as usize);
+    match rotation_cw {
+        90 | 180 | 270 => {}
+        _ => return (width, height, src),
+    }
+    let mut out = vec![0u8; src.len()];
+    let px = |x: usize, y: usize| (y * w + x) * 3;
+    match rotation_cw {
+        180 => {
+            for y in 0..h {
+                for x in 0..w {
+                    let (s, d) = (px(x, y), ((h - 1 - y) * w + (w - 1 - x)) * 3);
+                    out[d..d + 3].copy_from_slice(&src[s..s + 3]);
+                }
+            }
+            (width, height, out)
+        }
+        90 => {
+            // output is h wide, w tall: out(x', y') = in(x = y', y = h-1-x')
+            for y in 0..h {
+                for x in 0..w {
+                    let s = px(x, y);
+                    let (ox, oy) = (h - 1 - y, x);
+                    let d = (oy * h + ox) * 3;
+                    out[d..d + 3].copy_from_slice(&src[s..s + 3]);
+                }
+            }
+            (height, width, out)
+        }
+        _ => {
+            for y in 0..h {
+                for x in 0..w {
+                    let s = px(x, y);
+                    let (ox, oy) = (y, w - 1 - x);
+                    let d = (oy * h + ox) * 3;
+                    out[d..d + 3].copy_from_slice(&src[s..s + 3]);
+                }
+            }
+            (height, width, out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_matrix_angles() {
+        let one = 1 << 16;
+        // identity
+        assert_eq!(rotation_from_matrix(&[one, 0, 0, 0, one, 0, 0, 0, 1 << 30]), 0);
+        // av_display_rotation_set(90): [0, -1, 1, 0] -> counter-clockwise 90 -> turn 270 cw
+        assert_eq!(rotation_from_matrix(&[0, -one, 0, one, 0, 0, 0, 0, 1 << 30]), 270);
+        assert_eq!(rotation_from_matrix(&[0, one, 0, -one, 0, 0, 0, 0, 1 << 30]), 90);
+        assert_eq!(rotation_from_matrix(&[-one, 0, 0, 0, -one, 0, 0, 0, 1 << 30]), 180);
+    }
+
+    #[test]
+    fn rotate_small_image() {
+        // 2 wide, 1 tall: pixels A(1,1,1) B(2,2,2)
+        let img = vec![1, 1, 1, 2, 2, 2];
+        let (w, h, r) = rotate_rgb(img.clone(), 2, 1, 90);
+        assert_eq!((w, h), (1, 2));
+        assert_eq!(r, vec![1, 1, 1, 2, 2, 2]); // A on top after a clockwise turn
+        let (_, _, r) = rotate_rgb(img.clone(), 2, 1, 270);
+        assert_eq!(r, vec![2, 2, 2, 1, 1, 1]);
+        let (_, _, r) = rotate_rgb(img, 2, 1, 180);
+        assert_eq!(r, vec![2, 2, 2, 1, 1, 1]);
+    }
+}

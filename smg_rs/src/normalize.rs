@@ -1,0 +1,45 @@
+//! Rescale (1/255) + mean/std normalization, fused as the HF torchvision backend fuses it:
+//! `(x - mean*255) / (std*255)` in float32, with the constants formed in float32.
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalizer {
+    pub mean_scaled: [f32; 3],
+    pub std_scaled: [f32; 3],
+}
+
+impl Normalizer {
+    pub fn new(mean: [f64; 3], std: [f64; 3], rescale_factor: f64) -> Self {
+        // The reference makes float32 tensors from the constants, then multiplies them by
+        // the Python float 1/rescale_factor, which torch rounds to float32 first.
+        let k = (1.0 / rescale_factor) as f32;
+        Self {
+            mean_scaled: mean.map(|m| m as f32 * k),
+            std_scaled: std.map(|s| s as f32 * k),
+        }
+    }
+
+    #[inline(always)]
+    pub fn apply(&self, value: f32, channel: usize) -> f32 {
+        (value - self.mean_scaled[channel]) / self.std_scaled[channel]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_constants() {
+        let n = Normalizer::new(
+            [0.48145466, 0.4578275, 0.40821073],
+            [0.26862954, 0.26130258, 0.27577711],
+            1.0 / 255.0,
+        );
+        let v = n.apply(255.0, 0);
+        let expect = ((1.0 - 0.48145466) / 0.26862954) as f32;
+        assert!((v - expect).abs() < 1e-5, "{v} vs {expect}");
+        assert!((n.apply(0.0, 2) + (0.40821073f32 / 0.27577711f32)).abs() < 1e-5);
+        // channels are not mixed up
+        assert!(n.apply(100.0, 0) != n.apply(100.0, 1));
+    }
+}

@@ -1,0 +1,158 @@
+//! Flattening of normalized frames into vision-encoder patches.
+//!
+//! Layout (shared by Qwen2-VL, Qwen3-VL and MiniMax-M3): one row per spatial patch, rows
+//! ordered `(t, h_block, w_block, h_in_block, w_in_block)` where a block is
+//! `merge x merge` patches, and each row holds `(channel, t_in_patch, y, x)` so that the
+//! `temporal_patch` frames of one temporal group sit next to each other per channel.
+use crate::normalize::Normalizer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PatchGeometry {
+    pub patch: usize,
+    pub temporal_patch: usize,
+    pub merge: usize,
+    pub channels: usize,
+}
+
+impl PatchGeometry {
+    pub fn row_len(&self) -> usize {
+        self.channels * self.temporal_patch * self.patch * self.patch
+    }
+    /// Grid `(grid_h, grid_w)` in patches for a frame of `height x width`.
+    pub fn grid_hw(&self, height: usize, width: usize) -> (usize, usize) {
+        (height / self.patch, width / self.patch)
+    }
+    /// Number of temporal groups for `frames` frames (the last frame repeats to fill a group).
+    pub fn grid_t(&self, frames: usize) -> usize {
+        frames.div_ceil(self.temporal_patch)
+    }
+}
+
+/// Element type of the output buffer.
+pub trait OutElem: Copy + Send + Sync + Default + 'static {
+    fn from_f32(v: f32) -> Self;
+}
+impl OutElem for f32 {
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+impl OutElem for half::f16 {
+    #[inline(always)]
+    fn from_f32(v: f32) -> Self {
+        half::f16::from_f32(v)
+    }
+}
+
+/// Writes one temporal group. `frames` are interleaved-RGB float frames (0..255 scale) of
+/// `height x width`, exactly `temporal_patch` of them (repeat the last one to pad). `out` is
+/// the group's rows: `grid_h * grid_w * row_len` elements.
+pub fn patchify_group<T: OutElem>(
+    frames: &[&[f32]],
+    height: usize,
+    width: usize,
+    geom: &PatchGeometry,
+    norm: &Normalizer,
+    out: &mut [T],
+) {
+    let PatchGeometry { patch: p, temporal_patch: tp, merge: m, channels: c } = *geom;
+    assert_eq!(frames.len(), tp, "a temporal group needs exactly temporal_patch frames");
+    assert!(height % (p * m) == 0 && width % (p * m) == 0, "size must be a multiple of patch*merge");
+    let (gh, gw) = (height / p, width / p);
+    let row_len = geom.row_len();
+    assert_eq!(out.len(), gh * gw * row_len);
+    for f in frames {
+        assert_eq!(f.len(), height * width * c);
+    }
+    let (bh_n, bw_n) = (gh / m, gw / m);
+    let mut row = 0usize;
+    for bh in 0..bh_n {
+        for bw in 0..bw_n {
+            for mh in 0..m {
+                for mw in 0..m {
+                    let y0 = (bh * m + mh) * p;
+                    let x0 = (bw * m + mw) * p;
+                    let dst = &mut out[row * row_len..(row + 1) * row_len];
+                    for ch in 0..c {
+                        for (ti, frame) in frames.iter().enumerate() {
+                            let base = (ch * tp + ti) * p * p;
+                            for py in 0..p {
+                                let src_row = ((y0 + py) * width + x0) * c + ch;
+                                let d = &mut dst[base + py * p..base + py * p + p];
+                                for (px, slot) in d.iter_mut().enumerate() {
+                                    *slot = T::from_f32(norm.apply(frame[src_row + px * c], ch));
+                                }
+                            }
+                        }
+                    }
+                    row += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Index-by-index statement of the layout, written independently of the loops above.
+    fn reference_value(
+        frames: &[Vec<f32>],
+        h: usize,
+        w: usize,
+        g: &PatchGeometry,
+        row: usize,
+        col: usize,
+    ) -> f32 {
+        let (p, tp, m, c) = (g.patch, g.temporal_patch, g.merge, g.channels);
+        let (gh, gw) = (h / p, w / p);
+        let per_t = gh * gw;
+        let t = row / per_t;
+        let r = row % per_t;
+        let (bw_n,) = (gw / m,);
+        let block = r / (m * m);
+        let in_block = r % (m * m);
+        let (bh, bw) = (block / bw_n, block % bw_n);
+        let (mh, mw) = (in_block / m, in_block % m);
+        let ch = col / (tp * p * p);
+        let ti = (col / (p * p)) % tp;
+        let py = (col / p) % p;
+        let px = col % p;
+        let y = (bh * m + mh) * p + py;
+        let x = (bw * m + mw) * p + px;
+        frames[t * tp + ti][(y * w + x) * c + ch]
+    }
+
+    #[test]
+    fn layout_matches_index_formula() {
+        let g = PatchGeometry { patch: 2, temporal_patch: 2, merge: 2, channels: 3 };
+        let (h, w) = (8, 12);
+        let frames: Vec<Vec<f32>> = (0..4)
+            .map(|f| (0..h * w * 3).map(|i| (f * 1000 + i) as f32).collect())
+            .collect();
+        let identity = Normalizer { mean_scaled: [0.0; 3], std_scaled: [1.0; 3] };
+        let (gh, gw) = g.grid_hw(h, w);
+        let mut out = vec![f32::NAN; 2 * gh * gw * g.row_len()];
+        let rows_per_t = gh * gw * g.row_len();
+        for t in 0..2 {
+            let refs: Vec<&[f32]> = frames[t * 2..t * 2 + 2].iter().map(|v| v.as_slice()).collect();
+            patchify_group(&refs, h, w, &g, &identity, &mut out[t * rows_per_t..(t + 1) * rows_per_t]);
+        }
+        for row in 0..2 * gh * gw {
+            for col in 0..g.row_len() {
+                let got = out[row * g.row_len() + col];
+                assert_eq!(got, reference_value(&frames, h, w, &g, row, col), "row {row} col {col}");
+            }
+        }
+    }
+
+    #[test]
+    fn grid_t_pads_up() {
+        let g = PatchGeometry { patch: 14, temporal_patch: 2, merge: 2, channels: 3 };
+        assert_eq!(g.grid_t(1), 1);
+        assert_eq!(g.grid_t(5), 3);
+        assert_eq!(g.row_len(), 1176);
+    }
+}

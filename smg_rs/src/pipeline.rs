@@ -1,0 +1,315 @@
+//! End-to-end calls: decode -> sample -> resize -> normalize -> patchify, with per-frame work
+//! on a bounded rayon pool while the (sequential) decoder keeps going.
+use crate::avio::Source;
+use crate::decode::{DecodeOptions, RgbFrame, VideoDecoder};
+use crate::error::{invalid, limit, Result, SmgError};
+use crate::limits::Limits;
+use crate::normalize::Normalizer;
+use crate::patchify::{patchify_group, OutElem};
+use crate::presets::{Filter, Preset, SizeOverrides, Stage};
+use crate::resize::{resize_bicubic, FloatFrame};
+use std::collections::HashMap;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+
+#[derive(Debug, Clone, Default)]
+pub struct VideoRequest {
+    pub fps: Option<f64>,
+    pub max_frames: Option<usize>,
+    pub size: SizeOverrides,
+    /// Total thread budget (decoder threads and resize workers); None = min(cores, 8).
+    pub threads: Option<usize>,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone)]
+pub struct Features<T> {
+    /// Row-major `(rows, cols)`.
+    pub pixel_values: Vec<T>,
+    pub rows: usize,
+    pub cols: usize,
+    pub grid_thw: (usize, usize, usize),
+    pub frame_indices: Vec<usize>,
+    pub timestamps: Vec<f64>,
+    pub source_fps: f64,
+    pub duration: f64,
+    pub num_source_frames: usize,
+}
+
+pub struct DecodedVideo {
+    /// `(n, height, width, 3)` uint8, row-major.
+    pub frames: Vec<u8>,
+    pub count: usize,
+    pub height: u32,
+    pub width: u32,
+    pub frame_indices: Vec<usize>,
+    pub timestamps: Vec<f64>,
+    pub source_fps: f64,
+    pub duration: f64,
+    pub num_source_frames: usize,
+}
+
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8)
+}
+
+fn pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = pools.get(&threads) {
+        return Ok(p.clone());
+    }
+    let p = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("smg-rs-{i}"))
+            .build()
+            .map_err(|e| SmgError::InvalidArgument(format!("cannot start {threads} threads: {e}")))?,
+    );
+    pools.insert(threads, p.clone());
+    Ok(p)
+}
+
+fn resolve_threads(threads: Option<usize>) -> Result<usize> {
+    match threads {
+        Some(0) => invalid("threads must be >= 1"),
+        Some(t) if t > 256 => invalid("threads must be <= 256"),
+        Some(t) => Ok(t),
+        None => Ok(default_threads()),
+    }
+}
+
+fn resize_through(frame: &RgbFrame, plan: &[Stage], uint8: bool) -> Result<FloatFrame> {
+    if uint8 {
+        let (mut h, mut w) = (frame.height, frame.width);
+        let mut data = std::borrow::Cow::Borrowed(frame.data.as_slice());
+        for s in plan {
+            if (s.height, s.width) != (h, w) {
+                let out = match s.filter {
+                    Filter::Bicubic => crate::resize::resize_bicubic_u8(&data, h, w, s.height, s.width)?,
+                    Filter::Bilinear => crate::resize::resize_bilinear_u8(&data, h, w, s.height, s.width)?,
+                };
+                data = std::borrow::Cow::Owned(out);
+                (h, w) = (s.height, s.width);
+            }
+        }
+        return Ok(FloatFrame::from_rgb8(h, w, &data));
+    }
+    let mut f = FloatFrame::from_rgb8(frame.height, frame.width, &frame.data);
+    for s in plan {
+        // every float stage of the presets is bicubic (SGLang MiniMax-M3 and its HF processor)
+        debug_assert_eq!(s.filter, Filter::Bicubic);
+        f = resize_bicubic(f, s.height, s.width)?;
+    }
+    Ok(f)
+}
+
+/// Work for one temporal group: resize its frames, pad to `temporal_patch`, patchify.
+struct GroupJob<'a> {
+    plan: &'a [Stage],
+    uint8: bool,
+    norm: &'a Normalizer,
+    geom: crate::patchify::PatchGeometry,
+    out_h: usize,
+    out_w: usize,
+    failure: &'a Mutex<Option<SmgError>>,
+}
+
+impl GroupJob<'_> {
+    fn run<T: OutElem>(&self, frames: Vec<RgbFrame>, chunk: &mut [T]) {
+        let done = (|| -> Result<()> {
+            let resized: Vec<FloatFrame> = frames.iter().map(|f| resize_through(f, self.plan, self.uint8)).collect::<Result<_>>()?;
+            let mut refs: Vec<&[f32]> = resized.iter().map(|f| f.data.as_slice()).collect();
+            while refs.len() < self.geom.temporal_patch {
+                refs.push(refs[refs.len() - 1]);
+            }
+            patchify_group(&refs, self.out_h, self.out_w, &self.geom, self.norm, chunk);
+            Ok(())
+        })();
+        if let Err(e) = done {
+            self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+        }
+    }
+}
+
+/// Decodes, samples and turns a video into patch features for `preset`.
+pub fn preprocess_video<T: OutElem>(source: Source<'_>, preset: &Preset, req: &VideoRequest) -> Result<Features<T>> {
+    if let Some(0) = req.max_frames {
+        return invalid("max_frames must be >= 1");
+    }
+    let threads = resolve_threads(req.threads)?;
+    let mut limits = req.limits.clone();
+    limits.min_side = limits.min_side.max(preset.geometry.patch as u32);
+    limits.max_aspect_ratio = limits.max_aspect_ratio.min(preset.max_aspect_ratio);
+    let mut decoder = VideoDecoder::open(source, DecodeOptions { threads, limits: limits.clone(), images: false })?;
+    let info = decoder.info().clone();
+    let indices = preset.sample(info.num_frames, info.avg_fps, req.fps, req.max_frames)?;
+    let plan = preset.resize_plan(info.height, info.width, req.size, indices.len())?;
+    let (out_h, out_w) = plan.last().map(|s| (s.height, s.width)).unwrap();
+    let geom = preset.geometry;
+    let tp = geom.temporal_patch;
+    let (gh, gw) = geom.grid_hw(out_h as usize, out_w as usize);
+    let gt = geom.grid_t(indices.len());
+    let rows = gt * gh * gw;
+    let cols = geom.row_len();
+    let bytes = rows as u64 * cols as u64 * std::mem::size_of::<T>() as u64;
+    if bytes > limits.max_output_bytes {
+        return limit(format!("features would take {bytes} bytes, above max_output_bytes={}", limits.max_output_bytes));
+    }
+    let norm = Normalizer::new(preset.mean, preset.std, preset.rescale_factor);
+    let mut pixel_values = vec![T::default(); rows * cols];
+    let group_len = gh * gw * cols;
+    let mut timestamps = vec![0.0; indices.len()];
+    let failure: Mutex<Option<SmgError>> = Mutex::new(None);
+    let workers = pool(threads)?;
+    // Bounded number of groups in flight, so decoded frames cannot pile up in memory.
+    let in_flight = threads * 2 + 1;
+    let (token_tx, token_rx) = mpsc::sync_channel::<()>(in_flight);
+    for _ in 0..in_flight {
+        token_tx.send(()).expect("fresh channel has room");
+    }
+    let mut chunks = pixel_values.chunks_mut(group_len.max(1)).collect::<Vec<&mut [T]>>().into_iter();
+    let job = GroupJob { plan: &plan, uint8: preset.uint8_resize, norm: &norm, geom, out_h: out_h as usize, out_w: out_w as usize, failure: &failure };
+    let job = &job;
+    let decode_result = workers.in_place_scope(|scope| -> Result<()> {
+        let mut pending: Vec<RgbFrame> = Vec::with_capacity(tp);
+        decoder.decode_selected(&indices, |slot, frame| {
+            timestamps[slot] = frame.pts_seconds;
+            pending.push(frame);
+            if pending.len() == tp {
+                let _ = token_rx.recv();
+                let chunk = chunks.next().ok_or_else(|| SmgError::VideoDecode("internal: more groups than planned".into()))?;
+                let frames = std::mem::take(&mut pending);
+                let tx = token_tx.clone();
+                scope.spawn(move |_| {
+                    job.run(frames, chunk);
+                    let _ = tx.send(());
+                });
+            }
+            Ok(())
+        })?;
+        if !pending.is_empty() {
+            let chunk = chunks.next().ok_or_else(|| SmgError::VideoDecode("internal: more groups than planned".into()))?;
+            let frames = std::mem::take(&mut pending);
+            scope.spawn(move |_| job.run(frames, chunk));
+        }
+        Ok(())
+    });
+    decode_result?;
+    if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    Ok(Features {
+        pixel_values,
+        rows,
+        cols,
+        grid_thw: (gt, gh, gw),
+        frame_indices: indices,
+        timestamps,
+        source_fps: info.avg_fps,
+        duration: info.duration,
+        num_source_frames: info.num_frames,
+    })
+}
+
+/// Which frames `decode_frames` returns.
+#[derive(Debug, Clone, Default)]
+pub struct FrameSelection {
+    pub fps: Option<f64>,
+    pub max_frames: Option<usize>,
+    pub frame_indices: Option<Vec<usize>>,
+}
+
+/// Decodes the selected frames to uint8 RGB at display size. Default selection: every frame
+/// (thinned evenly to `max_frames`); with `fps`, the MiniMax-M3 constant-rate sampling.
+pub fn decode_frames(source: Source<'_>, sel: &FrameSelection, threads: Option<usize>, limits: &Limits) -> Result<DecodedVideo> {
+    if let Some(0) = sel.max_frames {
+        return invalid("max_frames must be >= 1");
+    }
+    let threads = resolve_threads(threads)?;
+    let mut decoder = VideoDecoder::open(source, DecodeOptions { threads, limits: limits.clone(), images: false })?;
+    let info = decoder.info().clone();
+    let indices = match (&sel.frame_indices, sel.fps) {
+        (Some(_), Some(_)) => return invalid("pass either frame_indices or fps, not both"),
+        (Some(ix), None) => ix.clone(),
+        (None, Some(fps)) => {
+            if !(fps > 0.0) || !fps.is_finite() {
+                return invalid(format!("fps must be a positive finite number, got {fps}"));
+            }
+            crate::sample::constant_rate_indices(info.num_frames, info.avg_fps, fps, sel.max_frames)
+        }
+        (None, None) => match sel.max_frames {
+            Some(cap) if cap < info.num_frames => crate::sample::linspace_round(info.num_frames, cap),
+            _ => (0..info.num_frames).collect(),
+        },
+    };
+    let frame_bytes = info.height as usize * info.width as usize * 3;
+    let total = frame_bytes as u64 * indices.len() as u64;
+    if total > limits.max_output_bytes {
+        return limit(format!("decoded frames would take {total} bytes, above max_output_bytes={}", limits.max_output_bytes));
+    }
+    let mut frames = vec![0u8; total as usize];
+    let mut timestamps = vec![0.0; indices.len()];
+    decoder.decode_selected(&indices, |slot, f| {
+        if f.data.len() != frame_bytes {
+            return Err(SmgError::VideoDecode("frame size changed mid-stream".into()));
+        }
+        frames[slot * frame_bytes..(slot + 1) * frame_bytes].copy_from_slice(&f.data);
+        timestamps[slot] = f.pts_seconds;
+        Ok(())
+    })?;
+    Ok(DecodedVideo {
+        frames,
+        count: indices.len(),
+        height: info.height,
+        width: info.width,
+        frame_indices: indices,
+        timestamps,
+        source_fps: info.avg_fps,
+        duration: info.duration,
+        num_source_frames: info.num_frames,
+    })
+}
+
+/// One RGB image (`height x width x 3` uint8) -> features, as the HF image processor of the
+/// preset makes them: uint8 resize, then a single frame repeated to one temporal group.
+pub fn preprocess_image<T: OutElem>(rgb: &[u8], height: u32, width: u32, preset: &Preset, max_pixels: Option<u64>, limits: &Limits) -> Result<Features<T>> {
+    let mut limits = limits.clone();
+    limits.min_side = limits.min_side.max(preset.geometry.patch as u32);
+    limits.check_frame_size(width, height)?;
+    if rgb.len() != height as usize * width as usize * 3 {
+        return invalid("image buffer does not match its shape");
+    }
+    let (out_h, out_w) = preset.image_size(height, width, max_pixels)?;
+    let resized = crate::resize::resize_bicubic_u8(rgb, height, width, out_h, out_w)?;
+    let resized = FloatFrame::from_rgb8(out_h, out_w, &resized);
+    let geom = preset.geometry;
+    let (gh, gw) = geom.grid_hw(out_h as usize, out_w as usize);
+    let cols = geom.row_len();
+    let mut pixel_values = vec![T::default(); gh * gw * cols];
+    let refs: Vec<&[f32]> = vec![resized.data.as_slice(); geom.temporal_patch];
+    let norm = Normalizer::new(preset.mean, preset.std, preset.rescale_factor);
+    patchify_group(&refs, out_h as usize, out_w as usize, &geom, &norm, &mut pixel_values);
+    Ok(Features {
+        pixel_values,
+        rows: gh * gw,
+        cols,
+        grid_thw: (1, gh, gw),
+        frame_indices: vec![0],
+        timestamps: vec![0.0],
+        source_fps: 0.0,
+        duration: 0.0,
+        num_source_frames: 1,
+    })
+}
+
+/// Encoded image bytes (PNG, JPEG, WebP, BMP) -> features, through FFmpeg's image decoders.
+pub fn preprocess_image_bytes<T: OutElem>(data: &[u8], preset: &Preset, max_pixels: Option<u64>, limits: &Limits) -> Result<Features<T>> {
+    let mut decoder = VideoDecoder::open(Source::Bytes(data), DecodeOptions { threads: 1, limits: limits.clone(), images: true })?;
+    let mut frame: Option<RgbFrame> = None;
+    decoder.decode_selected(&[0], |_, f| {
+        frame = Some(f);
+        Ok(())
+    })?;
+    let f = frame.ok_or_else(|| SmgError::VideoDecode("image could not be decoded".into()))?;
+    preprocess_image(&f.data, f.height, f.width, preset, max_pixels, limits)
+}
