@@ -83,6 +83,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mem-fraction", type=float, default=0.35)
     ap.add_argument("--cuda-graph", choices=["on", "off"], default="on", help="for server B")
     ap.add_argument("--health-timeout", type=float, default=420)
+    ap.add_argument("--models", choices=["intree", "ours"], default="intree",
+                    help="MiniMax-M3 implementation for both servers (ours = SGLANG_MSA_MODELS=1)")
     ap.add_argument("--log-dir", default="/tmp/e2e-logs")
     args = ap.parse_args(argv)
 
@@ -91,17 +93,18 @@ def main(argv=None) -> int:
     common = ["--model-path", args.model_path, "--context-length", str(args.context_length),
               "--mem-fraction-static", str(args.mem_fraction), "--page-size", str(args.page_size),
               "--max-running-requests", "8", "--chunked-prefill-size", "8192"]
+    env = {"SGLANG_MSA_MODELS": "1" if args.models == "ours" else "0"}
     a = Server("A-sglang-sparse", 30000, [*common, "--attention-backend", "triton",
-                                          "--disable-cuda-graph"])
+                                          "--disable-cuda-graph"], env=env)
     b_flags = [*common, "--attention-backend", "msa"]
     if args.cuda_graph == "off":
         b_flags.append("--disable-cuda-graph")
     else:
         b_flags += ["--cuda-graph-max-bs", "8"]
-    b = Server("B-msa", 30001, b_flags)
+    b = Server("B-msa", 30001, b_flags, env=env)
     log_dir = Path(args.log_dir)
     results = {"card": card_name(), "date": date.today().isoformat(), "command": " ".join(sys.argv),
-               "versions": versions(), "servers": {}, "prompts": []}
+               "versions": versions(), "models": args.models, "servers": {}, "prompts": []}
     failed = 0
     try:
         a.start(log_dir)
