@@ -10,7 +10,9 @@ What ``register()`` does, and nothing else:
 * registers one AROUND hook with SGLang's ``HookRegistry`` so MiniMax sparse layers use our sparse
   backend when ``msa`` is selected (why, how and when it can go: :mod:`sglang_msa.backend.hooks`);
 * makes SGLang's model registry see ``sglang_msa.models`` when our models are enabled (see
-  :func:`_register_models`).
+  :func:`_register_models`);
+* points SGLang's multimodal-processor lookup at ``sglang_msa.multimodal`` (MiniMax-M3-VL video and
+  image inputs preprocessed by ``smg_rs``; see :func:`_register_mm_processor`).
 
 Apart from that documented hook it patches nothing. It is idempotent, never raises (failures are logged), and can be
 switched off with ``SGLANG_MSA_DISABLE=1``.
@@ -27,6 +29,8 @@ logger = logging.getLogger("sglang_msa")
 DISABLE_ENV = "SGLANG_MSA_DISABLE"
 MODELS_ENV = "SGLANG_MSA_MODELS"
 MODEL_PACKAGE = "sglang_msa.models"
+MM_PROCESSOR_ENV = "SGLANG_EXTERNAL_MM_PROCESSOR_PACKAGE"
+MM_PROCESSOR_PACKAGE = "sglang_msa.multimodal"
 
 _registered = False
 
@@ -87,6 +91,23 @@ def _register_models() -> None:
     ModelRegistry.register(MODEL_PACKAGE, overwrite=True)
 
 
+def _register_mm_processor() -> None:
+    """Have SGLang use our smg_rs-backed MiniMax-M3-VL processor (``sglang_msa.multimodal``).
+
+    SGLang's tokenizer manager reads ``SGLANG_EXTERNAL_MM_PROCESSOR_PACKAGE`` when it builds the
+    processor (after plugins load; child processes inherit it) and imports that package over its
+    own processors. Writing into SGLang's processor mapping directly would be undone there. The
+    processor serves SGLang's in-tree M3-VL as well as ours, so this does not depend on
+    :func:`models_enabled`.
+    """
+    current = os.environ.get(MM_PROCESSOR_ENV, "")
+    if current in ("", MM_PROCESSOR_PACKAGE):
+        os.environ[MM_PROCESSOR_ENV] = MM_PROCESSOR_PACKAGE
+    else:
+        logger.warning("sglang-msa: %s=%s is set; MiniMax-M3-VL keeps that package's processor",
+                       MM_PROCESSOR_ENV, current)
+
+
 def register() -> None:
     """Entry point called by SGLang's ``load_plugins()``. Cheap, idempotent, never raises."""
     global _registered
@@ -105,5 +126,9 @@ def register() -> None:
             _register_models()
     except Exception:
         logger.exception("sglang-msa: could not register the MiniMax-M3 models")
+    try:
+        _register_mm_processor()
+    except Exception:
+        logger.exception("sglang-msa: could not register the MiniMax-M3-VL processor")
     _registered = True
     logger.info("sglang-msa: registered attention backend 'msa'")

@@ -21,6 +21,7 @@ sglang = pytest.importorskip("sglang")
 def run_python(code: str, *, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SGLANG_MSA_", "SGLANG_PLUGINS"))}
     full_env.pop("SGLANG_EXTERNAL_MODEL_PACKAGE", None)
+    full_env.pop("SGLANG_EXTERNAL_MM_PROCESSOR_PACKAGE", None)
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
@@ -120,6 +121,7 @@ def test_off_switch_registers_nothing():
         assert "msa" not in ATTENTION_BACKEND_CHOICES
         assert "msa" not in ATTENTION_BACKENDS
         assert "SGLANG_EXTERNAL_MODEL_PACKAGE" not in os.environ
+        assert "SGLANG_EXTERNAL_MM_PROCESSOR_PACKAGE" not in os.environ
         print("OK")
         """,
         env={"SGLANG_MSA_DISABLE": "1"},
