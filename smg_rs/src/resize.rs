@@ -33,7 +33,7 @@ pub fn smart_resize(
     max_pixels: u64,
     max_ratio: f64,
 ) -> Result<(u32, u32)> {
-    smart_resize_impl(height, width, factor, min_pixels, max_pixels, max_ratio, true)
+    smart_resize_float(height, width, factor, min_pixels as f64, max_pixels as f64, max_ratio, true)
 }
 
 /// Same as [`smart_resize`] but without the `max(factor, ...)` guard in the shrink branch,
@@ -47,47 +47,7 @@ pub fn smart_resize_minimax(
     max_pixels: u64,
     max_ratio: f64,
 ) -> Result<(u32, u32)> {
-    smart_resize_impl(height, width, factor, min_pixels, max_pixels, max_ratio, false)
-}
-
-fn smart_resize_impl(
-    height: u32,
-    width: u32,
-    factor: u32,
-    min_pixels: u64,
-    max_pixels: u64,
-    max_ratio: f64,
-    guard_shrink: bool,
-) -> Result<(u32, u32)> {
-    let (h, w, f) = (height as f64, width as f64, factor as f64);
-    if height == 0 || width == 0 {
-        return invalid(format!("cannot resize an empty frame ({height}x{width})"));
-    }
-    if h.max(w) / h.min(w) > max_ratio {
-        return crate::error::limit(format!(
-            "absolute aspect ratio must be at most {max_ratio}, got {}",
-            h.max(w) / h.min(w)
-        ));
-    }
-    let mut hb = f.max(py_round(h / f) * f);
-    let mut wb = f.max(py_round(w / f) * f);
-    if hb * wb > max_pixels as f64 {
-        let beta = ((h * w) / max_pixels as f64).sqrt();
-        hb = (h / beta / f).floor() * f;
-        wb = (w / beta / f).floor() * f;
-        if guard_shrink {
-            hb = f.max(hb);
-            wb = f.max(wb);
-        }
-    } else if hb * wb < min_pixels as f64 {
-        let beta = (min_pixels as f64 / (h * w)).sqrt();
-        hb = (h * beta / f).ceil() * f;
-        wb = (w * beta / f).ceil() * f;
-    }
-    if hb < f || wb < f {
-        return crate::error::limit(format!("frame {width}x{height} resizes to an empty grid"));
-    }
-    Ok((hb as u32, wb as u32))
+    smart_resize_float(height, width, factor, min_pixels as f64, max_pixels as f64, max_ratio, false)
 }
 
 /// `smart_resize` with float pixel budgets; `guard_shrink` adds the `max(factor, ..)` of the
