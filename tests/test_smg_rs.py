@@ -413,3 +413,33 @@ def test_qwen2_vl_matches_sglang_and_hf(video, monkeypatch):
         # round differently in 3-7% of values, never by more than one uint8 level (~0.0155).
         assert err.max() <= 0.016, (name, err.max())
         assert (err > 1e-4).mean() < 0.10, (name, (err > 1e-4).mean())
+
+
+@pytest.mark.parametrize("name", ["h264_bframes", "vfr_mp4", "hevc10_mkv"])
+def test_skipping_decode_matches_sequential_decode(video, name, monkeypatch):
+    """Sparse selections let the decoder drop unrequested non-reference pictures; the frames
+    it returns must be byte-identical to a full sequential decode (no skipping at all)."""
+    path = video(name)
+    monkeypatch.setenv("SMG_RS_SEQUENTIAL_DECODE", "1")
+    full = smg_rs.decode_frames(path, threads=1)
+    n = full.num_source_frames
+    selections = [
+        {"fps": 1.0}, {"fps": 2.0}, {"frame_indices": list(range(1, n, 7))},
+        {"frame_indices": [n - 2, 2, 5, 2]}, {"frame_indices": [1]},
+    ]
+    for threads in (1, 2):
+        for sel in selections:
+            monkeypatch.setenv("SMG_RS_SEQUENTIAL_DECODE", "1")
+            plain = smg_rs.decode_frames(path, threads=threads, **sel)
+            monkeypatch.delenv("SMG_RS_SEQUENTIAL_DECODE")
+            fast = smg_rs.decode_frames(path, threads=threads, **sel)
+            assert fast.frame_indices == plain.frame_indices
+            np.testing.assert_array_equal(fast.timestamps, plain.timestamps)
+            assert fast.frames.tobytes() == plain.frames.tobytes(), (name, threads, sel)
+            assert fast.frames.tobytes() == full.frames[fast.frame_indices].tobytes(), (name, threads, sel)
+    monkeypatch.setenv("SMG_RS_SEQUENTIAL_DECODE", "1")
+    plain = smg_rs.preprocess_video(path, fps=2.0, threads=1)
+    monkeypatch.delenv("SMG_RS_SEQUENTIAL_DECODE")
+    fast = smg_rs.preprocess_video(path, fps=2.0, threads=1)
+    assert fast.frame_indices == plain.frame_indices and fast.grid_thw == plain.grid_thw
+    assert np.asarray(fast.pixel_values).tobytes() == np.asarray(plain.pixel_values).tobytes()

@@ -1,6 +1,7 @@
 //! Video decoding with the system FFmpeg: stream selection and allow-lists, a demux-only scan
 //! (frame count, timestamps, average rate, as TorchCodec's exact mode measures them), then a
-//! sequential decode that converts (to RGB24, rotated for display) only the requested frames.
+//! sequential decode that converts (to RGB24, rotated for display) only the requested frames
+//! and lets H.264/HEVC decoders skip non-reference pictures that are not requested.
 use crate::avio::{self, ff_err, Source};
 use crate::error::{limit, Result, SmgError};
 use crate::limits::Limits;
@@ -98,6 +99,7 @@ pub struct RgbFrame {
 
 pub struct VideoDecoder<'a> {
     source: Source<'a>,
+    codec_id: ffi::AVCodecID,
     opts: DecodeOptions,
     deadline: Instant,
     stream_index: usize,
@@ -139,7 +141,7 @@ impl<'a> VideoDecoder<'a> {
         let limits = &opts.limits;
         let mut input = avio::open(&source, limits, deadline, opts.formats())?;
         let container = input.input().format().name().to_string();
-        let (stream_index, codec, width, height, rotation_cw, time_base, header_fps, header_frames, header_duration) = {
+        let (stream_index, codec_id, codec, width, height, rotation_cw, time_base, header_fps, header_frames, header_duration) = {
             let inp = input.input();
             let stream = inp
                 .streams()
@@ -185,7 +187,7 @@ impl<'a> VideoDecoder<'a> {
             } else {
                 0.0
             };
-            (stream.index(), codec, w, h, rot, tb, header_fps, stream.frames().max(0) as u64, header_duration)
+            (stream.index(), codec_id, codec, w, h, rot, tb, header_fps, stream.frames().max(0) as u64, header_duration)
         };
         limits.check_frame_size(width, height)?;
         if header_duration > limits.max_duration_s {
@@ -280,7 +282,7 @@ impl<'a> VideoDecoder<'a> {
             container,
         };
         drop(input);
-        Ok(Self { source, opts, deadline, stream_index, info, frame_pts })
+        Ok(Self { source, codec_id, opts, deadline, stream_index, info, frame_pts })
     }
 
     pub fn info(&self) -> &VideoInfo {
@@ -336,6 +338,7 @@ impl<'a> VideoDecoder<'a> {
             last: LastFrame::new(),
             decode_errors: 0,
         };
+        let skipper = NonRefSkipper::new(self.codec_id, self.frame_pts.as_deref());
         let mut packet = ff::Packet::empty();
         let mut frame = ff::frame::Video::empty();
         let mut packets_in = 0usize;
@@ -357,6 +360,10 @@ impl<'a> VideoDecoder<'a> {
                 continue;
             }
             packets_in += 1;
+            if let Some(skipper) = &skipper {
+                let discard = skipper.discard_for(packet.pts(), &state.wanted);
+                unsafe { (*decoder.as_mut_ptr()).skip_frame = discard };
+            }
             if decoder.send_packet(&packet).is_err() {
                 state.decode_errors += 1;
             }
@@ -401,6 +408,38 @@ impl<'a> VideoDecoder<'a> {
         drop(decoder);
         drop(input);
         Ok(())
+    }
+}
+
+/// Lets the decoder drop non-reference pictures nobody asked for. A non-reference picture is
+/// never used to predict another, so discarding it leaves every other decoded picture
+/// bit-identical; it is only discarded when its own packet (identified by its unique
+/// presentation timestamp) is not a requested frame, so no requested frame can go missing.
+struct NonRefSkipper<'s> {
+    frame_pts: &'s [i64],
+}
+
+impl<'s> NonRefSkipper<'s> {
+    fn new(codec_id: ffi::AVCodecID, frame_pts: Option<&'s [i64]>) -> Option<Self> {
+        if std::env::var_os("SMG_RS_SEQUENTIAL_DECODE").is_some_and(|v| v != "0") {
+            return None;
+        }
+        // Codecs whose FFmpeg decoders honour skip_frame=NONREF by dropping exactly the
+        // pictures no other picture references (H.264 nal_ref_idc == 0, HEVC sub-layer non-refs).
+        let supported = matches!(codec_id, ffi::AVCodecID::AV_CODEC_ID_H264 | ffi::AVCodecID::AV_CODEC_ID_HEVC);
+        let frame_pts = frame_pts?;
+        // Packet -> frame index must be one-to-one, else a dropped packet could be a wanted frame.
+        let unique = frame_pts.windows(2).all(|w| w[0] < w[1]);
+        (supported && unique).then_some(Self { frame_pts })
+    }
+
+    fn discard_for(&self, pts: Option<i64>, wanted: &BTreeMap<usize, Vec<usize>>) -> ffi::AVDiscard {
+        let keep = ffi::AVDiscard::AVDISCARD_DEFAULT;
+        let Some(p) = pts else { return keep };
+        match self.frame_pts.binary_search(&p) {
+            Ok(index) if !wanted.contains_key(&index) => ffi::AVDiscard::AVDISCARD_NONREF,
+            _ => keep,
+        }
     }
 }
 
