@@ -118,7 +118,8 @@ class MSASparseAttnBackend(AttentionBackend):
                                     device=self.device)
 
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
-        self._ensure_decode_buffers(max(max_bs, 1))
+        self.max_batch = max(self.max_batch, max_bs)
+        self._ensure_decode_buffers(self.max_batch)
 
     def get_cuda_graph_seq_len_fill_value(self):
         return 1
@@ -131,7 +132,8 @@ class MSASparseAttnBackend(AttentionBackend):
             bs = int(forward_batch.req_pool_indices.shape[0])
             if bs == 0:
                 return
-            self._ensure_decode_buffers(max(bs, self.max_batch))
+            self.max_batch = max(self.max_batch, bs)
+            self._ensure_decode_buffers(self.max_batch)
             wrapper = self._decode_wrappers.get(bs)
             if wrapper is None:
                 wrapper = self._decode_wrappers[bs] = SparseDecodeWrapper(self.device)
