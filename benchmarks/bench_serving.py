@@ -25,6 +25,7 @@ import json
 import platform
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -107,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measured requests per point: N, or Kx = K x concurrency (at least 8); default 4x")
     g.add_argument("--warmup", type=int, default=2, help="unmeasured requests per point and server, sent first")
     g.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    g.add_argument("--deadline-s", type=float, default=None, metavar="S",
+                   help="start no new point after S seconds (the points not run are listed; the JSON is "
+                        "rewritten after every point, so a killed run keeps what it measured)")
 
     g = p.add_argument_group("request")
     g.add_argument("--temperature", type=float, default=0.0)
@@ -213,19 +217,30 @@ def main(argv: list[str] | None = None) -> int:
                           ignore_eos=args.ignore_eos, timeout=args.timeout, return_token_ids=args.return_token_ids,
                           extra_body=args.extra_body, video_urls=tuple(args.video_url),
                           text_for_ids=_text_for_ids(args.tokenizer))
-    cfg = SweepConfig(servers=servers, workloads=workloads, concurrencies=args.concurrency,
-                      num_requests=args.num_requests, warmup=args.warmup, options=opts,
-                      flush_cache=args.flush_cache, progress=args.progress)
-    points = asyncio.run(run_sweep(cfg))
-
     meta = _default_meta(argv)
     meta.update(dict(args.meta))
-    summary = summarize(points, list(servers), meta)
+    config = _config_for_json(args)
+    config["model"] = model
+
+    planned = len(workloads) * len(args.concurrency) * len(servers)
+
+    def save(points: list[dict[str, Any]]) -> dict[str, Any]:
+        summary = summarize(points, list(servers), meta)
+        summary["points_run"], summary["points_planned"] = len(points), planned
+        if args.out is not None:
+            write_json(args.out, config, servers, points, summary)
+        return summary
+
+    deadline = None if args.deadline_s is None else time.time() + args.deadline_s
+    cfg = SweepConfig(servers=servers, workloads=workloads, concurrencies=args.concurrency,
+                      num_requests=args.num_requests, warmup=args.warmup, options=opts,
+                      flush_cache=args.flush_cache, progress=args.progress, deadline=deadline,
+                      on_point=save if args.out is not None else None)
+    points = asyncio.run(run_sweep(cfg))
+
+    summary = save(points)
     print(format_table(points, list(servers), summary))
     if args.out is not None:
-        config = _config_for_json(args)
-        config["model"] = model
-        write_json(args.out, config, servers, points, summary)
         print(f"wrote {args.out}", file=sys.stderr)
     if args.plot_dir is not None:
         try:

@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", choices=["intree", "ours"], default="intree",
                     help="MiniMax-M3 implementation for both servers (ours = SGLANG_MSA_MODELS=1)")
     ap.add_argument("--log-dir", default="/tmp/e2e-logs")
+    ap.add_argument("--port-base", type=int, default=30000, help="A listens here, B on the next port")
     args = ap.parse_args(argv)
 
     cfg = json.loads((Path(args.model_path) / "config.json").read_text())
@@ -94,14 +95,14 @@ def main(argv=None) -> int:
               "--mem-fraction-static", str(args.mem_fraction), "--page-size", str(args.page_size),
               "--max-running-requests", "8", "--chunked-prefill-size", "8192"]
     env = {"SGLANG_MSA_MODELS": "1" if args.models == "ours" else "0"}
-    a = Server("A-sglang-sparse", 30000, [*common, "--attention-backend", "triton",
+    a = Server("A-sglang-sparse", args.port_base, [*common, "--attention-backend", "triton",
                                           "--disable-cuda-graph"], env=env)
     b_flags = [*common, "--attention-backend", "msa"]
     if args.cuda_graph == "off":
         b_flags.append("--disable-cuda-graph")
     else:
         b_flags += ["--cuda-graph-max-bs", "8"]
-    b = Server("B-msa", 30001, b_flags, env=env)
+    b = Server("B-msa", args.port_base + 1, b_flags, env=env)
     log_dir = Path(args.log_dir)
     results = {"card": card_name(), "date": date.today().isoformat(), "command": " ".join(sys.argv),
                "versions": versions(), "models": args.models, "servers": {}, "prompts": []}

@@ -5,13 +5,17 @@ our ``--attention-backend msa`` (B) on an M3-shaped model, side by side on one G
 
 1. writes the ``slice`` config (real M3 widths, 1 dense + 3 sparse layers; ``--load-format dummy``
    so no weights are written) with ``python -m sglang_msa.tiny_m3 --preset slice``;
-2. starts the baseline A (``--attention-backend triton`` + SGLang's sparse backend; ``--page-size``
-   from ``--baseline-page``) and B (``msa``, page 128, CUDA graphs), both on the card at once (two
-   ~50 GB dummy-weight servers fit an H200; on an H100 use a slice with fewer layers);
-3. warms both up at every prompt length (Triton JIT, MoE configs, CUDA graphs) before measuring;
-4. runs ``bench_serving.py`` (interleaved A/B points) and writes
-   ``serving-<card>-<date>.json`` + plots; with ``--baseline-page both`` it runs A at the default
-   page size and at 128 and compares B against the faster A, saying which.
+2. starts the baseline A (SGLang's in-tree M3 + its sparse backend, dense layers on ``triton``, CUDA
+   graphs on as SGLang defaults; ``--page-size`` from ``--baseline-page``) and B (``--b-models``: our
+   M3 classes or the in-tree ones, ``--attention-backend msa``, page 128, CUDA graphs), both on the
+   card at once (two ~50 GB dummy-weight servers fit an H200);
+3. warms both up (every prompt length, then a burst at the largest concurrency: Triton JIT, fused-MoE
+   kernels for every batch bucket) before anything is measured;
+4. runs ``bench_serving.py`` (interleaved A/B points, stops starting points at ``--deadline-s``);
+5. profiles one prefill and a window of decode steps on each server (``profile_step.py``: GPU time
+   per step by kernel category) so the results say where the time goes;
+6. writes ``serving-<card>-<date>.json``; with ``--baseline-page both`` A runs at the default page
+   size and at 128 and B is compared against the faster A, saying which.
 Request counts are small on purpose to fit one 10-minute call; they are recorded in the results.
 """
 
@@ -27,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.profile_step import profile_server  # noqa: E402
 from benchmarks.servers import Server, generate  # noqa: E402
 
 
@@ -50,10 +55,16 @@ def server_flags(model: Path, page: int | None, mem_fraction: float, context: in
     return flags
 
 
-def warm_up(server: Server, lens: list[int], vocab: int) -> float:
+def warm_up(server: Server, lens: list[int], vocab: int, burst: int) -> float:
+    """One request per prompt length, then ``burst`` short requests at once (decode batch buckets)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     t0 = time.time()
     for n in lens:
         generate(server, [(7 * i + 11) % (vocab - 100) + 100 for i in range(n)], 8, logprobs=False)
+    with ThreadPoolExecutor(burst) as pool:
+        list(pool.map(lambda j: generate(server, [(13 * i + j) % (vocab - 100) + 100 for i in range(512)], 24,
+                                         logprobs=False), range(burst)))
     return time.time() - t0
 
 
@@ -62,6 +73,7 @@ def run_bench(servers: list[Server], args, vocab: int, out: Path, tag: str) -> i
            "--vocab-size", str(vocab), "--min-token-id", "100", "--input-len", args.input_lens,
            "--output-len", str(args.output_len), "--concurrency", args.concurrency,
            "--num-requests", args.num_requests, "--warmup", "1", "--timeout", "900",
+           "--deadline-s", str(max(1.0, args.sweep_deadline - time.time())),
            "--out", str(out), "--plot-dir", str(out.parent / f"plots-{tag}"), "--no-progress",
            "--meta", f"card={card_name()}", "--meta", f"tag={tag}", "--allow-failures"]
     for s in servers:
@@ -78,53 +90,121 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", default="1,4,16,32")
     ap.add_argument("--num-requests", default="1x")
     ap.add_argument("--baseline-page", choices=["default", "128", "both"], default="both")
+    ap.add_argument("--a-cuda-graph", choices=["on", "off"], default="on")
+    ap.add_argument("--b-models", choices=["ours", "intree"], default="ours",
+                    help="MiniMax-M3 classes for B (ours = SGLANG_MSA_MODELS=1); A always runs the in-tree ones")
     ap.add_argument("--mem-fraction", type=float, default=0.45)
     ap.add_argument("--context", type=int, default=70000)
     ap.add_argument("--health-timeout", type=float, default=300)
+    ap.add_argument("--port-base", type=int, default=30000)
+    ap.add_argument("--deadline-s", type=float, default=540, help="whole run; the sweep stops starting points "
+                    "so that the profiles and the results still fit")
+    ap.add_argument("--profile", choices=["on", "off"], default="on")
+    ap.add_argument("--profile-len", type=int, default=32768)
+    ap.add_argument("--profile-concurrency", type=int, default=16)
+    ap.add_argument("--merge", type=Path, nargs="+", help="only merge these per-run files into one results file")
     args = ap.parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.out_dir)
+        return 0
+    t_start = time.time()
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    model = write_slice_config(Path("/tmp/m3-slice"))
+    model = write_slice_config(Path(f"/tmp/m3-slice-{args.port_base}"))
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
     lens = [int(x) for x in args.input_lens.split(",")]
+    burst = max(int(x) for x in args.concurrency.split(","))
     pages = {"default": [None], "128": [128], "both": [None, 128]}[args.baseline_page]
     log_dir = args.out_dir / "logs"
     results = {"card": card_name(), "date": date.today().isoformat(), "command": " ".join(sys.argv),
-               "runs": {}}
-    b = Server("B", 30001, server_flags(model, 128, args.mem_fraction, args.context) + ["--attention-backend", "msa"])
+               "versions": {m: getattr(__import__(m), "__version__", "?") for m in ("sglang", "torch", "triton")},
+               "b_models": args.b_models, "a_cuda_graph": args.a_cuda_graph == "on", "runs": {}}
+    b_env = {"SGLANG_MSA_MODELS": "1" if args.b_models == "ours" else "0"}
+    b = Server("B", args.port_base + 1,
+               server_flags(model, 128, args.mem_fraction, args.context) + ["--attention-backend", "msa"], env=b_env)
+    profile_reserve = 150.0 if args.profile == "on" else 20.0
     try:
-        for page in pages:
+        for i, page in enumerate(pages):
             tag = f"A-page{page or 'default'}"
-            a = Server(tag, 30000, server_flags(model, page, args.mem_fraction, args.context)
-                       + ["--attention-backend", "triton", "--disable-cuda-graph"])
+            a_flags = server_flags(model, page, args.mem_fraction, args.context) + ["--attention-backend", "triton"]
+            if args.a_cuda_graph == "off":
+                a_flags.append("--disable-cuda-graph")
+            a = Server(tag, args.port_base, a_flags, env={"SGLANG_MSA_DISABLE": "1"})
             starts = [a, b] if (b.proc is None or b.proc.poll() is not None) else [a]
             for s in starts:
                 s.start(log_dir)
             for s in starts:
                 if not s.wait_healthy(args.health_timeout):
                     print(f"{s.name} not healthy:\n{s.tail()}", flush=True)
-                    return 2
-            results["runs"][tag] = {"ready_s": {s.name: s.ready_s for s in (a, b)},
-                                    "warmup_s": {s.name: warm_up(s, lens, vocab) for s in (a, b)}}
+                    results["runs"][tag] = {"error": f"{s.name} not healthy", "log_tail": s.tail(80)}
+                    raise SystemExit(2)
+            run = results["runs"][tag] = {"ready_s": {s.name: s.ready_s for s in (a, b)}}
+            run["warmup_s"] = {s.name: warm_up(s, lens, vocab, burst) for s in (a, b)}
+            share_end = t_start + (args.deadline_s - profile_reserve) * (i + 1) / len(pages)
+            args.sweep_deadline = share_end
             out = args.out_dir / f"serving-{tag}.json"
-            rc = run_bench([a, b], args, vocab, out, tag)
-            results["runs"][tag]["bench_rc"] = rc
-            results["runs"][tag]["result"] = json.loads(out.read_text()) if out.exists() else None
+            run["bench_rc"] = run_bench([a, b], args, vocab, out, tag)
+            run["result"] = json.loads(out.read_text()) if out.exists() else None
+            if args.profile == "on" and i == len(pages) - 1:
+                run["profile"] = {}
+                for s in (a, b):
+                    try:
+                        run["profile"][s.name] = profile_server(
+                            s.url, Path(f"/tmp/prof-{args.port_base}-{s.name}"), vocab_size=vocab,
+                            input_len=args.profile_len, concurrency=args.profile_concurrency,
+                            prefill_steps=2, decode_steps=10, decode_tokens=96)
+                    except Exception as exc:  # noqa: BLE001 - reported, never fatal
+                        run["profile"][s.name] = {"error": repr(exc)}
             a.stop()
+            run["log_tail"] = {s.name: s.tail(30) for s in (a, b)}
     finally:
         b.stop()
-    best = None
-    for tag, run in results["runs"].items():
-        summary = (run.get("result") or {}).get("summary") or {}
-        if summary and (best is None or summary.get("min_output_throughput_ratio", 0) <
-                        best[1].get("min_output_throughput_ratio", 0)):
-            best = (tag, summary)  # the faster baseline gives the smaller B/A ratio
-    results["summary"] = {"card": results["card"], "baseline": best[0] if best else None,
-                          **({k: best[1].get(k) for k in ("min_output_throughput_ratio",
-                             "max_output_throughput_ratio", "ttft_p50_ratio", "failed_requests")} if best else {})}
-    path = args.out_dir / f"serving-{results['card'].replace(' ', '-')}-{results['date']}.json"
-    path.write_text(json.dumps(results, indent=1))
-    print(json.dumps(results["summary"], indent=1))
+        write_results(args, results)
     return 0
+
+
+def summarize_runs(card: str, runs: dict) -> dict:
+    """The issue's summary: B against the faster baseline A (the one giving the smaller B/A ratio)."""
+    best = None
+    for tag, run in runs.items():
+        summary = (run.get("result") or {}).get("summary") or {}
+        if summary.get("min_output_throughput_ratio") is not None and (
+                best is None or summary["min_output_throughput_ratio"] < best[1]["min_output_throughput_ratio"]):
+            best = (tag, summary)
+    out = {"card": card, "baseline": best[0] if best else None}
+    if best:
+        ttft = best[1].get("ttft_p50_ratio") or {}
+        out.update({k: best[1].get(k) for k in ("min_output_throughput_ratio", "max_output_throughput_ratio",
+                                                "geomean_output_throughput_ratio")})
+        out["ttft_p50_ratio_64k"] = ttft.get("65536")
+        out["ttft_p50_ratio_by_prompt"] = ttft
+    out["failed_requests"] = sum(((r.get("result") or {}).get("summary") or {}).get("failed_requests", 0)
+                                 for r in runs.values())
+    out["runs_without_result"] = [t for t, r in runs.items() if not r.get("result")]
+    return out
+
+
+def write_results(args, results: dict) -> None:
+    results["summary"] = summarize_runs(results["card"], results["runs"])
+    path = args.out_dir / f"serving-{results['card'].replace(' ', '-')}-{results['date']}-{args.port_base}.json"
+    path.write_text(json.dumps(results, indent=1))
+    print(json.dumps(results["summary"], indent=1), flush=True)
+
+
+def merge(paths: list[Path], out_dir: Path) -> Path:
+    """Several gpu_ab runs (e.g. one per GPU of a two-GPU machine, one baseline page size each) -> one file."""
+    docs = [json.loads(p.read_text()) for p in paths]
+    runs = {}
+    for d in docs:
+        for tag, run in d["runs"].items():
+            runs[tag if tag not in runs else f"{tag}-{len(runs)}"] = run
+    merged = {k: docs[0][k] for k in ("card", "date", "versions", "b_models", "a_cuda_graph") if k in docs[0]}
+    merged["commands"] = [d["command"] for d in docs]
+    merged["runs"] = runs
+    merged["summary"] = summarize_runs(merged["card"], runs)
+    path = out_dir / f"serving-{merged['card'].replace(' ', '-')}-{merged['date']}.json"
+    path.write_text(json.dumps(merged, indent=1))
+    print(json.dumps(merged["summary"], indent=1), flush=True)
+    return path
 
 
 if __name__ == "__main__":

@@ -404,3 +404,44 @@ def test_cli_chat_dataset_with_video(tmp_path):
     assert (first["max_tokens"], second["max_tokens"]) == (3, 2)
     doc = json.loads((tmp_path / "c.json").read_text())
     assert doc["points"][0]["workload"] == "chat" and doc["points"][0]["output_tokens"] == 5
+
+
+def test_cli_deadline_stops_starting_points_and_keeps_what_ran(tmp_path, capsys):
+    # Each request takes ~0.15 s; a 0.2 s deadline lets the first point (A and B) run, then stops.
+    a, b = FakeServer(Behavior(ttft=0.1, itl=0.025)), FakeServer(Behavior(ttft=0.1, itl=0.025))
+    out = tmp_path / "ab.json"
+    with a, b:
+        rc = main(["--server", f"A={a.url}", "--server", f"B={b.url}", "--vocab-size", "500",
+                   "--input-len", "8,16", "--output-len", "3", "--concurrency", "1,2", "--num-requests", "1",
+                   "--warmup", "0", "--no-progress", "--out", str(out), "--deadline-s", "0.2"])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert [(p["server"], p["workload"], p["concurrency"]) for p in doc["points"]] == [("A", "8", 1), ("B", "8", 1)]
+    assert len(a.received) == len(b.received) == 1
+    assert "deadline reached: 3 point(s) not run" in capsys.readouterr().err
+
+
+def test_cli_writes_results_after_every_point(tmp_path):
+    a, b = FakeServer(Behavior(ttft=0.01, itl=0.01)), FakeServer(Behavior(ttft=0.01, itl=0.01))
+    out = tmp_path / "ab.json"
+    seen = []
+    import benchmarks.serving.report as report
+
+    real = report.write_json
+
+    def spy(path, config, servers, points, summary):
+        seen.append(len(points))
+        real(path, config, servers, points, summary)
+
+    import benchmarks.bench_serving as bs
+
+    bs.write_json, saved = spy, bs.write_json
+    try:
+        with a, b:
+            assert main(["--server", f"A={a.url}", "--server", f"B={b.url}", "--vocab-size", "500",
+                         "--input-len", "8", "--output-len", "2", "--concurrency", "1,2", "--warmup", "0",
+                         "--num-requests", "1", "--no-progress", "--out", str(out)]) == 0
+    finally:
+        bs.write_json = saved
+    assert seen[:4] == [1, 2, 3, 4] and seen[-1] == 4  # partial saves, then the final one
+    assert len(json.loads(out.read_text())["points"]) == 4

@@ -27,6 +27,8 @@ class SweepConfig:
     flush_cache: bool = False  # POST /flush_cache before every point (SGLang)
     progress: bool = True
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)
+    deadline: float | None = None  # time.time() after which no new point starts (the rest are skipped)
+    on_point: Callable[[list[dict[str, Any]]], None] | None = None  # called after every point (partial saves)
 
 
 class _Progress:
@@ -145,6 +147,10 @@ async def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
     opts = cfg.options
     try:
         for index, (workload, conc) in enumerate(plan):
+            if cfg.deadline is not None and time.time() > cfg.deadline:
+                skipped = [f"{w.label} c={c}" for w, c in plan[index:]]
+                cfg.log(f"deadline reached: {len(skipped)} point(s) not run: {', '.join(skipped)}")
+                break
             n = cfg.num_requests(conc)
             # Same prompts for every server at this point; distinct prompts across points.
             warm = workload.requests(cfg.warmup, f"c{conc}/p{index}/warmup") if cfg.warmup else []
@@ -182,6 +188,8 @@ async def run_sweep(cfg: SweepConfig) -> list[dict[str, Any]]:
                     + (f"  FAILED {metrics['failed']} {metrics['errors']}" if metrics["failed"] else "")
                     + (f"  warm-up FAILED {warm_failed}" if warm_failed else "")
                 )
+                if cfg.on_point is not None:
+                    cfg.on_point(points)
     finally:
         progress.close()
     return points
