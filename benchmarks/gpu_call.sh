@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# One device call on a two-GPU H200 machine (the `device` tool, kind nvidia-h200-x2), run from the repo
+# root with `.gpu/` carried (the SGLang bundle + our wheel in .gpu/wheels). Jobs run side by side, one
+# per GPU, each under its own deadline, so one 10-minute call holds two GPUs' worth of work:
+#
+#   bash benchmarks/gpu_call.sh check     GPU0: bench_kernels.py, then the GPU test tier
+#                                         GPU1: e2e_correctness.py --models ours (tiny M3), then a short
+#                                               gpu_ab.py dry run (32k prompts, page-128 baseline)
+#   bash benchmarks/gpu_call.sh serving   GPU0: gpu_ab.py with the default-page baseline
+#                                         GPU1: gpu_ab.py with the page-128 baseline, then merge both
+#
+# Everything lands in /tmp/gpu-out; $OUT gets results.tar.gz (all logs and JSON) plus the summaries.
+set -u
+MODE=${1:?usage: gpu_call.sh check|serving}
+LIMIT=${GPU_CALL_LIMIT_S:-560}  # leave the call's last ~40 s for packing up
+T0=$(date +%s)
+left() { echo $((LIMIT - ($(date +%s) - T0))); }
+
+python3 .gpu/unpack.py >/dev/null || exit 3
+python3 -m pip install -q --no-deps --no-index --target /tmp/site .gpu/wheels/*.whl || exit 3
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+W=/tmp/gpu-out
+mkdir -p "$W"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$W/gpus.txt"
+python3 -c 'import sglang, torch, triton, sglang_msa; print(sglang.__version__, torch.__version__, triton.__version__, sglang_msa.__file__)' > "$W/versions.txt" 2>&1
+
+case "$MODE" in
+check)
+  (
+    export CUDA_VISIBLE_DEVICES=0
+    python3 benchmarks/bench_kernels.py --out-dir "$W/kernels" --budget-s 420 > "$W/kernels.log" 2>&1
+    echo "bench_kernels rc=$?" >> "$W/status.txt"
+    timeout $(( $(left) - 10 )) python3 -m pytest tests/test_msa_indexer.py tests/test_msa_prefill.py \
+      tests/test_msa_decode.py tests/test_backend.py -m gpu -q -p no:cacheprovider > "$W/pytest-gpu.log" 2>&1
+    echo "pytest-gpu rc=$?" >> "$W/status.txt"
+  ) &
+  (
+    export CUDA_VISIBLE_DEVICES=1
+    python3 -m sglang_msa.tiny_m3 /tmp/tiny > "$W/tiny.log" 2>&1
+    timeout 300 python3 benchmarks/e2e_correctness.py --model-path /tmp/tiny --models ours --out-dir "$W/e2e" \
+      --port-base 31000 --health-timeout 200 --log-dir "$W/e2e/logs" > "$W/e2e.log" 2>&1
+    rc=$?; echo "e2e-ours rc=$rc" >> "$W/status.txt"
+    bm=intree; [ $rc -eq 0 ] && bm=ours
+    rem=$(left)
+    timeout $((rem - 5)) python3 benchmarks/gpu_ab.py --out-dir "$W/ab" --port-base 32000 --b-models $bm \
+      --input-lens 32768 --concurrency 1,8 --num-requests 4 --output-len 128 --baseline-page 128 \
+      --deadline-s $((rem - 40)) --profile-len 16384 --profile-concurrency 8 > "$W/ab.log" 2>&1
+    echo "gpu_ab-dry rc=$? b_models=$bm" >> "$W/status.txt"
+  ) &
+  ;;
+serving)
+  common=(--input-lens "${AB_INPUT_LENS:-32768,65536}" --concurrency "${AB_CONCURRENCY:-1,4,16,32}"
+          --output-len "${AB_OUTPUT_LEN:-256}" --num-requests "${AB_NUM_REQUESTS:-1x}"
+          --b-models "${AB_B_MODELS:-ours}")
+  for gpu in 0 1; do
+    page=$([ $gpu -eq 0 ] && echo default || echo 128)
+    ( CUDA_VISIBLE_DEVICES=$gpu timeout $(( $(left) - 5 )) python3 benchmarks/gpu_ab.py --out-dir "$W/ab$gpu" \
+        --port-base $((30000 + 1000 * gpu)) --baseline-page $page "${common[@]}" --deadline-s $(( $(left) - 30 )) \
+        > "$W/ab$gpu.log" 2>&1; echo "gpu_ab page=$page rc=$?" >> "$W/status.txt" ) &
+  done
+  ;;
+*) echo "unknown mode $MODE"; exit 2 ;;
+esac
+wait
+if [ "$MODE" = serving ]; then
+  python3 benchmarks/gpu_ab.py --out-dir "$W" --merge "$W"/ab0/serving-*-30000.json "$W"/ab1/serving-*-31000.json \
+    > "$W/merge.log" 2>&1
+fi
+tar czf "$OUT/results.tar.gz" -C "$W" . 2>/dev/null
+cp "$W"/*.json "$OUT"/ 2>/dev/null
+find "$W" -maxdepth 2 -name 'kernels-*.json' -o -maxdepth 2 -name 'e2e-correctness-*.json' | head -4 | xargs -r cp -t "$OUT"
+echo "== status"; cat "$W/status.txt"; cat "$W/gpus.txt" "$W/versions.txt"
+for f in "$W/kernels.log" "$W/pytest-gpu.log" "$W/e2e.log" "$W/ab.log" "$W/ab0.log" "$W/ab1.log" "$W/merge.log"; do
+  [ -f "$f" ] && { echo "== $(basename "$f")"; tail -n 25 "$f"; }
+done
+exit 0
