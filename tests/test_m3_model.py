@@ -205,6 +205,8 @@ def test_forward_calls_the_backend_with_the_sparse_convention(report):
         assert c["q"] == [23, 64, 128] and c["k"] == [23, 4, 128] and c["v"] == [23, 4, 128]
         assert c["idx_q"] == [23, 4, 128] and c["idx_k"] == [23, 1, 128] and c["idx_v"] is None
         assert c["kwargs"] == ["idx_k", "idx_q", "idx_v"]
+        assert c["packed"] == {"q": True, "k": True, "v": True, "idx_q": True, "idx_k": True}
+    assert all(all(c["packed"].values()) for c in dense)
 
 
 @pytest.mark.slow
@@ -571,6 +573,9 @@ class _DenseCausalBackend:
             "layer": layer.layer_id, "sparse": sparse, "q": list(q.shape), "k": list(k.shape),
             "v": list(v.shape), "kwargs": sorted(kwargs),
             **{n: (None if kwargs.get(n) is None else list(kwargs[n].shape)) for n in ("idx_q", "idx_k", "idx_v")},
+            # SGLang's fused KV/index store (CUDA) rejects rows whose stride is not their width.
+            "packed": {n: t.is_contiguous() for n, t in (("q", q), ("k", k), ("v", v), *kwargs.items())
+                       if t is not None},
         })
         hq, hk, d = layer.tp_q_head_num, layer.tp_k_head_num, layer.head_dim
         q, k, v = q.reshape(-1, hq, d), k.reshape(-1, hk, d), v.reshape(-1, hk, d)

@@ -333,7 +333,9 @@ class M3Attention(nn.Module):
         q = self._norm_heads(q, self.q_norm, self.head_dim)
         k = self._norm_heads(k, self.k_norm, self.head_dim)
         q, k = self.rotary_emb(positions, q, k)
-        return q, k, v
+        # v is a strided view into the fused projection; SGLang's fused KV/index store kernel (the
+        # MiniMax sparse pool) only takes rows with stride == width, so hand it a packed copy.
+        return q, k, v.contiguous()
 
     def project_index(self, positions: torch.Tensor, hidden_states: torch.Tensor):
         """idx_q [T, H_idx*D_idx], idx_k [T, D_idx] (normed, rotated), idx_v [T, D_idx] or None."""
@@ -346,7 +348,7 @@ class M3Attention(nn.Module):
         idx_q = self._norm_heads(idx_q, self.index_q_norm, self.idx_head_dim)
         idx_k = self._norm_heads(idx_k, self.index_k_norm, self.idx_head_dim)
         idx_q, idx_k = self.index_rotary_emb(positions, idx_q, idx_k)
-        return idx_q, idx_k, idx_v
+        return idx_q, idx_k, None if idx_v is None else idx_v.contiguous()
 
     def forward(self, positions: torch.Tensor, hidden_states: torch.Tensor, forward_batch) -> torch.Tensor:
         tokens = hidden_states.shape[0]

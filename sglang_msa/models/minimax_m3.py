@@ -5,9 +5,9 @@
 loads the Hugging Face M3 checkpoint (``load_weights``). Sparse layers hand the index branch to the
 attention backend (SGLang's MiniMax hybrid backend, with ``msa`` or SGLang's own sparse kernels).
 
-Both classes are only registered when ``SGLANG_MSA_MODELS=1`` (or once
-``sglang_msa.models.IMPLEMENTED`` is True), so installing the plugin leaves SGLang's in-tree M3 in
-charge until then. The VL class is still a placeholder.
+This class and the VL class built on it (:mod:`sglang_msa.models.minimax_m3_vl`) are only registered
+when ``SGLANG_MSA_MODELS=1`` (or once ``sglang_msa.models.IMPLEMENTED`` is True), so installing the
+plugin leaves SGLang's in-tree M3 in charge until then.
 """
 
 from __future__ import annotations
@@ -190,16 +190,4 @@ class MiniMaxM3SparseForCausalLM(nn.Module):
                                             num_logical_experts=config.num_local_experts, num_groups=None)
 
 
-class _NotYetImplemented(nn.Module):
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError(
-            f"sglang-msa: {type(self).__name__} is not implemented in this version; unset "
-            "SGLANG_MSA_MODELS to use SGLang's in-tree MiniMax-M3."
-        )
-
-
-class MiniMaxM3SparseForConditionalGeneration(_NotYetImplemented):
-    """MiniMax-M3-VL (vision tower + language model)."""
-
-
-EntryClass = [MiniMaxM3SparseForCausalLM, MiniMaxM3SparseForConditionalGeneration]
+EntryClass = [MiniMaxM3SparseForCausalLM]
