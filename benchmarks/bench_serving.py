@@ -56,13 +56,14 @@ def _key_value(text: str) -> tuple[str, str]:
 
 
 def _num_requests(text: str) -> Callable[[int], int]:
-    """``N`` requests per point, or ``Kx``: K x concurrency (at least 8)."""
+    """``N`` requests per point, or ``Kx``: K x concurrency (at least ``fn.min_requests``, 8 unless
+    ``--min-requests`` says otherwise)."""
     try:
         if text.endswith("x"):
             k = float(text[:-1])
             if k <= 0:
                 raise ValueError
-            fn = lambda c: max(8, int(round(k * c)))  # noqa: E731
+            fn = lambda c: max(fn.min_requests, int(round(k * c)))  # noqa: E731
         else:
             n = int(text)
             if n < 1:
@@ -71,6 +72,7 @@ def _num_requests(text: str) -> Callable[[int], int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected N or Kx (e.g. 64 or 4x), got {text!r}") from None
     fn.spec = text  # type: ignore[attr-defined]
+    fn.min_requests = 8  # type: ignore[attr-defined]
     return fn
 
 
@@ -105,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("sweep")
     g.add_argument("--concurrency", type=_int_list, default=[1, 2, 4, 8, 16, 32, 64])
     g.add_argument("--num-requests", type=_num_requests, default=_num_requests("4x"),
-                   help="measured requests per point: N, or Kx = K x concurrency (at least 8); default 4x")
+                   help="measured requests per point: N, or Kx = K x concurrency (at least --min-requests); default 4x")
+    g.add_argument("--min-requests", type=int, default=8, help="lower bound of Kx per point (default 8)")
     g.add_argument("--warmup", type=int, default=2, help="unmeasured requests per point and server, sent first")
     g.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     g.add_argument("--deadline-s", type=float, default=None, metavar="S",
@@ -198,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     servers = _servers(args.server, parser)
-    if args.output_len < 1 or args.warmup < 0 or args.timeout <= 0:
-        parser.error("--output-len must be >= 1, --warmup >= 0, --timeout > 0")
+    if args.output_len < 1 or args.warmup < 0 or args.timeout <= 0 or args.min_requests < 1:
+        parser.error("--output-len must be >= 1, --warmup >= 0, --timeout > 0, --min-requests >= 1")
+    args.num_requests.min_requests = args.min_requests
     if args.video_url and args.backend != "openai-chat":
         parser.error("--video-url needs --backend openai-chat")
     try:

@@ -5,13 +5,17 @@ our ``--attention-backend msa`` (B) on an M3-shaped model, side by side on one G
 
 1. writes the ``slice`` config (real M3 widths, 1 dense + 3 sparse layers; ``--load-format dummy``
    so no weights are written) with ``python -m sglang_msa.tiny_m3 --preset slice``;
-2. starts the baseline A (SGLang's in-tree M3 + its sparse backend, dense layers on ``triton``, CUDA
-   graphs on as SGLang defaults; ``--page-size`` from ``--baseline-page``) and B (``--b-models``: our
-   M3 classes or the in-tree ones, ``--attention-backend msa``, page 128, CUDA graphs), both on the
-   card at once (two ~50 GB dummy-weight servers fit an H200);
+2. starts the baseline A (SGLang's in-tree M3 + its sparse backend, dense layers on ``triton``) and B
+   (``--b-models``: our M3 classes or the in-tree ones, ``--attention-backend msa``, page 128). Both
+   get the same CUDA-graph settings: decode graphs for batch 1-32, prefill graphs off (SGLang's
+   piecewise prefill capture costs minutes of Triton compiling and does not change 16k-token chunks).
+   With ``--a-gpu``/``--b-gpu`` on different GPUs of one machine the two servers run at the same time
+   on identical cards and every point is measured on both at once; on one GPU they share the card
+   and the points are interleaved (A, B, A, B). SGLang sizes its KV pool from the free memory it sees
+   at start, so two servers on one card are started one after the other;
 3. warms both up (every prompt length, then a burst at the largest concurrency: Triton JIT, fused-MoE
    kernels for every batch bucket) before anything is measured;
-4. runs ``bench_serving.py`` (interleaved A/B points, stops starting points at ``--deadline-s``);
+4. runs ``bench_serving.py`` (same seeded prompts on both; stops starting points at the deadline);
 5. profiles one prefill and a window of decode steps on each server (``profile_step.py``: GPU time
    per step by kernel category) so the results say where the time goes;
 6. writes ``serving-<card>-<date>.json``; with ``--baseline-page both`` A runs at the default page
@@ -46,10 +50,13 @@ def write_slice_config(path: Path) -> Path:
     return path
 
 
+GRAPH_FLAGS = ["--cuda-graph-backend-prefill", "disabled", "--cuda-graph-bs-decode", "1", "2", "4", "8", "16", "32"]
+
+
 def server_flags(model: Path, page: int | None, mem_fraction: float, context: int) -> list[str]:
     flags = ["--model-path", str(model), "--load-format", "dummy", "--context-length", str(context),
              "--mem-fraction-static", str(mem_fraction), "--max-running-requests", "32",
-             "--chunked-prefill-size", "16384", "--cuda-graph-max-bs", "32"]
+             "--chunked-prefill-size", "16384", *GRAPH_FLAGS]
     if page is not None:
         flags += ["--page-size", str(page)]
     return flags
@@ -68,37 +75,68 @@ def warm_up(server: Server, lens: list[int], vocab: int, burst: int) -> float:
     return time.time() - t0
 
 
-def run_bench(servers: list[Server], args, vocab: int, out: Path, tag: str) -> int:
+def bench_cmd(servers: list[Server], args, vocab: int, out: Path, tag: str) -> list[str]:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_serving.py"), "--backend", "sglang",
            "--vocab-size", str(vocab), "--min-token-id", "100", "--input-len", args.input_lens,
            "--output-len", str(args.output_len), "--concurrency", args.concurrency,
-           "--num-requests", args.num_requests, "--warmup", "1", "--timeout", "900",
-           "--deadline-s", str(max(1.0, args.sweep_deadline - time.time())),
-           "--out", str(out), "--plot-dir", str(out.parent / f"plots-{tag}"), "--no-progress",
-           "--meta", f"card={card_name()}", "--meta", f"tag={tag}", "--allow-failures"]
+           "--num-requests", args.num_requests, "--min-requests", str(args.min_requests), "--warmup", "1",
+           "--timeout", "900", "--deadline-s", str(max(1.0, args.sweep_deadline - time.time())),
+           "--out", str(out), "--no-progress", "--meta", f"card={card_name()}", "--meta", f"tag={tag}",
+           "--allow-failures"]
     for s in servers:
         cmd += ["--server", f"{s.name}={s.url}"]
-    print("$", " ".join(cmd), flush=True)
-    return subprocess.run(cmd).returncode
+    return cmd
+
+
+def run_bench(a: Server, b: Server, args, vocab: int, out: Path, tag: str, parallel: bool) -> int:
+    """A/B sweep into ``out``. ``parallel``: one client per server at the same time (separate GPUs),
+    merged afterwards; else one client interleaving the servers point by point."""
+    if not parallel:
+        cmd = bench_cmd([a, b], args, vocab, out, tag) + ["--plot-dir", str(out.parent / f"plots-{tag}")]
+        print("$", " ".join(cmd), flush=True)
+        return subprocess.run(cmd).returncode
+    from benchmarks.serving.report import format_table, summarize, write_json
+
+    parts = [out.with_name(f"{out.stem}-{s.name}.json") for s in (a, b)]
+    procs = []
+    for s, part in zip((a, b), parts):
+        cmd = bench_cmd([s], args, vocab, part, tag)
+        print("$", " ".join(cmd), flush=True)
+        procs.append(subprocess.Popen(cmd))
+    rc = max(proc.wait() for proc in procs)
+    docs = [json.loads(part.read_text()) for part in parts if part.exists()]
+    if len(docs) != 2:
+        return rc or 1
+    points = docs[0]["points"] + docs[1]["points"]
+    meta = {k: v for k, v in docs[0]["summary"].items() if k in ("card", "command", "date", "versions", "tag")}
+    meta["clients"] = "parallel: one client per server, same seeded prompts, servers on separate GPUs"
+    summary = summarize(points, [a.name, b.name], meta)
+    write_json(out, docs[0]["config"], {a.name: a.url, b.name: b.url}, points, summary)
+    print(format_table(points, [a.name, b.name], summary), flush=True)
+    return rc
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", type=Path, required=True)
-    ap.add_argument("--input-lens", default="32768,65536")
+    ap.add_argument("--input-lens", default="65536,32768")
     ap.add_argument("--output-len", type=int, default=256)
     ap.add_argument("--concurrency", default="1,4,16,32")
     ap.add_argument("--num-requests", default="1x")
-    ap.add_argument("--baseline-page", choices=["default", "128", "both"], default="both")
+    ap.add_argument("--min-requests", type=int, default=4)
+    ap.add_argument("--baseline-page", choices=["default", "128", "both"], default="both",
+                    help="both: A at page 128 first, then (time permitting) A at SGLang's default page size")
     ap.add_argument("--a-cuda-graph", choices=["on", "off"], default="on")
     ap.add_argument("--b-models", choices=["ours", "intree"], default="ours",
                     help="MiniMax-M3 classes for B (ours = SGLANG_MSA_MODELS=1); A always runs the in-tree ones")
+    ap.add_argument("--a-gpu", default=None, help="CUDA_VISIBLE_DEVICES for A (default: inherited)")
+    ap.add_argument("--b-gpu", default=None, help="CUDA_VISIBLE_DEVICES for B (default: inherited)")
     ap.add_argument("--mem-fraction", type=float, default=0.45)
     ap.add_argument("--context", type=int, default=70000)
-    ap.add_argument("--health-timeout", type=float, default=300)
+    ap.add_argument("--health-timeout", type=float, default=400)
     ap.add_argument("--port-base", type=int, default=30000)
-    ap.add_argument("--deadline-s", type=float, default=540, help="whole run; the sweep stops starting points "
-                    "so that the profiles and the results still fit")
+    ap.add_argument("--deadline-s", type=float, default=540, help="whole run; later phases and points are "
+                    "skipped so that the profiles and the results still fit")
     ap.add_argument("--profile", choices=["on", "off"], default="on")
     ap.add_argument("--profile-len", type=int, default=32768)
     ap.add_argument("--profile-concurrency", type=int, default=16)
@@ -107,59 +145,84 @@ def main(argv=None) -> int:
     if args.merge:
         merge(args.merge, args.out_dir)
         return 0
-    t_start = time.time()
+    t_end = time.time() + args.deadline_s
     args.out_dir.mkdir(parents=True, exist_ok=True)
     model = write_slice_config(Path(f"/tmp/m3-slice-{args.port_base}"))
     vocab = json.loads((model / "config.json").read_text())["vocab_size"]
     lens = [int(x) for x in args.input_lens.split(",")]
     burst = max(int(x) for x in args.concurrency.split(","))
-    pages = {"default": [None], "128": [128], "both": [None, 128]}[args.baseline_page]
+    pages = {"default": [None], "128": [128], "both": [128, None]}[args.baseline_page]
+    split = args.a_gpu is not None and args.b_gpu is not None and args.a_gpu != args.b_gpu
     log_dir = args.out_dir / "logs"
     results = {"card": card_name(), "date": date.today().isoformat(), "command": " ".join(sys.argv),
                "versions": {m: getattr(__import__(m), "__version__", "?") for m in ("sglang", "torch", "triton")},
-               "b_models": args.b_models, "a_cuda_graph": args.a_cuda_graph == "on", "runs": {}}
-    b_env = {"SGLANG_MSA_MODELS": "1" if args.b_models == "ours" else "0"}
+               "b_models": args.b_models, "a_cuda_graph": args.a_cuda_graph == "on",
+               "server_flags_common": server_flags(model, None, args.mem_fraction, args.context),
+               "placement": "A and B on separate identical GPUs, measured at once" if split else
+                            "A and B on one GPU, interleaved", "runs": {}}
+    gpu = lambda g: {} if g is None else {"CUDA_VISIBLE_DEVICES": str(g)}  # noqa: E731
     b = Server("B", args.port_base + 1,
-               server_flags(model, 128, args.mem_fraction, args.context) + ["--attention-backend", "msa"], env=b_env)
-    profile_reserve = 150.0 if args.profile == "on" else 20.0
+               server_flags(model, 128, args.mem_fraction, args.context) + ["--attention-backend", "msa"],
+               env={"SGLANG_MSA_MODELS": "1" if args.b_models == "ours" else "0", **gpu(args.b_gpu)})
+    profile_reserve = 90.0 if args.profile == "on" else 10.0
     try:
         for i, page in enumerate(pages):
             tag = f"A-page{page or 'default'}"
+            if i > 0 and t_end - time.time() < 200:
+                results["runs"][tag] = {"skipped": f"{t_end - time.time():.0f} s left of the deadline"}
+                break
             a_flags = server_flags(model, page, args.mem_fraction, args.context) + ["--attention-backend", "triton"]
             if args.a_cuda_graph == "off":
                 a_flags.append("--disable-cuda-graph")
-            a = Server(tag, args.port_base, a_flags, env={"SGLANG_MSA_DISABLE": "1"})
-            starts = [a, b] if (b.proc is None or b.proc.poll() is not None) else [a]
+            a = Server(tag, args.port_base, a_flags, env={"SGLANG_MSA_DISABLE": "1", **gpu(args.a_gpu)})
+            run = results["runs"][tag] = {"page_size": page}
+            starts = [s for s in (b, a) if s.proc is None or s.proc.poll() is not None]
             for s in starts:
                 s.start(log_dir)
+                if not split and s is not starts[-1]:  # one card: the next one sizes its pool after this one
+                    s.wait_healthy(min(args.health_timeout, t_end - time.time()))
             for s in starts:
-                if not s.wait_healthy(args.health_timeout):
+                if not s.wait_healthy(min(args.health_timeout, max(1.0, t_end - time.time()))):
+                    run["error"] = f"{s.name} not healthy"
+                    run["log_tail"] = s.tail(80)
                     print(f"{s.name} not healthy:\n{s.tail()}", flush=True)
-                    results["runs"][tag] = {"error": f"{s.name} not healthy", "log_tail": s.tail(80)}
+                    a.stop()
                     raise SystemExit(2)
-            run = results["runs"][tag] = {"ready_s": {s.name: s.ready_s for s in (a, b)}}
-            run["warmup_s"] = {s.name: warm_up(s, lens, vocab, burst) for s in (a, b)}
-            share_end = t_start + (args.deadline_s - profile_reserve) * (i + 1) / len(pages)
-            args.sweep_deadline = share_end
+            run["ready_s"] = {s.name: s.ready_s for s in (a, b)}
+            run["warmup_s"] = _parallel({s.name: (lambda s=s: warm_up(s, lens, vocab, burst)) for s in starts},
+                                        split)
+            reserve = profile_reserve if i == 0 else 10.0
+            args.sweep_deadline = t_end - reserve - (0 if i == len(pages) - 1 else 200)
             out = args.out_dir / f"serving-{tag}.json"
-            run["bench_rc"] = run_bench([a, b], args, vocab, out, tag)
+            run["bench_rc"] = run_bench(a, b, args, vocab, out, tag, parallel=split)
             run["result"] = json.loads(out.read_text()) if out.exists() else None
-            if args.profile == "on" and i == len(pages) - 1:
-                run["profile"] = {}
-                for s in (a, b):
-                    try:
-                        run["profile"][s.name] = profile_server(
-                            s.url, Path(f"/tmp/prof-{args.port_base}-{s.name}"), vocab_size=vocab,
-                            input_len=args.profile_len, concurrency=args.profile_concurrency,
-                            prefill_steps=2, decode_steps=10, decode_tokens=96)
-                    except Exception as exc:  # noqa: BLE001 - reported, never fatal
-                        run["profile"][s.name] = {"error": repr(exc)}
+            if args.profile == "on" and i == 0:
+                run["profile"] = _parallel({s.name: (lambda s=s: _profile(s, args, vocab)) for s in (a, b)}, split)
             a.stop()
             run["log_tail"] = {s.name: s.tail(30) for s in (a, b)}
     finally:
         b.stop()
         write_results(args, results)
     return 0
+
+
+def _parallel(jobs: dict, parallel: bool) -> dict:
+    if not parallel:
+        return {name: fn() for name, fn in jobs.items()}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = {name: pool.submit(fn) for name, fn in jobs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def _profile(server: Server, args, vocab: int) -> dict:
+    try:
+        return profile_server(server.url, Path(f"/tmp/prof-{args.port_base}-{server.name}"), vocab_size=vocab,
+                              input_len=args.profile_len, concurrency=args.profile_concurrency,
+                              prefill_steps=2, decode_steps=10, decode_tokens=96)
+    except Exception as exc:  # noqa: BLE001 - reported, never fatal
+        return {"error": repr(exc)}
 
 
 def summarize_runs(card: str, runs: dict) -> dict:

@@ -445,3 +445,14 @@ def test_cli_writes_results_after_every_point(tmp_path):
         bs.write_json = saved
     assert seen[:4] == [1, 2, 3, 4] and seen[-1] == 4  # partial saves, then the final one
     assert len(json.loads(out.read_text())["points"]) == 4
+
+
+def test_num_requests_kx_has_a_configurable_floor(tmp_path):
+    a = FakeServer(Behavior(ttft=0.005, itl=0.005))
+    out = tmp_path / "one.json"
+    with a:
+        assert main(["--server", f"A={a.url}", "--vocab-size", "500", "--input-len", "8", "--output-len", "2",
+                     "--concurrency", "1,3", "--num-requests", "1x", "--min-requests", "2", "--warmup", "0",
+                     "--no-progress", "--out", str(out)]) == 0
+    assert [p["num_requests"] for p in json.loads(out.read_text())["points"]] == [2, 3]
+    assert len(a.received) == 5
