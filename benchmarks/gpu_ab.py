@@ -111,6 +111,8 @@ def run_bench(a: Server, b: Server, args, vocab: int, out: Path, tag: str, paral
     meta = {k: v for k, v in docs[0]["summary"].items() if k in ("card", "command", "date", "versions", "tag")}
     meta["clients"] = "parallel: one client per server, same seeded prompts, servers on separate GPUs"
     summary = summarize(points, [a.name, b.name], meta)
+    summary["points_run"] = len(points)
+    summary["points_planned"] = sum(d["summary"].get("points_planned", 0) for d in docs)
     write_json(out, docs[0]["config"], {a.name: a.url, b.name: b.url}, points, summary)
     print(format_table(points, [a.name, b.name], summary), flush=True)
     return rc
@@ -132,6 +134,10 @@ def main(argv=None) -> int:
     ap.add_argument("--a-gpu", default=None, help="CUDA_VISIBLE_DEVICES for A (default: inherited)")
     ap.add_argument("--b-gpu", default=None, help="CUDA_VISIBLE_DEVICES for B (default: inherited)")
     ap.add_argument("--mem-fraction", type=float, default=0.45)
+    ap.add_argument("--a-mem-fraction", type=float, default=None, help="default --mem-fraction")
+    ap.add_argument("--b-mem-fraction", type=float, default=None, help="default --mem-fraction")
+    ap.add_argument("--a-wait-for", default="", help="comma-separated URLs whose /health must answer before A "
+                    "starts (another job sharing A's GPU: SGLang sizes its KV pool from the memory free at start)")
     ap.add_argument("--context", type=int, default=70000)
     ap.add_argument("--health-timeout", type=float, default=400)
     ap.add_argument("--port-base", type=int, default=30000)
@@ -162,7 +168,8 @@ def main(argv=None) -> int:
                             "A and B on one GPU, interleaved", "runs": {}}
     gpu = lambda g: {} if g is None else {"CUDA_VISIBLE_DEVICES": str(g)}  # noqa: E731
     b = Server("B", args.port_base + 1,
-               server_flags(model, 128, args.mem_fraction, args.context) + ["--attention-backend", "msa"],
+               server_flags(model, 128, args.b_mem_fraction or args.mem_fraction, args.context)
+               + ["--attention-backend", "msa"],
                env={"SGLANG_MSA_MODELS": "1" if args.b_models == "ours" else "0", **gpu(args.b_gpu)})
     profile_reserve = 90.0 if args.profile == "on" else 10.0
     try:
@@ -171,13 +178,16 @@ def main(argv=None) -> int:
             if i > 0 and t_end - time.time() < 200:
                 results["runs"][tag] = {"skipped": f"{t_end - time.time():.0f} s left of the deadline"}
                 break
-            a_flags = server_flags(model, page, args.mem_fraction, args.context) + ["--attention-backend", "triton"]
+            a_flags = server_flags(model, page, args.a_mem_fraction or args.mem_fraction, args.context) + [
+                "--attention-backend", "triton"]
             if args.a_cuda_graph == "off":
                 a_flags.append("--disable-cuda-graph")
             a = Server(tag, args.port_base, a_flags, env={"SGLANG_MSA_DISABLE": "1", **gpu(args.a_gpu)})
             run = results["runs"][tag] = {"page_size": page}
             starts = [s for s in (b, a) if s.proc is None or s.proc.poll() is not None]
             for s in starts:
+                if s is a and args.a_wait_for:
+                    run["a_waited_s"] = wait_for_health(args.a_wait_for.split(","), min(180.0, t_end - time.time()))
                 s.start(log_dir)
                 if not split and s is not starts[-1]:  # one card: the next one sizes its pool after this one
                     s.wait_healthy(min(args.health_timeout, t_end - time.time()))
@@ -206,6 +216,27 @@ def main(argv=None) -> int:
     return 0
 
 
+def wait_for_health(urls: list[str], timeout_s: float) -> float:
+    """Seconds until every URL's /health answered 200 (or the timeout passed)."""
+    import urllib.request
+
+    t0 = time.time()
+    pending = [u.rstrip("/") for u in urls if u]
+    while pending and time.time() - t0 < timeout_s:
+        still = []
+        for u in pending:
+            try:
+                with urllib.request.urlopen(u + "/health", timeout=5) as r:
+                    if r.status != 200:
+                        still.append(u)
+            except OSError:
+                still.append(u)
+        pending = still
+        if pending:
+            time.sleep(2)
+    return time.time() - t0
+
+
 def _parallel(jobs: dict, parallel: bool) -> dict:
     if not parallel:
         return {name: fn() for name, fn in jobs.items()}
@@ -220,7 +251,7 @@ def _profile(server: Server, args, vocab: int) -> dict:
     try:
         return profile_server(server.url, Path(f"/tmp/prof-{args.port_base}-{server.name}"), vocab_size=vocab,
                               input_len=args.profile_len, concurrency=args.profile_concurrency,
-                              prefill_steps=2, decode_steps=10, decode_tokens=96)
+                              prefill_steps=2, decode_steps=10, decode_tokens=800)
     except Exception as exc:  # noqa: BLE001 - reported, never fatal
         return {"error": repr(exc)}
 

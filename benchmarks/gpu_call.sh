@@ -6,8 +6,8 @@
 #   bash benchmarks/gpu_call.sh check     GPU0: bench_kernels.py, then the GPU test tier
 #                                         GPU1: e2e_correctness.py --models ours (tiny M3), then a short
 #                                               gpu_ab.py dry run (32k prompts, page-128 baseline)
-#   bash benchmarks/gpu_call.sh serving   GPU0: gpu_ab.py with the default-page baseline
-#                                         GPU1: gpu_ab.py with the page-128 baseline, then merge both
+#   bash benchmarks/gpu_call.sh serving   gpu_ab.py: A on GPU0, B on GPU1 (AB_PAGE=128|default); with
+#                                         AB_E2E=1 also e2e_correctness.py --models ours on GPU0 first
 #
 # Everything lands in /tmp/gpu-out; $OUT gets results.tar.gz (all logs and JSON) plus the summaries.
 set -u
@@ -49,28 +49,41 @@ check)
   ) &
   ;;
 serving)
-  common=(--input-lens "${AB_INPUT_LENS:-32768,65536}" --concurrency "${AB_CONCURRENCY:-1,4,16,32}"
-          --output-len "${AB_OUTPUT_LEN:-256}" --num-requests "${AB_NUM_REQUESTS:-1x}"
-          --b-models "${AB_B_MODELS:-ours}")
-  for gpu in 0 1; do
-    page=$([ $gpu -eq 0 ] && echo default || echo 128)
-    ( CUDA_VISIBLE_DEVICES=$gpu timeout $(( $(left) - 5 )) python3 benchmarks/gpu_ab.py --out-dir "$W/ab$gpu" \
-        --port-base $((30000 + 1000 * gpu)) --baseline-page $page "${common[@]}" --deadline-s $(( $(left) - 30 )) \
-        > "$W/ab$gpu.log" 2>&1; echo "gpu_ab page=$page rc=$?" >> "$W/status.txt" ) &
-  done
+  # A (SGLang's sparse path) on GPU0, B (msa) on GPU1, measured at once. With AB_E2E=1 (default) the
+  # tiny-checkpoint e2e check (our M3 classes on both of its servers) runs first on GPU0 with small
+  # pools, and A starts once those are up, so that A's KV pool is sized after them.
+  page=${AB_PAGE:-128}
+  if [ "${AB_E2E:-1}" = 1 ]; then
+    (
+      export CUDA_VISIBLE_DEVICES=0
+      python3 -m sglang_msa.tiny_m3 /tmp/tiny > "$W/tiny.log" 2>&1
+      timeout 360 python3 benchmarks/e2e_correctness.py --model-path /tmp/tiny --models ours --out-dir "$W/e2e" \
+        --port-base 31000 --mem-fraction 0.08 --health-timeout 240 --log-dir "$W/e2e/logs" > "$W/e2e.log" 2>&1
+      echo "e2e-ours rc=$?" >> "$W/status.txt"
+    ) &
+    wait_for=(--a-wait-for http://127.0.0.1:31000,http://127.0.0.1:31001 --a-mem-fraction 0.72)
+  else
+    wait_for=(--a-mem-fraction 0.6)
+  fi
+  (
+    timeout $(( $(left) - 5 )) python3 benchmarks/gpu_ab.py --out-dir "$W/ab" --a-gpu 0 --b-gpu 1 \
+      --port-base 30000 --baseline-page "$page" "${wait_for[@]}" --b-mem-fraction 0.6 \
+      --input-lens "${AB_INPUT_LENS:-65536,32768}" --concurrency "${AB_CONCURRENCY:-1,4,16,32}" \
+      --output-len "${AB_OUTPUT_LEN:-256}" --num-requests "${AB_NUM_REQUESTS:-1x}" --min-requests 4 \
+      --b-models "${AB_B_MODELS:-ours}" --profile "${AB_PROFILE:-on}" --deadline-s $(( $(left) - 20 )) \
+      > "$W/ab.log" 2>&1
+    echo "gpu_ab page=$page rc=$?" >> "$W/status.txt"
+  ) &
   ;;
 *) echo "unknown mode $MODE"; exit 2 ;;
 esac
 wait
-if [ "$MODE" = serving ]; then
-  python3 benchmarks/gpu_ab.py --out-dir "$W" --merge "$W"/ab0/serving-*-30000.json "$W"/ab1/serving-*-31000.json \
-    > "$W/merge.log" 2>&1
-fi
 tar czf "$OUT/results.tar.gz" -C "$W" . 2>/dev/null
 cp "$W"/*.json "$OUT"/ 2>/dev/null
-find "$W" -maxdepth 2 -name 'kernels-*.json' -o -maxdepth 2 -name 'e2e-correctness-*.json' | head -4 | xargs -r cp -t "$OUT"
+find "$W" -maxdepth 2 \( -name 'kernels-*.json' -o -name 'e2e-correctness-*.json' -o -name 'serving-NVIDIA*.json' \) \
+  | head -5 | xargs -r cp -t "$OUT"
 echo "== status"; cat "$W/status.txt"; cat "$W/gpus.txt" "$W/versions.txt"
-for f in "$W/kernels.log" "$W/pytest-gpu.log" "$W/e2e.log" "$W/ab.log" "$W/ab0.log" "$W/ab1.log" "$W/merge.log"; do
+for f in "$W/kernels.log" "$W/pytest-gpu.log" "$W/e2e.log" "$W/ab.log"; do
   [ -f "$f" ] && { echo "== $(basename "$f")"; tail -n 25 "$f"; }
 done
 exit 0

@@ -123,7 +123,8 @@ def profile_window(url: str, out_dir: Path, steps: int, load, settle_s: float = 
     if settle_s:
         worker.start()
         time.sleep(settle_s)
-    _post(url + "/start_profile", {"output_dir": str(out_dir), "num_steps": steps, "activities": ["GPU"]})
+    _post(url + "/start_profile", {"output_dir": str(out_dir), "num_steps": steps, "activities": ["GPU"],
+                                   "with_stack": False, "record_shapes": False})
     if not settle_s:
         worker.start()
     worker.join()
@@ -163,8 +164,10 @@ def profile_server(url: str, out_dir: Path, *, vocab_size: int, input_len: int, 
     one_prefill_s = time.time() - t0
     result = {"input_len": input_len, "concurrency": concurrency, "one_prefill_s": one_prefill_s}
     result["prefill"] = profile_window(url, out_dir / "prefill", prefill_steps, prefill_load)
+    # The window must open after the last prefill and before the first request ends: --decode-tokens
+    # should give several seconds of decoding past the settle time.
     result["decode"] = profile_window(url, out_dir / "decode", decode_steps, decode_load,
-                                      settle_s=one_prefill_s * concurrency * 1.2 + 2.0)
+                                      settle_s=one_prefill_s * concurrency * 1.15 + 1.0)
     return result
 
 
@@ -178,7 +181,7 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--prefill-steps", type=int, default=2)
     ap.add_argument("--decode-steps", type=int, default=10)
-    ap.add_argument("--decode-tokens", type=int, default=256)
+    ap.add_argument("--decode-tokens", type=int, default=800)
     ap.add_argument("--steps", type=int, default=1, help="with --trace: steps the trace holds")
     args = ap.parse_args(argv)
     if args.trace:
