@@ -50,7 +50,9 @@ def write_slice_config(path: Path) -> Path:
     return path
 
 
-GRAPH_FLAGS = ["--cuda-graph-backend-prefill", "disabled", "--cuda-graph-bs-decode", "1", "2", "4", "8", "16", "32"]
+# Decode graphs at the sweep's concurrencies only: each captured size costs both servers Triton compiles
+# (seen on an H200: 20-40 s per size for SGLang's sparse path), and other sizes pad up to the next one.
+GRAPH_FLAGS = ["--cuda-graph-backend-prefill", "disabled", "--cuda-graph-bs-decode", "1", "4", "16", "32"]
 
 
 def server_flags(model: Path, page: int | None, mem_fraction: float, context: int) -> list[str]:
@@ -136,6 +138,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mem-fraction", type=float, default=0.45)
     ap.add_argument("--a-mem-fraction", type=float, default=None, help="default --mem-fraction")
     ap.add_argument("--b-mem-fraction", type=float, default=None, help="default --mem-fraction")
+    ap.add_argument("--a-start-delay", type=float, default=0.0, help="seconds to wait before starting A (lets a "
+                    "co-located job allocate its memory first)")
     ap.add_argument("--a-wait-for", default="", help="comma-separated URLs whose /health must answer before A "
                     "starts (another job sharing A's GPU: SGLang sizes its KV pool from the memory free at start)")
     ap.add_argument("--context", type=int, default=70000)
@@ -171,7 +175,7 @@ def main(argv=None) -> int:
                server_flags(model, 128, args.b_mem_fraction or args.mem_fraction, args.context)
                + ["--attention-backend", "msa"],
                env={"SGLANG_MSA_MODELS": "1" if args.b_models == "ours" else "0", **gpu(args.b_gpu)})
-    profile_reserve = 90.0 if args.profile == "on" else 10.0
+    profile_reserve = 70.0 if args.profile == "on" else 10.0
     try:
         for i, page in enumerate(pages):
             tag = f"A-page{page or 'default'}"
@@ -186,6 +190,8 @@ def main(argv=None) -> int:
             run = results["runs"][tag] = {"page_size": page}
             starts = [s for s in (b, a) if s.proc is None or s.proc.poll() is not None]
             for s in starts:
+                if s is a and args.a_start_delay:
+                    time.sleep(args.a_start_delay)
                 if s is a and args.a_wait_for:
                     run["a_waited_s"] = wait_for_health(args.a_wait_for.split(","), min(180.0, t_end - time.time()))
                 s.start(log_dir)
@@ -251,7 +257,7 @@ def _profile(server: Server, args, vocab: int) -> dict:
     try:
         return profile_server(server.url, Path(f"/tmp/prof-{args.port_base}-{server.name}"), vocab_size=vocab,
                               input_len=args.profile_len, concurrency=args.profile_concurrency,
-                              prefill_steps=2, decode_steps=10, decode_tokens=800)
+                              prefill_steps=2, decode_steps=10, decode_tokens=600)
     except Exception as exc:  # noqa: BLE001 - reported, never fatal
         return {"error": repr(exc)}
 

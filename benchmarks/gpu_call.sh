@@ -57,11 +57,14 @@ serving)
     (
       export CUDA_VISIBLE_DEVICES=0
       python3 -m sglang_msa.tiny_m3 /tmp/tiny > "$W/tiny.log" 2>&1
-      timeout 360 python3 benchmarks/e2e_correctness.py --model-path /tmp/tiny --models ours --out-dir "$W/e2e" \
-        --port-base 31000 --mem-fraction 0.08 --health-timeout 240 --log-dir "$W/e2e/logs" > "$W/e2e.log" 2>&1
+      timeout $(( $(left) - 10 )) python3 benchmarks/e2e_correctness.py --model-path /tmp/tiny --models ours \
+        --out-dir "$W/e2e" --port-base 31000 --mem-fraction 0.08 --health-timeout 420 --log-dir "$W/e2e/logs" \
+        > "$W/e2e.log" 2>&1
       echo "e2e-ours rc=$?" >> "$W/status.txt"
     ) &
-    wait_for=(--a-wait-for http://127.0.0.1:31000,http://127.0.0.1:31001 --a-mem-fraction 0.72)
+    # Their servers allocate their (small) pools within ~10 s of starting; their first requests compile
+    # Triton kernels for minutes, so A waits a fixed time rather than for their health.
+    wait_for=(--a-start-delay 40 --a-mem-fraction 0.6)
   else
     wait_for=(--a-mem-fraction 0.6)
   fi
@@ -70,7 +73,8 @@ serving)
       --port-base 30000 --baseline-page "$page" "${wait_for[@]}" --b-mem-fraction 0.6 \
       --input-lens "${AB_INPUT_LENS:-65536,32768}" --concurrency "${AB_CONCURRENCY:-1,4,16,32}" \
       --output-len "${AB_OUTPUT_LEN:-256}" --num-requests "${AB_NUM_REQUESTS:-1x}" --min-requests 4 \
-      --b-models "${AB_B_MODELS:-ours}" --profile "${AB_PROFILE:-on}" --deadline-s $(( $(left) - 20 )) \
+      --b-models "${AB_B_MODELS:-ours}" --profile "${AB_PROFILE:-on}" --profile-concurrency 8 \
+      --deadline-s $(( $(left) - 20 )) \
       > "$W/ab.log" 2>&1
     echo "gpu_ab page=$page rc=$?" >> "$W/status.txt"
   ) &
