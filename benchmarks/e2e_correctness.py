@@ -1,8 +1,9 @@
 """GPU end-to-end check: SGLang's own MiniMax sparse path vs ``--attention-backend msa``.
 
 Starts two SGLang servers on the same checkpoint, side by side on one GPU:
-  A: SGLang's in-tree MiniMax-M3 with SGLang's sparse backend (dense layers on ``triton``),
-  B: the same model served with ``--attention-backend msa`` (our indexer/prefill/decode kernels),
+  A: SGLang's sparse backend (dense layers on ``triton``), SGLang's in-tree MiniMax-M3 class,
+  B: ``--attention-backend msa`` (our indexer/prefill/decode kernels), our MiniMax-M3 class
+     (``--models intree|ours`` puts the same class on both, so that only the backend differs),
 greedy-decodes the same token-id prompts on both (long enough to be sparse, plus prompts that share
 a prefix so B serves cached prefixes from the radix cache), and compares tokens and logprobs.
 Writes ``e2e-correctness-<card>-<date>.json`` with a ``summary`` object.
@@ -83,8 +84,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mem-fraction", type=float, default=0.35)
     ap.add_argument("--cuda-graph", choices=["on", "off"], default="on", help="for server B")
     ap.add_argument("--health-timeout", type=float, default=420)
-    ap.add_argument("--models", choices=["intree", "ours"], default="intree",
-                    help="MiniMax-M3 implementation for both servers (ours = SGLANG_MSA_MODELS=1)")
+    ap.add_argument("--models", choices=["mixed", "intree", "ours"], default="mixed",
+                    help="MiniMax-M3 classes: mixed = A SGLang's in-tree, B ours (the issue's pairing); "
+                         "intree / ours = the same classes on both servers, so only the backend differs")
     ap.add_argument("--log-dir", default="/tmp/e2e-logs")
     ap.add_argument("--port-base", type=int, default=30000, help="A listens here, B on the next port")
     args = ap.parse_args(argv)
@@ -94,15 +96,16 @@ def main(argv=None) -> int:
     common = ["--model-path", args.model_path, "--context-length", str(args.context_length),
               "--mem-fraction-static", str(args.mem_fraction), "--page-size", str(args.page_size),
               "--max-running-requests", "8", "--chunked-prefill-size", "8192"]
-    env = {"SGLANG_MSA_MODELS": "1" if args.models == "ours" else "0"}
+    env_a = {"SGLANG_MSA_MODELS": "1" if args.models == "ours" else "0"}
+    env_b = {"SGLANG_MSA_MODELS": "0" if args.models == "intree" else "1"}
     a = Server("A-sglang-sparse", args.port_base, [*common, "--attention-backend", "triton",
-                                          "--disable-cuda-graph"], env=env)
+                                          "--disable-cuda-graph"], env=env_a)
     b_flags = [*common, "--attention-backend", "msa"]
     if args.cuda_graph == "off":
         b_flags.append("--disable-cuda-graph")
     else:
         b_flags += ["--cuda-graph-max-bs", "8"]
-    b = Server("B-msa", args.port_base + 1, b_flags, env=env)
+    b = Server("B-msa", args.port_base + 1, b_flags, env=env_b)
     log_dir = Path(args.log_dir)
     results = {"card": card_name(), "date": date.today().isoformat(), "command": " ".join(sys.argv),
                "versions": versions(), "models": args.models, "servers": {}, "prompts": []}

@@ -4,10 +4,10 @@
 # per GPU, each under its own deadline, so one 10-minute call holds two GPUs' worth of work:
 #
 #   bash benchmarks/gpu_call.sh check     GPU0: bench_kernels.py, then the GPU test tier
-#                                         GPU1: e2e_correctness.py --models ours (tiny M3), then a short
+#                                         GPU1: e2e_correctness.py (tiny M3, E2E_MODELS), then a short
 #                                               gpu_ab.py dry run (32k prompts, page-128 baseline)
 #   bash benchmarks/gpu_call.sh serving   gpu_ab.py: A on GPU0, B on GPU1 (AB_PAGE=128|default); with
-#                                         AB_E2E=1 also e2e_correctness.py --models ours on GPU0 first
+#                                         AB_E2E=1 also e2e_correctness.py (E2E_MODELS=mixed|ours|intree) on GPU0
 #
 # Everything lands in /tmp/gpu-out; $OUT gets results.tar.gz (all logs and JSON) plus the summaries.
 set -u
@@ -37,7 +37,7 @@ check)
   (
     export CUDA_VISIBLE_DEVICES=1
     python3 -m sglang_msa.tiny_m3 /tmp/tiny > "$W/tiny.log" 2>&1
-    timeout 300 python3 benchmarks/e2e_correctness.py --model-path /tmp/tiny --models ours --out-dir "$W/e2e" \
+    timeout 300 python3 benchmarks/e2e_correctness.py --model-path /tmp/tiny --models "${E2E_MODELS:-mixed}" --out-dir "$W/e2e" \
       --port-base 31000 --health-timeout 200 --log-dir "$W/e2e/logs" > "$W/e2e.log" 2>&1
     rc=$?; echo "e2e-ours rc=$rc" >> "$W/status.txt"
     bm=intree; [ $rc -eq 0 ] && bm=ours
@@ -57,7 +57,7 @@ serving)
     (
       export CUDA_VISIBLE_DEVICES=0
       python3 -m sglang_msa.tiny_m3 /tmp/tiny > "$W/tiny.log" 2>&1
-      timeout $(( $(left) - 10 )) python3 benchmarks/e2e_correctness.py --model-path /tmp/tiny --models ours \
+      timeout $(( $(left) - 10 )) python3 benchmarks/e2e_correctness.py --model-path /tmp/tiny --models "${E2E_MODELS:-mixed}" \
         --out-dir "$W/e2e" --port-base 31000 --mem-fraction 0.08 --health-timeout 420 --log-dir "$W/e2e/logs" \
         > "$W/e2e.log" 2>&1
       echo "e2e-ours rc=$?" >> "$W/status.txt"

@@ -7,7 +7,7 @@ Two windows, each through SGLang's ``/start_profile`` (``num_steps``, GPU activi
 stays small): *prefill* — the steps that prefill one ``--input-len`` prompt (chunked prefill splits it
 into several steps); *decode* — ``--decode-steps`` steps once ``--concurrency`` requests are all
 decoding. Kernels are sorted into categories by name (``CATEGORIES``: indexer, sparse attention,
-dense attention, MoE, GEMM, communication, elementwise/other); the report gives ms per step and the
+dense attention, MoE, norms/RoPE, GEMM, communication, other); the report gives ms per step and the
 share of each. ``summarize_trace`` works on any Chrome trace that torch's profiler writes.
 """
 
@@ -33,7 +33,8 @@ CATEGORIES: list[tuple[str, re.Pattern]] = [
     ("dense_attention", re.compile(r"^_fwd_kernel|_fwd_grouped_kernel_stage|_copy_unified_indices"
                                    r"|flash_fwd|fmha|attention", re.IGNORECASE)),
     ("moe", re.compile(r"moe|expert|topk_softmax|grouped_topk|count_and_sort", re.IGNORECASE)),
-    ("gemm", re.compile(r"gemm|gemv|cutlass|xmma|nvjet|cublas|splitk|sm90_|wgmma", re.IGNORECASE)),
+    ("norm_rope", re.compile(r"norm|rope|rotary", re.IGNORECASE)),
+    ("gemm", re.compile(r"gemm(?!a)|gemv|cutlass|xmma|nvjet|cublas|splitk|sm90_|wgmma", re.IGNORECASE)),
     ("communication", re.compile(r"nccl|all_reduce|allreduce|all_gather", re.IGNORECASE)),
 ]
 OTHER = "other"

@@ -45,8 +45,9 @@ def _env_flag(name: str, default: bool) -> bool:
 def models_enabled() -> bool:
     """Whether our MiniMax-M3 classes should replace SGLang's in-tree ones.
 
-    Off until the model issue lands its implementation (``sglang_msa.models.IMPLEMENTED``); the
-    environment variable ``SGLANG_MSA_MODELS=1/0`` forces it either way.
+    On by default since the text model was verified on a GPU (``sglang_msa.models.IMPLEMENTED``); the
+    environment variable ``SGLANG_MSA_MODELS=1/0`` forces it either way. The VL class follows its own
+    default (``sglang_msa.models.vl_enabled``).
     """
     from sglang_msa import models
 

@@ -120,6 +120,8 @@ def test_sglang_resolves_our_class_only_when_enabled(report):
     assert reg["off_package"] is None and reg["off_class"] == "sglang.srt.models.minimax_m3", reg
     assert not reg["off_is_ours"]
     assert reg["on_package"] == "sglang_msa.models" and reg["on_is_ours"], reg
+    # Unset: ours (the text model is GPU-verified, sglang_msa.models.IMPLEMENTED).
+    assert reg["default_package"] == "sglang_msa.models" and reg["default_is_ours"], reg
 
 
 @pytest.mark.parametrize("name", ["text", "index_value"])
@@ -289,16 +291,16 @@ def _registry_check() -> dict:
     assert "sglang.srt.models.registry" not in sys.modules
     arch = "MiniMaxM3SparseForCausalLM"
     out = {}
-    for state in ("off", "on"):
+    for state, value in (("off", "0"), ("on", "1"), ("default", None)):
         os.environ.pop("SGLANG_EXTERNAL_MODEL_PACKAGE", None)
-        if state == "on":
-            os.environ[plugin.MODELS_ENV] = "1"
-        else:
+        if value is None:
             os.environ.pop(plugin.MODELS_ENV, None)
+        else:
+            os.environ[plugin.MODELS_ENV] = value
         plugin._registered = False
         plugin.register()
         package = os.environ.get("SGLANG_EXTERNAL_MODEL_PACKAGE")
-        resolved = _entry_classes(package).get(arch) if package else in_tree.MiniMaxM3SparseForCausalLM
+        resolved = (_entry_classes(package).get(arch) if package else None) or in_tree.MiniMaxM3SparseForCausalLM
         out[f"{state}_package"] = package
         out[f"{state}_class"] = resolved.__module__
         out[f"{state}_is_ours"] = resolved is ours.MiniMaxM3SparseForCausalLM

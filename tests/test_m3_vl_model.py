@@ -110,6 +110,10 @@ def test_sglang_resolves_our_vl_class_only_when_enabled(report):
     assert reg["off_package"] is None and reg["off_class"] == "sglang.srt.models.minimax_m3_vl", reg
     assert not reg["off_is_ours"]
     assert reg["on_package"] == "sglang_msa.models" and reg["on_is_ours"], reg
+    # Unset: the plugin's package serves the text model, but the VL class (CPU-verified only) stays
+    # SGLang's until a GPU check (sglang_msa.models.VL_BY_DEFAULT).
+    assert reg["default_package"] == "sglang_msa.models" and not reg["default_is_ours"], reg
+    assert reg["default_class"] == "sglang.srt.models.minimax_m3_vl", reg
     assert reg["exporters"] == {"MiniMaxM3SparseForCausalLM": ["sglang_msa.models.minimax_m3"],
                                 ARCH: ["sglang_msa.models.minimax_m3_vl"]}
 
@@ -220,20 +224,22 @@ def _registry_check() -> dict:
 
     assert "sglang.srt.models.registry" not in sys.modules
     out = {}
-    for state in ("off", "on"):
+    for state, value in (("off", "0"), ("on", "1"), ("default", None)):
         os.environ.pop("SGLANG_EXTERNAL_MODEL_PACKAGE", None)
-        if state == "on":
-            os.environ[plugin.MODELS_ENV] = "1"
-        else:
+        if value is None:
             os.environ.pop(plugin.MODELS_ENV, None)
+        else:
+            os.environ[plugin.MODELS_ENV] = value
         plugin._registered = False
         plugin.register()
         package = os.environ.get("SGLANG_EXTERNAL_MODEL_PACKAGE")
-        resolved = m3._entry_classes(package).get(ARCH) if package else in_tree.MiniMaxM3SparseForConditionalGeneration
+        resolved = ((m3._entry_classes(package).get(ARCH) if package else None)
+                    or in_tree.MiniMaxM3SparseForConditionalGeneration)
         out[f"{state}_package"] = package
         out[f"{state}_class"] = resolved.__module__
         out[f"{state}_is_ours"] = resolved is ours.MiniMaxM3SparseForConditionalGeneration
     exporters: dict[str, list[str]] = {}
+    os.environ[plugin.MODELS_ENV] = "1"  # every class exported
     pkg = importlib.import_module("sglang_msa.models")
     for info in pkgutil.iter_modules(pkg.__path__, "sglang_msa.models."):
         entry = getattr(importlib.import_module(info.name), "EntryClass", [])

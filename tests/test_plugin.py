@@ -176,12 +176,21 @@ def test_launch_server_cli_help_lists_msa_and_accepts_it():
     assert "invalid choice: 'msa-typo'" in rejected.stderr
 
 
-def test_model_package_is_discoverable_by_sglang():
+@pytest.mark.parametrize("switch, expected", [
+    ("1", {"MiniMaxM3SparseForCausalLM", "MiniMaxM3SparseForConditionalGeneration"}),
+    (None, {"MiniMaxM3SparseForCausalLM"}),  # the VL class waits for a GPU check (models.VL_BY_DEFAULT)
+])
+def test_model_package_is_discoverable_by_sglang(monkeypatch, switch, expected):
     from sglang.srt.models.registry import import_model_classes
 
+    if switch is None:
+        monkeypatch.delenv("SGLANG_MSA_MODELS", raising=False)
+    else:
+        monkeypatch.setenv("SGLANG_MSA_MODELS", switch)
+    import_model_classes.cache_clear()  # SGLang caches it per package; the switch is read per build
     archs = import_model_classes("sglang_msa.models")
-    assert "MiniMaxM3SparseForCausalLM" in archs
-    assert "MiniMaxM3SparseForConditionalGeneration" in archs
+    import_model_classes.cache_clear()
+    assert set(archs) == expected
     assert all(cls.__module__.startswith("sglang_msa.models") for cls in archs.values())
 
 

@@ -29,6 +29,8 @@ from benchmarks.profile_step import OTHER, categorize, load_trace, main, summari
     ("sm90_xmma_gemm_bf16bf16_bf16f32", "gemm"),
     ("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NNT", "gemm"),
     ("ncclDevKernel_AllReduce_Sum_bf16_RING_LL", "communication"),
+    ("void (anonymous namespace)::fused_gemma_qknorm_rope_kernel<...>", "norm_rope"),
+    ("void flashinfer::norm::FusedAddRMSNormKernel<8u, __nv_bfloat16>", "norm_rope"),
     ("vectorized_elementwise_kernel<4, ...>", OTHER),
 ])
 def test_categorize(name, category):

@@ -5,9 +5,9 @@
 loads the Hugging Face M3 checkpoint (``load_weights``). Sparse layers hand the index branch to the
 attention backend (SGLang's MiniMax hybrid backend, with ``msa`` or SGLang's own sparse kernels).
 
-This class and the VL class built on it (:mod:`sglang_msa.models.minimax_m3_vl`) are only registered
-when ``SGLANG_MSA_MODELS=1`` (or once ``sglang_msa.models.IMPLEMENTED`` is True), so installing the
-plugin leaves SGLang's in-tree M3 in charge until then.
+The plugin registers this class by default (``SGLANG_MSA_MODELS=0`` hands the architecture back to
+SGLang's in-tree M3); the VL class built on it (:mod:`sglang_msa.models.minimax_m3_vl`) only with
+``SGLANG_MSA_MODELS=1`` for now (see :mod:`sglang_msa.models`).
 """
 
 from __future__ import annotations

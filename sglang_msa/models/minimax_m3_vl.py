@@ -474,4 +474,11 @@ class MiniMaxM3SparseForConditionalGeneration(nn.Module):
         return target
 
 
-EntryClass = [MiniMaxM3SparseForConditionalGeneration]
+def __getattr__(name: str):
+    # ``EntryClass`` is computed on access (PEP 562), so the switch is read when SGLang builds its
+    # registry, not when this module happened to be imported first.
+    if name == "EntryClass":
+        from sglang_msa.models import vl_enabled
+
+        return [MiniMaxM3SparseForConditionalGeneration] if vl_enabled() else []
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
