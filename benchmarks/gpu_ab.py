@@ -212,6 +212,8 @@ def main(argv=None) -> int:
             out = args.out_dir / f"serving-{tag}.json"
             run["bench_rc"] = run_bench(a, b, args, vocab, out, tag, parallel=split)
             run["result"] = json.loads(out.read_text()) if out.exists() else None
+            if i == 0:
+                run["greedy_spot_check"] = spot_check(a, b, vocab, args.b_models == "intree")
             if args.profile == "on" and i == 0:
                 run["profile"] = _parallel({s.name: (lambda s=s: _profile(s, args, vocab)) for s in (a, b)}, split)
             a.stop()
@@ -241,6 +243,26 @@ def wait_for_health(urls: list[str], timeout_s: float) -> float:
         if pending:
             time.sleep(2)
     return time.time() - t0
+
+
+def spot_check(a: Server, b: Server, vocab: int, same_weights: bool, lens=(4096, 20000), new_tokens: int = 16) -> dict:
+    """Greedy tokens of A and B on the same prompts. ``--load-format dummy`` draws the weights in the
+    order of the model's parameters, so the two servers hold the same weights only when they run the
+    same M3 classes (``--b-models intree``); otherwise the comparison lives in e2e_correctness.py."""
+    rows = []
+    for n in lens:
+        ids = [(31 * i + 7) % (vocab - 100) + 100 for i in range(n)]
+        try:
+            ra, rb = generate(a, ids, new_tokens), generate(b, ids, new_tokens)
+        except Exception as exc:  # noqa: BLE001 - reported
+            rows.append({"len": n, "error": repr(exc)})
+            continue
+        same = ra["output_ids"] == rb["output_ids"]
+        rows.append({"len": n, "identical": same, "a": ra["output_ids"], "b": rb["output_ids"],
+                     "max_logprob_abs_diff": max((abs(x - y) for x, y in zip(ra["logprobs"], rb["logprobs"])),
+                                                 default=None)})
+    return {"same_weights": same_weights, "prompts": rows,
+            "identical_fraction": sum(r.get("identical", False) for r in rows) / len(rows)}
 
 
 def _parallel(jobs: dict, parallel: bool) -> dict:

@@ -56,6 +56,8 @@ def fakes(monkeypatch, tmp_path):
     monkeypatch.setattr(gpu_ab, "write_slice_config", lambda p: slice_config(tmp_path / "slice"))
     monkeypatch.setattr(gpu_ab, "warm_up", lambda *a, **k: 0.0)
     monkeypatch.setattr(gpu_ab, "_profile", lambda s, args, vocab: {"server": s.name})
+    monkeypatch.setattr(gpu_ab, "generate", lambda s, ids, n, **k: {
+        "output_ids": [len(ids) % 97] * n, "logprobs": [-1.0 if s.name == "B" else -1.25] * n})
     with a, b:
         yield a, b, started
 
@@ -79,6 +81,9 @@ def test_gpu_ab_measures_both_servers_and_summarizes_b_over_a(fakes, tmp_path, s
     assert 1.3 < s["min_output_throughput_ratio"] <= s["max_output_throughput_ratio"] < 3.0
     assert s["ttft_p50_ratio_by_prompt"].keys() == {"16", "8"} and s["ttft_p50_ratio_64k"] is None
     assert run["profile"] == {"A-page128": {"server": "A-page128"}, "B": {"server": "B"}}
+    spot = run["greedy_spot_check"]
+    assert spot["same_weights"] is False and spot["identical_fraction"] == 1.0
+    assert [r["len"] for r in spot["prompts"]] == [4096, 20000] and spot["prompts"][0]["max_logprob_abs_diff"] == 0.25
     env = dict(started)
     assert env["A-page128"]["SGLANG_MSA_DISABLE"] == "1" and env["B"]["SGLANG_MSA_MODELS"] == "1"
     if split:
