@@ -297,16 +297,7 @@ def _load_check(path: str):
     returned = model.load_weights(iter(ck.items()))
     stop()
     params = dict(model.named_parameters())
-    mismatched, used, missing = [], set(), []
-    for name, param in params.items():
-        try:
-            want, names = _expected(name, ck)
-        except KeyError as e:
-            missing.append(f"{name}: {e}")
-            continue
-        used.update(names)
-        if tuple(want.shape) != tuple(param.shape) or not torch.equal(param.detach().float(), want.float()):
-            mismatched.append(name)
+    mismatched, used, missing = _match_params(params, ck, values=True)
     info = {
         "num_params": len(params), "num_vision_params": sum(not n.startswith("language_model.") for n in params),
         "mismatched": mismatched, "missing": missing, "unused_checkpoint": sorted(set(ck) - used),
@@ -329,6 +320,24 @@ def _load_check(path: str):
     return model, ck, info, extra_info
 
 
+def _match_params(params: dict, ck: dict, *, values: bool):
+    """Each parameter against the checkpoint tensors it comes from: (mismatched, used tensors, missing).
+    ``values``: compare contents too (else shapes only, for meta-device models)."""
+    mismatched, used, missing = [], set(), []
+    for name, param in params.items():
+        try:
+            want, names = _expected(name, ck)
+        except KeyError as e:
+            missing.append(f"{name}: {e}")
+            continue
+        used.update(names)
+        if tuple(want.shape) != tuple(param.shape):
+            mismatched.append(f"{name}: {tuple(param.shape)} vs checkpoint {tuple(want.shape)}")
+        elif values and not torch.equal(param.detach().float(), want.float()):
+            mismatched.append(name)
+    return mismatched, used, missing
+
+
 def _meta_check(path: str) -> dict:
     """The real M3-VL widths, built on the meta device: every shape fits the checkpoint's."""
     from sglang.srt.configs.model_config import ModelConfig
@@ -341,16 +350,7 @@ def _meta_check(path: str) -> dict:
         model = cls(ModelConfig(path).hf_config)
         ck = {n: torch.empty(shape) for n, (shape, _) in tiny_m3.checkpoint_specs(cfg).items()}
     params = dict(model.named_parameters())
-    mismatched, used, missing = [], set(), []
-    for name, param in params.items():
-        try:
-            want, names = _expected(name, ck)
-        except KeyError as e:
-            missing.append(f"{name}: {e}")
-            continue
-        used.update(names)
-        if tuple(want.shape) != tuple(param.shape):
-            mismatched.append(f"{name}: {tuple(param.shape)} vs checkpoint {tuple(want.shape)}")
+    mismatched, used, missing = _match_params(params, ck, values=False)
     tower = "vision_tower.vision_model."
     return {"mismatched": mismatched, "missing": missing, "unused_checkpoint": sorted(set(ck) - used),
             "qkv": list(params[tower + "encoder.layers.0.self_attn.qkv_proj.weight"].shape),
