@@ -8,10 +8,13 @@
 #                                               gpu_ab.py dry run (32k prompts, page-128 baseline)
 #   bash benchmarks/gpu_call.sh serving   gpu_ab.py: A on GPU0, B on GPU1 (AB_PAGE=128|default); with
 #                                         AB_E2E=1 also e2e_correctness.py (E2E_MODELS=mixed|ours|intree) on GPU0
+#   bash benchmarks/gpu_call.sh vl        GPU0: e2e_vl.py (tiny M3-VL: SGLang's VL path vs ours + msa;
+#                                               E2E_VL_VIDEO=clip.mp4 adds a video request)
+#                                         GPU1: bench_prefill.py --sweep (kernel configs, query segments)
 #
 # Everything lands in /tmp/gpu-out; $OUT gets results.tar.gz (all logs and JSON) plus the summaries.
 set -u
-MODE=${1:?usage: gpu_call.sh check|serving}
+MODE=${1:?usage: gpu_call.sh check|serving|vl}
 LIMIT=${GPU_CALL_LIMIT_S:-560}  # leave the call's last ~40 s for packing up
 T0=$(date +%s)
 left() { echo $((LIMIT - ($(date +%s) - T0))); }
@@ -79,15 +82,32 @@ serving)
     echo "gpu_ab page=$page rc=$?" >> "$W/status.txt"
   ) &
   ;;
+vl)
+  (
+    export CUDA_VISIBLE_DEVICES=0
+    python3 -m sglang_msa.tiny_m3 /tmp/tiny-vl --vision > "$W/tiny-vl.log" 2>&1
+    video=(); [ -n "${E2E_VL_VIDEO:-}" ] && video=(--video "$E2E_VL_VIDEO")
+    timeout $(( $(left) - 10 )) python3 benchmarks/e2e_vl.py --model-path /tmp/tiny-vl --out-dir "$W/e2e-vl" \
+      --port-base 33000 --health-timeout 420 --log-dir "$W/e2e-vl/logs" "${video[@]}" > "$W/e2e-vl.log" 2>&1
+    echo "e2e-vl rc=$?" >> "$W/status.txt"
+  ) &
+  (
+    export CUDA_VISIBLE_DEVICES=1
+    timeout $(( $(left) - 10 )) python3 benchmarks/bench_prefill.py --sweep --heads 64/4 --seqlens 65536,8192 \
+      --deadline $(( $(left) - 30 )) --out "$W/bench_prefill_sweep.json" > "$W/prefill-sweep.log" 2>&1
+    echo "prefill-sweep rc=$?" >> "$W/status.txt"
+  ) &
+  ;;
 *) echo "unknown mode $MODE"; exit 2 ;;
 esac
 wait
 tar czf "$OUT/results.tar.gz" -C "$W" . 2>/dev/null
 cp "$W"/*.json "$OUT"/ 2>/dev/null
-find "$W" -maxdepth 2 \( -name 'kernels-*.json' -o -name 'e2e-correctness-*.json' -o -name 'serving-NVIDIA*.json' \) \
+find "$W" -maxdepth 2 \( -name 'kernels-*.json' -o -name 'e2e-correctness-*.json' -o -name 'serving-NVIDIA*.json' \
+  -o -name 'e2e-vl-*.json' \) \
   | head -5 | xargs -r cp -t "$OUT"
 echo "== status"; cat "$W/status.txt"; cat "$W/gpus.txt" "$W/versions.txt"
-for f in "$W/kernels.log" "$W/pytest-gpu.log" "$W/e2e.log" "$W/ab.log"; do
+for f in "$W/kernels.log" "$W/pytest-gpu.log" "$W/e2e.log" "$W/ab.log" "$W/e2e-vl.log" "$W/prefill-sweep.log"; do
   [ -f "$f" ] && { echo "== $(basename "$f")"; tail -n 25 "$f"; }
 done
 exit 0

@@ -15,9 +15,9 @@ from pathlib import Path
 
 HOST = "127.0.0.1"
 
-# Flags that fit the GPU bundle: no FA3/FlashInfer sampling, no grammar backend.
-BASE_FLAGS = ["--sampling-backend", "pytorch", "--grammar-backend", "none", "--skip-tokenizer-init",
-              "--log-level", "info"]
+# Flags that fit the GPU bundle: no FA3/FlashInfer sampling, no grammar backend. Token-id clients also
+# skip the tokenizer (``Server(tokenizer=False)``); chat and multimodal requests need it.
+BASE_FLAGS = ["--sampling-backend", "pytorch", "--grammar-backend", "none", "--log-level", "info"]
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Server:
     port: int
     args: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    tokenizer: bool = False
     log_path: Path | None = None
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
@@ -40,7 +41,7 @@ class Server:
         self.log_path = log_dir / f"server-{self.name}.log"
         env = {**os.environ, **self.env}
         cmd = [sys.executable, "-m", "sglang.launch_server", "--host", HOST, "--port", str(self.port),
-               *BASE_FLAGS, *self.args]
+               *BASE_FLAGS, *([] if self.tokenizer else ["--skip-tokenizer-init"]), *self.args]
         self.log_path.write_text("$ " + " ".join(cmd) + "\n")
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
