@@ -87,3 +87,70 @@ def vfr_mp4(d: Path) -> Path:
 
 def sized_h264(d: Path, name: str, size: str, rate: float, duration: float) -> Path:
     return make(d / name, size, rate, duration, ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"])
+
+
+# Short GOPs (a keyframe every 12 frames or sooner): sparse selections let the decoder seek.
+GOP12_H264 = ["-c:v", "libx264", "-preset", "ultrafast", "-g", "12", "-pix_fmt", "yuv420p"]
+
+
+def h264_gop12(d: Path) -> Path:
+    """128x72 H.264 in MP4, keyframe every 12 frames, no B-frames, 25 fps, 6 s (150 frames)."""
+    return make(d / "h264_g12.mp4", "128x72", 25, 6.0, GOP12_H264)
+
+
+def h264_gop12_bframes(d: Path) -> Path:
+    """Short GOPs with two B-frames (decode order differs from presentation order), MP4."""
+    return make(
+        d / "h264_g12_b2.mp4", "128x72", 25, 6.0,
+        ["-c:v", "libx264", "-preset", "veryfast", "-g", "12", "-bf", "2", "-pix_fmt", "yuv420p"],
+    )
+
+
+def h264_gop12_bframes_mkv(d: Path) -> Path:
+    """The same in Matroska (seek index by presentation time, guessed decode times)."""
+    return make(
+        d / "h264_g12_b2.mkv", "128x72", 25, 6.0,
+        ["-c:v", "libx264", "-preset", "veryfast", "-g", "12", "-bf", "2", "-pix_fmt", "yuv420p"],
+    )
+
+
+def vfr_gop12(d: Path) -> Path:
+    """Variable frame rate with short GOPs: 30 fps for 2 s, then 10 fps for 4 s (100 frames)."""
+    expr = "if(lt(N,60),N/30,2+(N-60)/10)/TB"
+    return make(
+        d / "vfr_g12.mp4", "128x72", 30, 2.0 + 40 / 30, GOP12_H264,
+        extra=["-vf", f"setpts='{expr}'", "-fps_mode", "passthrough"],
+    )
+
+
+def hevc_gop12_mkv(d: Path) -> Path:
+    """HEVC, x265's default open GOPs (leading pictures shown before their keyframe)."""
+    return make(
+        d / "hevc_g12.mkv", "128x72", 25, 6.0,
+        ["-c:v", "libx265", "-preset", "ultrafast", "-g", "12", "-pix_fmt", "yuv420p", "-x265-params", "log-level=error"],
+    )
+
+
+def vp9_gop12_webm(d: Path) -> Path:
+    return make(
+        d / "vp9_g12.webm", "128x72", 25, 6.0,
+        ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "200k", "-g", "12"],
+    )
+
+
+def mpeg4_gop12_avi(d: Path) -> Path:
+    return make(d / "mpeg4_g12.avi", "128x72", 25, 6.0, ["-c:v", "mpeg4", "-q:v", "4", "-g", "12"])
+
+
+def keyframe_indices(path: Path) -> list[int]:
+    """Presentation indices of the video packets flagged as keyframes (ffprobe)."""
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe is None:
+        raise RuntimeError("needs ffprobe")
+    out = subprocess.run(
+        [ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts,flags", "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rows = [line.split(",") for line in out.splitlines() if line.strip()]
+    order = sorted(int(pts) for pts, _ in rows)
+    return sorted(order.index(int(pts)) for pts, flags in rows if "K" in flags)

@@ -1,7 +1,8 @@
 //! Video decoding with the system FFmpeg: stream selection and allow-lists, a demux-only scan
 //! (frame count, timestamps, average rate, as TorchCodec's exact mode measures them), then a
-//! sequential decode that converts (to RGB24, rotated for display) only the requested frames
-//! and lets H.264/HEVC decoders skip non-reference pictures that are not requested.
+//! decode that converts (to RGB24, rotated for display) only the requested frames, jumps over
+//! whole GOPs nobody asked for (keyframe seeks) and lets H.264/HEVC decoders skip
+//! non-reference pictures that are not requested.
 use crate::avio::{self, ff_err, Source};
 use crate::error::{limit, Result, SmgError};
 use crate::limits::Limits;
@@ -106,6 +107,20 @@ pub struct VideoDecoder<'a> {
     info: VideoInfo,
     /// Sorted presentation timestamps (stream time base) when every packet had one.
     frame_pts: Option<Vec<i64>>,
+    /// Keyframes by presentation index, when every packet had a distinct timestamp.
+    keyframes: Option<KeyframeIndex>,
+    stats: DecodeStats,
+}
+
+/// What the last `decode_selected` call did (diagnostics and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeStats {
+    /// Video packets sent to the decoder, over all passes.
+    pub packets_sent: usize,
+    /// Seeks to a keyframe attempted.
+    pub seeks: usize,
+    /// Times a seek misbehaved and decoding restarted from the start, in order (0 or 1).
+    pub restarts: usize,
 }
 
 fn rotation_from_matrix(m: &[i32; 9]) -> u32 {
@@ -205,6 +220,7 @@ impl<'a> VideoDecoder<'a> {
 
         // Demux-only scan: frame count and timestamps without decoding.
         let mut pts: Vec<i64> = Vec::new();
+        let mut key_pts: Vec<i64> = Vec::new();
         let mut all_have_pts = true;
         let mut count = 0usize;
         let (mut begin, mut end) = (i64::MAX, i64::MIN);
@@ -238,6 +254,9 @@ impl<'a> VideoDecoder<'a> {
             match packet.pts() {
                 Some(p) => {
                     pts.push(p);
+                    if packet.is_key() {
+                        key_pts.push(p);
+                    }
                     begin = begin.min(p);
                     end = end.max(p.saturating_add(packet.duration().max(0)));
                 }
@@ -282,16 +301,24 @@ impl<'a> VideoDecoder<'a> {
             container,
         };
         drop(input);
-        Ok(Self { source, codec_id, opts, deadline, stream_index, info, frame_pts })
+        let keyframes = frame_pts.as_deref().and_then(|p| KeyframeIndex::new(p, key_pts));
+        let stats = DecodeStats::default();
+        Ok(Self { source, codec_id, opts, deadline, stream_index, info, frame_pts, keyframes, stats })
     }
 
     pub fn info(&self) -> &VideoInfo {
         &self.info
     }
 
-    /// Decodes the stream once, in order, and hands `sink(slot, frame)` the frame for every
+    pub fn last_decode_stats(&self) -> DecodeStats {
+        self.stats
+    }
+
+    /// Decodes the stream in order and hands `sink(slot, frame)` the frame for every
     /// `indices[slot]` (indices may repeat or be unordered). A frame index that the decoder
     /// never produces (damaged stream) is served by the next decoded frame, or the last one.
+    /// Runs of whole GOPs before the next wanted frame are skipped by seeking to the keyframe
+    /// it depends on; if a seek misbehaves, the rest is decoded again from the start, in order.
     pub fn decode_selected(
         &mut self,
         indices: &[usize],
@@ -309,8 +336,49 @@ impl<'a> VideoDecoder<'a> {
         for (slot, &i) in indices.iter().enumerate() {
             wanted.entry(i).or_default().push(slot);
         }
-        let limits = self.opts.limits.clone();
-        let mut input = avio::open(&self.source, &limits, self.deadline, self.opts.formats())?;
+        let mut state = DeliverState {
+            wanted,
+            frame_pts: self.frame_pts.as_deref(),
+            counter: 0,
+            info: &self.info,
+            converter: Converter::default(),
+            last: LastFrame::new(),
+            decode_errors: 0,
+        };
+        let skipper = NonRefSkipper::new(self.codec_id, self.frame_pts.as_deref());
+        let mut seeker = match (&self.keyframes, self.frame_pts.as_deref()) {
+            (Some(keys), Some(pts)) if !sequential_decode_forced() => Some(Seeker::new(keys, pts)),
+            _ => None,
+        };
+        let mut stats = DecodeStats::default();
+        let passes = loop {
+            match self.decode_pass(&mut state, skipper.as_ref(), seeker.as_mut(), &mut stats, &mut sink) {
+                // Correctness first: whatever a seek did, decode the rest from the start, in order.
+                Ok(Pass::SeekMissed) => {
+                    seeker = None;
+                    stats.restarts += 1;
+                }
+                other => break other,
+            }
+        };
+        self.stats = stats;
+        passes?;
+        state.check_errors(stats.packets_sent.max(1))?;
+        state.flush_with_last(&mut sink)
+    }
+
+    /// One pass over a freshly opened input: demux, (seek,) decode and deliver until every
+    /// wanted frame is served or the stream ends.
+    fn decode_pass(
+        &self,
+        state: &mut DeliverState<'_>,
+        skipper: Option<&NonRefSkipper<'_>>,
+        mut seeker: Option<&mut Seeker<'_>>,
+        stats: &mut DecodeStats,
+        sink: &mut impl FnMut(usize, RgbFrame) -> Result<()>,
+    ) -> Result<Pass> {
+        let limits = &self.opts.limits;
+        let mut input = avio::open(&self.source, limits, self.deadline, self.opts.formats())?;
         let mut decoder = {
             let stream = input
                 .input()
@@ -329,23 +397,32 @@ impl<'a> VideoDecoder<'a> {
                 .video()
                 .map_err(|e| SmgError::VideoDecode(format!("cannot open decoder: {}", ff_err(e))))?
         };
-        let mut state = DeliverState {
-            wanted,
-            frame_pts: self.frame_pts.as_deref(),
-            counter: 0,
-            info: &self.info,
-            converter: Converter::default(),
-            last: LastFrame::new(),
-            decode_errors: 0,
-        };
-        let skipper = NonRefSkipper::new(self.codec_id, self.frame_pts.as_deref());
         let mut packet = ff::Packet::empty();
         let mut frame = ff::frame::Video::empty();
-        let mut packets_in = 0usize;
         'demux: loop {
             check_deadline(self.deadline)?;
             if state.wanted.is_empty() {
                 break;
+            }
+            if let Some(seeker) = seeker.as_deref_mut() {
+                let next_wanted = *state.wanted.keys().next().expect("wanted is not empty");
+                if let Some(key) = seeker.keys.jump_target(next_wanted, seeker.next_unsent) {
+                    let ret = unsafe {
+                        ffi::av_seek_frame(
+                            input.input().as_mut_ptr(),
+                            self.stream_index as i32,
+                            key.pts,
+                            ffi::AVSEEK_FLAG_BACKWARD,
+                        )
+                    };
+                    stats.seeks += 1;
+                    if ret < 0 {
+                        check_deadline(self.deadline)?;
+                        return Ok(Pass::SeekMissed);
+                    }
+                    decoder.flush();
+                    seeker.jumped(key);
+                }
             }
             match packet.read(input.input()) {
                 Ok(()) => {}
@@ -359,8 +436,11 @@ impl<'a> VideoDecoder<'a> {
             if packet.stream() != self.stream_index {
                 continue;
             }
-            packets_in += 1;
-            if let Some(skipper) = &skipper {
+            stats.packets_sent += 1;
+            if let Some(seeker) = seeker.as_deref_mut() {
+                seeker.sent(packet.pts());
+            }
+            if let Some(skipper) = skipper {
                 let discard = skipper.discard_for(packet.pts(), &state.wanted);
                 unsafe { (*decoder.as_mut_ptr()).skip_frame = discard };
             }
@@ -370,7 +450,10 @@ impl<'a> VideoDecoder<'a> {
             loop {
                 match decoder.receive_frame(&mut frame) {
                     Ok(()) => {
-                        state.on_frame(&frame, &mut sink)?;
+                        if !accept_landing(seeker.as_deref_mut(), &frame) {
+                            return Ok(Pass::SeekMissed);
+                        }
+                        state.on_frame(&frame, sink)?;
                         if state.wanted.is_empty() {
                             break 'demux;
                         }
@@ -382,7 +465,7 @@ impl<'a> VideoDecoder<'a> {
                     }
                 }
             }
-            state.check_errors(packets_in)?;
+            state.check_errors(stats.packets_sent)?;
         }
         if !state.wanted.is_empty() {
             let _ = decoder.send_eof();
@@ -390,7 +473,10 @@ impl<'a> VideoDecoder<'a> {
                 check_deadline(self.deadline)?;
                 match decoder.receive_frame(&mut frame) {
                     Ok(()) => {
-                        state.on_frame(&frame, &mut sink)?;
+                        if !accept_landing(seeker.as_deref_mut(), &frame) {
+                            return Ok(Pass::SeekMissed);
+                        }
+                        state.on_frame(&frame, sink)?;
                         if state.wanted.is_empty() {
                             break;
                         }
@@ -403,11 +489,132 @@ impl<'a> VideoDecoder<'a> {
                 }
             }
         }
-        state.check_errors(packets_in.max(1))?;
-        state.flush_with_last(&mut sink)?;
+        // A seek whose keyframe never came out must not let older frames stand in for later ones.
+        if seeker.is_some_and(|s| s.unconfirmed.is_some()) && !state.wanted.is_empty() {
+            return Ok(Pass::SeekMissed);
+        }
         drop(decoder);
         drop(input);
-        Ok(())
+        Ok(Pass::Finished)
+    }
+}
+
+enum Pass {
+    Finished,
+    /// A seek failed or landed elsewhere than on its keyframe.
+    SeekMissed,
+}
+
+/// `SMG_RS_SEQUENTIAL_DECODE=1` (read per call) turns off GOP seeking and NONREF skipping.
+fn sequential_decode_forced() -> bool {
+    std::env::var_os("SMG_RS_SEQUENTIAL_DECODE").is_some_and(|v| v != "0")
+}
+
+/// A keyframe of the video stream: its presentation index and timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Keyframe {
+    index: usize,
+    pts: i64,
+}
+
+/// The keyframes of a stream whose packets all carry distinct timestamps, in presentation order.
+#[derive(Debug, Clone)]
+struct KeyframeIndex {
+    keys: Vec<Keyframe>,
+}
+
+impl KeyframeIndex {
+    /// `frame_pts`: every frame's timestamp, sorted; `key_pts`: those of key packets.
+    fn new(frame_pts: &[i64], mut key_pts: Vec<i64>) -> Option<Self> {
+        // Timestamp -> frame index must be one-to-one to know where a keyframe sits.
+        if !frame_pts.windows(2).all(|w| w[0] < w[1]) {
+            return None;
+        }
+        key_pts.sort_unstable();
+        key_pts.dedup();
+        let keys: Vec<Keyframe> = key_pts
+            .into_iter()
+            .filter_map(|pts| frame_pts.binary_search(&pts).ok().map(|index| Keyframe { index, pts }))
+            .collect();
+        (!keys.is_empty()).then_some(Self { keys })
+    }
+
+    /// The keyframe frame `index` is decoded from: the last one at or before it in
+    /// presentation order (pictures shown before their GOP's keyframe but decoded after it,
+    /// open-GOP leading pictures, depend on the previous GOP and so map to the previous keyframe).
+    fn governing(&self, index: usize) -> Option<Keyframe> {
+        match self.keys.partition_point(|k| k.index <= index) {
+            0 => None,
+            k => Some(self.keys[k - 1]),
+        }
+    }
+
+    /// Where to seek before decoding on towards `next_wanted`, given that frames from
+    /// `next_unsent` on (presentation order) have not been sent to the decoder: the keyframe
+    /// `next_wanted` depends on, when at least one unsent frame lies before it. Nothing whose
+    /// packet the decoder already has can be wanted then (all such frames precede it).
+    fn jump_target(&self, next_wanted: usize, next_unsent: usize) -> Option<Keyframe> {
+        self.governing(next_wanted).filter(|k| k.index > next_unsent)
+    }
+}
+
+/// What a decoded frame says about the last seek to `key_pts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Landing {
+    /// Shown before the keyframe (an earlier GOP, or a leading picture): never delivered.
+    Before,
+    /// The keyframe itself, decoded as a key picture: the frames after it are as in order.
+    OnKey,
+    /// Anything else: the seek did not land where it should.
+    Missed,
+}
+
+fn landing(key_pts: i64, frame_pts: Option<i64>, frame_is_key: bool) -> Landing {
+    match frame_pts {
+        Some(p) if p < key_pts => Landing::Before,
+        Some(p) if p == key_pts && frame_is_key => Landing::OnKey,
+        _ => Landing::Missed,
+    }
+}
+
+/// Seek bookkeeping for one decode pass.
+struct Seeker<'s> {
+    keys: &'s KeyframeIndex,
+    frame_pts: &'s [i64],
+    /// Frames at or after this presentation index have not been sent to the decoder.
+    next_unsent: usize,
+    /// The keyframe timestamp of the last seek, until the decoder has produced it.
+    unconfirmed: Option<i64>,
+}
+
+impl<'s> Seeker<'s> {
+    fn new(keys: &'s KeyframeIndex, frame_pts: &'s [i64]) -> Self {
+        Self { keys, frame_pts, next_unsent: 0, unconfirmed: None }
+    }
+
+    fn sent(&mut self, pts: Option<i64>) {
+        if let Some(index) = pts.and_then(|p| self.frame_pts.binary_search(&p).ok()) {
+            self.next_unsent = self.next_unsent.max(index + 1);
+        }
+    }
+
+    fn jumped(&mut self, key: Keyframe) {
+        self.next_unsent = key.index;
+        self.unconfirmed = Some(key.pts);
+    }
+}
+
+/// Checks a decoded frame against a pending seek; false when the seek missed.
+fn accept_landing(seeker: Option<&mut Seeker<'_>>, frame: &ff::frame::Video) -> bool {
+    let Some(seeker) = seeker else { return true };
+    let Some(key_pts) = seeker.unconfirmed else { return true };
+    match landing(key_pts, frame.timestamp(), frame.is_key()) {
+        Landing::Before => true,
+        Landing::OnKey => {
+            seeker.unconfirmed = None;
+            true
+        }
+        Landing::Missed => false,
     }
 }
 
@@ -421,7 +628,7 @@ struct NonRefSkipper<'s> {
 
 impl<'s> NonRefSkipper<'s> {
     fn new(codec_id: ffi::AVCodecID, frame_pts: Option<&'s [i64]>) -> Option<Self> {
-        if std::env::var_os("SMG_RS_SEQUENTIAL_DECODE").is_some_and(|v| v != "0") {
+        if sequential_decode_forced() {
             return None;
         }
         // Codecs whose FFmpeg decoders honour skip_frame=NONREF by dropping exactly the
@@ -690,6 +897,73 @@ mod tests {
         assert_eq!(rotation_from_matrix(&[0, -one, 0, one, 0, 0, 0, 0, 1 << 30]), 270);
         assert_eq!(rotation_from_matrix(&[0, one, 0, -one, 0, 0, 0, 0, 1 << 30]), 90);
         assert_eq!(rotation_from_matrix(&[-one, 0, 0, 0, -one, 0, 0, 0, 1 << 30]), 180);
+    }
+
+    fn keys() -> KeyframeIndex {
+        // 30 frames at pts 0, 10, 20, ...; keyframes at frames 0, 12, 24 (listed in decode order, repeated)
+        let pts: Vec<i64> = (0..30).map(|i| i * 10).collect();
+        KeyframeIndex::new(&pts, vec![240, 0, 120, 120]).unwrap()
+    }
+
+    #[test]
+    fn keyframe_governing_each_frame() {
+        let k = keys();
+        assert_eq!(k.keys.iter().map(|k| k.index).collect::<Vec<_>>(), vec![0, 12, 24]);
+        assert_eq!(k.governing(0), Some(Keyframe { index: 0, pts: 0 }));
+        assert_eq!(k.governing(11).unwrap().index, 0); // just before a keyframe
+        assert_eq!(k.governing(12), Some(Keyframe { index: 12, pts: 120 }));
+        assert_eq!(k.governing(23).unwrap().index, 12);
+        assert_eq!(k.governing(29).unwrap().index, 24);
+        // a stream that starts before its first keyframe: nothing to seek to
+        let late = KeyframeIndex::new(&[0, 10, 20, 30], vec![20]).unwrap();
+        assert_eq!(late.governing(1), None);
+        assert_eq!(late.governing(3).unwrap().index, 2);
+    }
+
+    #[test]
+    fn keyframe_index_needs_distinct_timestamps_and_known_keys() {
+        assert!(KeyframeIndex::new(&[0, 10, 10, 20], vec![0]).is_none());
+        assert!(KeyframeIndex::new(&[0, 10, 20], vec![]).is_none());
+        // a key timestamp no frame has is ignored rather than trusted
+        let k = KeyframeIndex::new(&[0, 10, 20], vec![0, 15]).unwrap();
+        assert_eq!(k.keys, vec![Keyframe { index: 0, pts: 0 }]);
+    }
+
+    #[test]
+    fn seek_only_over_unsent_frames() {
+        let k = keys();
+        // at the start, a wanted frame in the first GOP is decoded in order
+        assert_eq!(k.jump_target(5, 0), None);
+        // a later GOP: jump to its keyframe, also for a frame exactly on it
+        assert_eq!(k.jump_target(13, 0).unwrap().index, 12);
+        assert_eq!(k.jump_target(12, 3).unwrap().index, 12);
+        assert_eq!(k.jump_target(29, 13).unwrap().index, 24);
+        // just before a keyframe: its GOP's keyframe, which was already sent
+        assert_eq!(k.jump_target(23, 13), None);
+        assert_eq!(k.jump_target(11, 5), None);
+        // the keyframe is the next frame to send: nothing to skip
+        assert_eq!(k.jump_target(20, 12), None);
+        // the decoder already has the wanted frame's packet (B-frame order): never seek
+        assert_eq!(k.jump_target(14, 16), None);
+    }
+
+    #[test]
+    fn seek_landing_is_checked() {
+        assert_eq!(landing(120, Some(90), false), Landing::Before);
+        assert_eq!(landing(120, Some(120), true), Landing::OnKey);
+        assert_eq!(landing(120, Some(120), false), Landing::Missed); // not decoded as a key picture
+        assert_eq!(landing(120, Some(130), true), Landing::Missed); // landed after the keyframe
+        assert_eq!(landing(120, None, true), Landing::Missed);
+        let k = keys();
+        let pts: Vec<i64> = (0..30).map(|i| i * 10).collect();
+        let mut s = Seeker::new(&k, &pts);
+        s.sent(Some(30));
+        s.sent(Some(10)); // decode order is not presentation order
+        assert_eq!(s.next_unsent, 4);
+        let key = k.jump_target(20, s.next_unsent).unwrap();
+        s.jumped(key);
+        assert_eq!((s.next_unsent, s.unconfirmed), (12, Some(120)));
+        assert_eq!(k.jump_target(20, s.next_unsent), None); // no second seek to the same keyframe
     }
 
     #[test]

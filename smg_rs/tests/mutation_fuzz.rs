@@ -73,6 +73,9 @@ fn mutated_videos_never_panic_or_hang() {
         ("a.mp4", vec!["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-movflags", "+faststart"]),
         ("b.mkv", vec!["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]),
         ("c.avi", vec!["-c:v", "mpeg4"]),
+        // keyframes every 3 frames: the 1 fps sampling seeks (damaged indexes, lying flags)
+        ("d.mp4", vec!["-c:v", "libx264", "-preset", "ultrafast", "-g", "3", "-bf", "1", "-pix_fmt", "yuv420p"]),
+        ("e.mkv", vec!["-c:v", "libx264", "-preset", "ultrafast", "-g", "3", "-pix_fmt", "yuv420p"]),
     ]
     .iter()
     .filter_map(|(n, a)| make_video(&dir, n, a))
@@ -90,7 +93,7 @@ fn mutated_videos_never_panic_or_hang() {
     };
     let mut rng = Rng(0x5EED_1234_ABCD_0001);
     let (mut ok, mut err) = (0, 0);
-    for round in 0..240 {
+    for round in 0..400 {
         let seed = &seeds[round % seeds.len()];
         let data = mutate(seed, &mut rng);
         let t0 = Instant::now();
