@@ -37,6 +37,9 @@ VIDEOS = [  # name, size, fps, seconds
     ("720p_10s", "1280x720", 30, 10.0),
     ("1080p_5s", "1920x1080", 30, 5.0),
 ]
+# A long clip with a streaming-style 2 s GOP: at 1 fps most GOPs hold no sampled frame, so smg_rs
+# seeks over them (the short clips above have one GOP, so there everything is decoded).
+VIDEOS_LONG = [("720p_60s_gop2s", "1280x720", 30, 60.0)]
 
 
 def cpu_model() -> str:
@@ -164,18 +167,21 @@ def main() -> None:
     args = ap.parse_args()
 
     python_path = python_path_factory()
-    rows, rows_b = [], []
+    rows, rows_b, rows_long = [], [], []
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         # ultrafast = no B-frames (every picture a reference); veryfast = x264's usual 3 B-frames
         # with a pyramid, as most real uploads have, where unrequested non-reference pictures are skipped.
         jobs = [(rows, "", ["-preset", "ultrafast"]), (rows_b, "_bframes", ["-preset", "veryfast"])]
         videos = VIDEOS[:1] if args.quick else VIDEOS
-        for out_rows, suffix, x264_args, (name, size, fps, secs) in [(*j, v) for j in jobs for v in videos]:
+        plan = [(*j, v) for j in jobs for v in videos]
+        if not args.quick:
+            plan += [(rows_long, "", ["-preset", "veryfast", "-g", "60"], v) for v in VIDEOS_LONG]
+        for out_rows, suffix, x264_args, (name, size, fps, secs) in plan:
             path = fv.make(tmp / f"{name}{suffix}.mp4", size, fps, secs, ["-c:v", "libx264", *x264_args, "-pix_fmt", "yuv420p"])
             row = {"video": name + suffix, "size": size, "fps": fps, "seconds": secs}
             for threads in (1, 2):
-                os.environ["SMG_RS_SEQUENTIAL_DECODE"] = "1"  # decode every picture (no skipping)
+                os.environ["SMG_RS_SEQUENTIAL_DECODE"] = "1"  # decode every picture (no skipping, no seeking)
                 seq_ms, _ = timed(lambda: smg_rs.preprocess_video(path, threads=threads), args.repeats)
                 os.environ.pop("SMG_RS_SEQUENTIAL_DECODE")
                 ms, feats = timed(lambda: smg_rs.preprocess_video(path, threads=threads), args.repeats)
@@ -222,15 +228,20 @@ def main() -> None:
         "speedup_vs_sglang_python_2threads_bframes": round(
             statistics.geometric_mean([r["threads2"]["speedup"] for r in rows_b]), 3
         ),
+        **({"speedup_vs_sglang_python_long_gop2s": rows_long[0]["threads2"]["speedup"],
+            "speedup_vs_sequential_decode_long_gop2s": round(
+                rows_long[0]["threads2"]["smg_rs_sequential_decode_ms"] / rows_long[0]["threads2"]["smg_rs_ms"], 3)}
+           if rows_long else {}),
         "malformed_inputs_tried": mal["tried"],
         "malformed_inputs_crashes": mal["crashes"],
         "videos_per_s_concurrent": round(videos_per_s, 3),
         "notes": "preset minimax_m3, fps=1; videos: x264 ultrafast (no B-frames), videos_bframes: x264 veryfast "
-        "(3 B-frames); smg_rs_sequential_decode_ms = same call with non-reference skipping off; "
+        "(3 B-frames); videos_long: 60 s, veryfast, 2 s GOP (keyframe seeking); smg_rs_sequential_decode_ms = same "
+        "call with non-reference skipping and seeking off (SMG_RS_SEQUENTIAL_DECODE=1); "
         "python = SGLang VideoDecoderWrapper(TorchCodec)+get_video_tensor+HF "
         "processor; timings are medians on a shared 2-core machine (other jobs running), so treat as rough",
     }
-    result = {"summary": summary, "videos": rows, "videos_bframes": rows_b, "malformed": mal, "versions": {"smg_rs": smg_rs.__version__, "python": platform.python_version()}}
+    result = {"summary": summary, "videos": rows, "videos_bframes": rows_b, "videos_long": rows_long, "malformed": mal, "versions": {"smg_rs": smg_rs.__version__, "python": platform.python_version()}}
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"preprocess-{platform.node() or 'host'}-{dt.date.today().isoformat()}.json"
     out.write_text(json.dumps(result, indent=2))
