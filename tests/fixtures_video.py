@@ -5,6 +5,7 @@ Each maker writes into a directory and returns the path; callers cache per sessi
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -140,6 +141,26 @@ def vp9_gop12_webm(d: Path) -> Path:
 
 def mpeg4_gop12_avi(d: Path) -> Path:
     return make(d / "mpeg4_g12.avi", "128x72", 25, 6.0, ["-c:v", "mpeg4", "-q:v", "4", "-g", "12"])
+
+
+def h264_gop12_dead_tail(d: Path, dead: int = 3) -> Path:
+    """h264_gop12 whose last `dead` packets are zeroed: the scan counts 150 frames, the decoder
+    produces 147, so the last indices are served by the last decoded frame."""
+    path = h264_gop12(d)
+    ffprobe = shutil.which("ffprobe")
+    if ffprobe is None:
+        raise RuntimeError("needs ffprobe")
+    out = subprocess.run(
+        [ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pos,size", "-of", "json", str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    packets = sorted((int(p["pos"]), int(p["size"])) for p in json.loads(out)["packets"])
+    data = bytearray(path.read_bytes())
+    for pos, size in packets[-dead:]:
+        data[pos:pos + size] = bytes(size)
+    dead_path = d / "h264_g12_dead_tail.mp4"
+    dead_path.write_bytes(bytes(data))
+    return dead_path
 
 
 def keyframe_indices(path: Path) -> list[int]:

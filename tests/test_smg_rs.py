@@ -487,9 +487,16 @@ def test_seeking_decode_matches_sequential_decode(vdir, name, monkeypatch):
         {"frame_indices": [keys[-2] + 1, keys[-2] + 1, keys[-2] + 1]},
         {"frame_indices": [n - 1]},
     ]
+    _check_against_sequential(path, full, selections, name, monkeypatch)
+
+
+def _check_against_sequential(path, full, selections, name, monkeypatch):
+    """Every selection, from a path and from bytes, on 1 decoder and on 2 and 3 (parallel GOP
+    workers when the frames lie under several keyframes): byte-identical to a sequential decode
+    and to the same frames of `full`; preprocess_video too (it needs the frames in order)."""
     data = path.read_bytes()
     for source in (path, data):
-        for threads in (1, 2):
+        for threads in (1, 2, 3):
             for sel in selections:
                 monkeypatch.setenv("SMG_RS_SEQUENTIAL_DECODE", "1")
                 plain = smg_rs.decode_frames(source, threads=threads, **sel)
@@ -502,9 +509,37 @@ def test_seeking_decode_matches_sequential_decode(vdir, name, monkeypatch):
                 np.testing.assert_array_equal(fast.timestamps, plain.timestamps)
                 assert fast.frames.tobytes() == plain.frames.tobytes(), where
                 assert fast.frames.tobytes() == full.frames[list(fast.frame_indices)].tobytes(), where
+    for threads in (1, 2, 3):
+        monkeypatch.setenv("SMG_RS_SEQUENTIAL_DECODE", "1")
+        plain = smg_rs.preprocess_video(data, fps=1.0, threads=1)
+        monkeypatch.delenv("SMG_RS_SEQUENTIAL_DECODE")
+        fast = smg_rs.preprocess_video(data, fps=1.0, threads=threads)
+        assert fast.frame_indices == plain.frame_indices and fast.grid_thw == plain.grid_thw
+        np.testing.assert_array_equal(fast.timestamps, plain.timestamps)
+        assert np.asarray(fast.pixel_values).tobytes() == np.asarray(plain.pixel_values).tobytes(), (name, threads)
+
+
+def test_parallel_gop_decode_pads_past_the_end_with_last_frame(vdir, monkeypatch):
+    """The last packets of the stream cannot be decoded: their indices get the last decoded
+    frame, on one decoder as on several (only the group that reaches the end pads)."""
+    if fv.shutil.which("ffprobe") is None:
+        pytest.skip("needs ffprobe")
+    path = fv.h264_gop12_dead_tail(vdir, dead=3)
+    keys = fv.keyframe_indices(path)
+    assert len(keys) >= 8 and keys[0] == 0, keys
     monkeypatch.setenv("SMG_RS_SEQUENTIAL_DECODE", "1")
-    plain = smg_rs.preprocess_video(data, fps=1.0, threads=1)
-    monkeypatch.delenv("SMG_RS_SEQUENTIAL_DECODE")
-    fast = smg_rs.preprocess_video(data, fps=1.0, threads=1)
-    assert fast.frame_indices == plain.frame_indices and fast.grid_thw == plain.grid_thw
-    assert np.asarray(fast.pixel_values).tobytes() == np.asarray(plain.pixel_values).tobytes()
+    full = smg_rs.decode_frames(path, threads=1)
+    n = full.num_source_frames
+    assert n == 150
+    last = full.frames[n - 4].tobytes()
+    assert all(full.frames[i].tobytes() == last for i in (n - 3, n - 2, n - 1))
+    assert all(full.frames[i].tobytes() != full.frames[i + 1].tobytes() for i in range(n - 4))
+    selections = [
+        {"fps": 1.0},  # ends on the (dead) last frame
+        {"fps": 2.0},
+        {"frame_indices": [n - 1, 0, keys[3], n - 2, keys[3], keys[-2] + 1, n - 1, n - 4, keys[5] - 1]},
+        {"frame_indices": [keys[2], keys[4], n - 3, n - 3]},
+        {"frame_indices": [n - 2, 1]},
+        {"frame_indices": list(range(n))},
+    ]
+    _check_against_sequential(path, full, selections, "h264_g12_dead_tail", monkeypatch)

@@ -1,8 +1,9 @@
 //! Video decoding with the system FFmpeg: stream selection and allow-lists, a demux-only scan
 //! (frame count, timestamps, average rate, as TorchCodec's exact mode measures them), then a
 //! decode that converts (to RGB24, rotated for display) only the requested frames, jumps over
-//! whole GOPs nobody asked for (keyframe seeks) and lets H.264/HEVC decoders skip
-//! non-reference pictures that are not requested.
+//! whole GOPs nobody asked for (keyframe seeks), decodes disjoint runs of GOPs on several
+//! threads at once, and lets H.264/HEVC decoders skip non-reference pictures that are not
+//! requested.
 use crate::avio::{self, ff_err, Source};
 use crate::error::{limit, Result, SmgError};
 use crate::limits::Limits;
@@ -10,7 +11,8 @@ use ffmpeg_next as ff;
 use ff::ffi;
 use std::collections::BTreeMap;
 use std::ptr;
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Once};
 use std::time::{Duration, Instant};
 
 static INIT: Once = Once::new();
@@ -46,7 +48,9 @@ pub const IMAGE_CODECS: &[ffi::AVCodecID] = &[
 
 #[derive(Debug, Clone)]
 pub struct DecodeOptions {
-    /// FFmpeg decoder threads (0 or 1 = single-threaded).
+    /// Decoding threads (0 or 1 = single-threaded): FFmpeg frame/slice threads of one decoder,
+    /// or, when the wanted frames lie under several keyframes and seeking is possible, that
+    /// many single-threaded decoders on disjoint runs of GOPs.
     pub threads: usize,
     pub limits: Limits,
     /// Accept still-image formats (PNG, JPEG, WebP, BMP) instead of video containers.
@@ -119,8 +123,11 @@ pub struct DecodeStats {
     pub packets_sent: usize,
     /// Seeks to a keyframe attempted.
     pub seeks: usize,
-    /// Times a seek misbehaved and decoding restarted from the start, in order (0 or 1).
+    /// Times a seek misbehaved (or a parallel group could not finish) and decoding restarted
+    /// from the start, in order, with one decoder (0 or 1).
     pub restarts: usize,
+    /// Decoders that ran at once on disjoint GOP runs (1: one decoder; 0: nothing to decode).
+    pub workers: usize,
 }
 
 fn rotation_from_matrix(m: &[i32; 9]) -> u32 {
@@ -315,10 +322,13 @@ impl<'a> VideoDecoder<'a> {
     }
 
     /// Decodes the stream in order and hands `sink(slot, frame)` the frame for every
-    /// `indices[slot]` (indices may repeat or be unordered). A frame index that the decoder
-    /// never produces (damaged stream) is served by the next decoded frame, or the last one.
-    /// Runs of whole GOPs before the next wanted frame are skipped by seeking to the keyframe
-    /// it depends on; if a seek misbehaves, the rest is decoded again from the start, in order.
+    /// `indices[slot]` (indices may repeat or be unordered), in increasing index order. A frame
+    /// index that the decoder never produces (damaged stream) is served by the next decoded
+    /// frame, or the last one. Runs of whole GOPs before the next wanted frame are skipped by
+    /// seeking to the keyframe it depends on; if a seek misbehaves, the rest is decoded again
+    /// from the start, in order. With `threads >= 2` and wanted frames under several
+    /// keyframes, contiguous runs of GOPs are decoded at once by one single-threaded decoder
+    /// each (see `decode_parallel`).
     pub fn decode_selected(
         &mut self,
         indices: &[usize],
@@ -329,6 +339,7 @@ impl<'a> VideoDecoder<'a> {
             return crate::error::invalid(format!("frame index {bad} out of range (video has {n} frames)"));
         }
         if indices.is_empty() {
+            self.stats = DecodeStats::default();
             return Ok(());
         }
         // frame index -> slots wanting it, in presentation order
@@ -336,23 +347,53 @@ impl<'a> VideoDecoder<'a> {
         for (slot, &i) in indices.iter().enumerate() {
             wanted.entry(i).or_default().push(slot);
         }
-        let mut state = DeliverState {
+        let seeking = self.keyframes.is_some() && self.frame_pts.is_some() && !sequential_decode_forced();
+        let groups = match &self.keyframes {
+            Some(keys) if seeking => split_by_gop(keys, &wanted, self.opts.threads.min(MAX_GOP_WORKERS)),
+            _ => Vec::new(),
+        };
+        let mut stats = DecodeStats::default();
+        let result = if groups.len() >= 2 {
+            self.decode_parallel(wanted, groups, indices.len(), &mut stats, &mut sink)
+        } else {
+            stats.workers = 1;
+            self.decode_single(wanted, seeking, 0, &mut stats, &mut sink)
+        };
+        self.stats = stats;
+        result
+    }
+
+    fn deliver_state(&self, wanted: BTreeMap<usize, Vec<usize>>, decode_errors: usize) -> DeliverState<'_> {
+        DeliverState {
             wanted,
             frame_pts: self.frame_pts.as_deref(),
             counter: 0,
             info: &self.info,
             converter: Converter::default(),
             last: LastFrame::new(),
-            decode_errors: 0,
-        };
-        let skipper = NonRefSkipper::new(self.codec_id, self.frame_pts.as_deref());
+            decode_errors,
+        }
+    }
+
+    /// One decoder (FFmpeg threads = `opts.threads`) walks every wanted frame. `prior_errors`:
+    /// decode errors already counted for this call (a parallel attempt that fell back here).
+    fn decode_single(
+        &self,
+        wanted: BTreeMap<usize, Vec<usize>>,
+        seeking: bool,
+        prior_errors: usize,
+        stats: &mut DecodeStats,
+        sink: &mut impl FnMut(usize, RgbFrame) -> Result<()>,
+    ) -> Result<()> {
+        let mut state = self.deliver_state(wanted, prior_errors);
+        let skipper = NonRefSkipper::new(self.codec_id, self.frame_pts.as_deref(), None);
         let mut seeker = match (&self.keyframes, self.frame_pts.as_deref()) {
-            (Some(keys), Some(pts)) if !sequential_decode_forced() => Some(Seeker::new(keys, pts)),
+            (Some(keys), Some(pts)) if seeking => Some(Seeker::new(keys, pts)),
             _ => None,
         };
-        let mut stats = DecodeStats::default();
+        let run = PassRun { decoder_threads: self.opts.threads, stop: None };
         let passes = loop {
-            match self.decode_pass(&mut state, skipper.as_ref(), seeker.as_mut(), &mut stats, &mut sink) {
+            match self.decode_pass(&mut state, skipper.as_ref(), seeker.as_mut(), stats, sink, run) {
                 // Correctness first: whatever a seek did, decode the rest from the start, in order.
                 Ok(Pass::SeekMissed) => {
                     seeker = None;
@@ -361,10 +402,133 @@ impl<'a> VideoDecoder<'a> {
                 other => break other,
             }
         };
-        self.stats = stats;
         passes?;
         state.check_errors(stats.packets_sent.max(1))?;
-        state.flush_with_last(&mut sink)
+        state.flush_with_last(sink)
+    }
+
+    /// Decodes `groups` (contiguous runs of whole GOPs, in presentation order) at once, one
+    /// OS thread per group, each with its own input, single-threaded decoder and converter,
+    /// seeking within its group as `decode_single` does. Frames come back over channels and
+    /// reach `sink` on this thread group by group, so the order is the single decoder's. Only
+    /// the last group serves indices past the end of the decodable stream with the last
+    /// decoded frame; any other anomaly (a seek that misses, an earlier group running out of
+    /// stream) stops every worker and decodes the frames not yet delivered in order, from the
+    /// start, with one decoder.
+    fn decode_parallel(
+        &self,
+        wanted: BTreeMap<usize, Vec<usize>>,
+        groups: Vec<BTreeMap<usize, Vec<usize>>>,
+        slots: usize,
+        stats: &mut DecodeStats,
+        sink: &mut impl FnMut(usize, RgbFrame) -> Result<()>,
+    ) -> Result<()> {
+        let workers = groups.len();
+        stats.workers = workers;
+        // Frames of later groups wait in bounded channels: memory stays bounded, and a worker
+        // that runs ahead blocks until the groups before it are delivered.
+        let frame_bytes = (self.info.width as usize * self.info.height as usize * 3).max(1);
+        let capacity = (PARALLEL_BUFFER_BYTES / workers / frame_bytes).clamp(2, 1024);
+        let stop = AtomicBool::new(false);
+        let mut delivered = vec![false; slots];
+        let mut decode_errors = 0usize;
+        let outcome: Result<bool> = std::thread::scope(|scope| {
+            let (stop, keep) = (&stop, &wanted);
+            let mut running = Vec::with_capacity(workers);
+            for (g, group) in groups.into_iter().enumerate() {
+                let (tx, rx) = mpsc::sync_channel::<(usize, RgbFrame)>(capacity);
+                let is_last = g + 1 == workers;
+                let handle = scope.spawn(move || self.decode_group(group, is_last, keep, tx, stop));
+                running.push((rx, handle));
+            }
+            let mut running = running.into_iter();
+            let mut outcome = Ok(false);
+            for (rx, handle) in running.by_ref() {
+                for (slot, frame) in rx.iter() {
+                    delivered[slot] = true;
+                    if let Err(e) = sink(slot, frame) {
+                        outcome = Err(e);
+                        break;
+                    }
+                }
+                if outcome.is_err() {
+                    break;
+                }
+                drop(rx);
+                match handle.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
+                    Err(e) => outcome = Err(e),
+                    Ok(report) => {
+                        stats.packets_sent += report.stats.packets_sent;
+                        stats.seeks += report.stats.seeks;
+                        decode_errors += report.decode_errors;
+                        if report.fallback {
+                            outcome = Ok(true);
+                        }
+                    }
+                }
+                if !matches!(outcome, Ok(false)) {
+                    break;
+                }
+            }
+            // Whatever is still running is no longer needed: stop it and count what it did.
+            stop.store(true, Ordering::Relaxed);
+            for (rx, handle) in running {
+                drop(rx);
+                if let Ok(report) = handle.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
+                    stats.packets_sent += report.stats.packets_sent;
+                    stats.seeks += report.stats.seeks;
+                    decode_errors += report.decode_errors;
+                }
+            }
+            outcome
+        });
+        if outcome? {
+            stats.restarts += 1;
+            let mut rest: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+            for (&index, owners) in &wanted {
+                for &slot in owners.iter().filter(|&&s| !delivered[s]) {
+                    rest.entry(index).or_default().push(slot);
+                }
+            }
+            return self.decode_single(rest, false, decode_errors, stats, sink);
+        }
+        check_decode_errors(decode_errors, stats.packets_sent.max(1))
+    }
+
+    /// One parallel worker: decodes `group` with a single-threaded decoder, sending frames to
+    /// `tx`. `keep` (every index wanted by the call) decides which non-reference pictures may
+    /// be dropped, so this decoder drops exactly what a single decoder would.
+    fn decode_group(
+        &self,
+        group: BTreeMap<usize, Vec<usize>>,
+        is_last: bool,
+        keep: &BTreeMap<usize, Vec<usize>>,
+        tx: mpsc::SyncSender<(usize, RgbFrame)>,
+        stop: &AtomicBool,
+    ) -> Result<GroupReport> {
+        let (Some(keys), Some(pts)) = (&self.keyframes, self.frame_pts.as_deref()) else {
+            return Err(SmgError::VideoDecode("internal: parallel decode without a keyframe index".into()));
+        };
+        let mut state = self.deliver_state(group, 0);
+        let skipper = NonRefSkipper::new(self.codec_id, Some(pts), Some(keep));
+        let mut seeker = Seeker::new(keys, pts);
+        let mut stats = DecodeStats::default();
+        // A closed channel means the caller gave up on this call: stop quietly.
+        let mut send = |slot: usize, frame: RgbFrame| {
+            tx.send((slot, frame)).map_err(|_| SmgError::VideoDecode("internal: parallel decode cancelled".into()))
+        };
+        let pass = self.decode_pass(&mut state, skipper.as_ref(), Some(&mut seeker), &mut stats, &mut send, PassRun { decoder_threads: 1, stop: Some(stop) });
+        let mut report = GroupReport { stats, decode_errors: state.decode_errors, fallback: false };
+        match pass? {
+            Pass::SeekMissed => report.fallback = true,
+            Pass::Stopped => {}
+            Pass::Finished if state.wanted.is_empty() => {}
+            // Indices past the end of the decodable stream take the stream's last decoded
+            // frame, which only the group that decoded up to the end has.
+            Pass::Finished if is_last && state.last.is_set() => state.flush_with_last(&mut send)?,
+            Pass::Finished => report.fallback = true,
+        }
+        Ok(report)
     }
 
     /// One pass over a freshly opened input: demux, (seek,) decode and deliver until every
@@ -376,6 +540,7 @@ impl<'a> VideoDecoder<'a> {
         mut seeker: Option<&mut Seeker<'_>>,
         stats: &mut DecodeStats,
         sink: &mut impl FnMut(usize, RgbFrame) -> Result<()>,
+        run: PassRun<'_>,
     ) -> Result<Pass> {
         let limits = &self.opts.limits;
         let mut input = avio::open(&self.source, limits, self.deadline, self.opts.formats())?;
@@ -388,7 +553,7 @@ impl<'a> VideoDecoder<'a> {
                 .map_err(|e| SmgError::VideoDecode(format!("cannot set up decoder: {}", ff_err(e))))?;
             unsafe {
                 let raw = ctx.as_mut_ptr();
-                (*raw).thread_count = self.opts.threads.clamp(1, 16) as i32;
+                (*raw).thread_count = run.decoder_threads.clamp(1, 16) as i32;
                 (*raw).thread_type = (ffi::FF_THREAD_FRAME | ffi::FF_THREAD_SLICE) as i32;
                 (*raw).max_pixels = limits.max_frame_pixels.min(i32::MAX as u64) as i64;
                 (*raw).pkt_timebase = (*stream.as_ptr()).time_base;
@@ -401,6 +566,9 @@ impl<'a> VideoDecoder<'a> {
         let mut frame = ff::frame::Video::empty();
         'demux: loop {
             check_deadline(self.deadline)?;
+            if run.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                return Ok(Pass::Stopped);
+            }
             if state.wanted.is_empty() {
                 break;
             }
@@ -503,6 +671,74 @@ enum Pass {
     Finished,
     /// A seek failed or landed elsewhere than on its keyframe.
     SeekMissed,
+    /// A parallel worker was told to stop.
+    Stopped,
+}
+
+/// How a decode pass runs: FFmpeg threads of its decoder, and the flag that stops a parallel worker.
+#[derive(Clone, Copy)]
+struct PassRun<'s> {
+    decoder_threads: usize,
+    stop: Option<&'s AtomicBool>,
+}
+
+/// At most this many parallel GOP workers, whatever the thread budget.
+const MAX_GOP_WORKERS: usize = 16;
+/// Decoded frames waiting for earlier groups, over all parallel workers.
+const PARALLEL_BUFFER_BYTES: usize = 512 << 20;
+
+/// What one parallel worker did.
+struct GroupReport {
+    stats: DecodeStats,
+    decode_errors: usize,
+    /// The group could not be finished as a single decoder would have: decode in order instead.
+    fallback: bool,
+}
+
+/// Splits the wanted frames into at most `parts` contiguous groups of whole GOP runs (wanted
+/// frames sharing a governing keyframe stay together), with roughly equal numbers of wanted
+/// frames. Empty when there are fewer than two groups.
+fn split_by_gop(
+    keys: &KeyframeIndex,
+    wanted: &BTreeMap<usize, Vec<usize>>,
+    parts: usize,
+) -> Vec<BTreeMap<usize, Vec<usize>>> {
+    let mut runs: Vec<(Option<usize>, Vec<usize>)> = Vec::new();
+    for &index in wanted.keys() {
+        let key = keys.governing(index).map(|k| k.index);
+        match runs.last_mut() {
+            Some((k, members)) if *k == key => members.push(index),
+            _ => runs.push((key, vec![index])),
+        }
+    }
+    let parts = parts.min(runs.len());
+    if parts < 2 {
+        return Vec::new();
+    }
+    let mut groups: Vec<BTreeMap<usize, Vec<usize>>> = Vec::with_capacity(parts);
+    let mut current: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    let mut unplaced = wanted.len();
+    let run_count = runs.len();
+    for (r, (_, members)) in runs.into_iter().enumerate() {
+        let groups_left = parts - groups.len(); // counting the current one
+        if !current.is_empty() && groups_left > 1 {
+            // Close the current group when the runs left are just enough for the groups left,
+            // or when this run would take it further past its fair share than it is below it.
+            let share2 = 2 * (current.len() + unplaced) / groups_left;
+            if run_count - r < groups_left || 2 * current.len() + members.len() > share2 {
+                groups.push(std::mem::take(&mut current));
+            }
+        }
+        unplaced -= members.len();
+        for index in members {
+            current.insert(index, wanted[&index].clone());
+        }
+    }
+    groups.push(current);
+    if groups.len() < 2 {
+        return Vec::new();
+    }
+    groups
 }
 
 /// `SMG_RS_SEQUENTIAL_DECODE=1` (read per call) turns off GOP seeking and NONREF skipping.
@@ -624,10 +860,16 @@ fn accept_landing(seeker: Option<&mut Seeker<'_>>, frame: &ff::frame::Video) -> 
 /// presentation timestamp) is not a requested frame, so no requested frame can go missing.
 struct NonRefSkipper<'s> {
     frame_pts: &'s [i64],
+    /// Every index the call wants (parallel workers); None: the frames still wanted.
+    keep: Option<&'s BTreeMap<usize, Vec<usize>>>,
 }
 
 impl<'s> NonRefSkipper<'s> {
-    fn new(codec_id: ffi::AVCodecID, frame_pts: Option<&'s [i64]>) -> Option<Self> {
+    fn new(
+        codec_id: ffi::AVCodecID,
+        frame_pts: Option<&'s [i64]>,
+        keep: Option<&'s BTreeMap<usize, Vec<usize>>>,
+    ) -> Option<Self> {
         if sequential_decode_forced() {
             return None;
         }
@@ -637,14 +879,14 @@ impl<'s> NonRefSkipper<'s> {
         let frame_pts = frame_pts?;
         // Packet -> frame index must be one-to-one, else a dropped packet could be a wanted frame.
         let unique = frame_pts.windows(2).all(|w| w[0] < w[1]);
-        (supported && unique).then_some(Self { frame_pts })
+        (supported && unique).then_some(Self { frame_pts, keep })
     }
 
     fn discard_for(&self, pts: Option<i64>, wanted: &BTreeMap<usize, Vec<usize>>) -> ffi::AVDiscard {
         let keep = ffi::AVDiscard::AVDISCARD_DEFAULT;
         let Some(p) = pts else { return keep };
         match self.frame_pts.binary_search(&p) {
-            Ok(index) if !wanted.contains_key(&index) => ffi::AVDiscard::AVDISCARD_NONREF,
+            Ok(index) if !self.keep.unwrap_or(wanted).contains_key(&index) => ffi::AVDiscard::AVDISCARD_NONREF,
             _ => keep,
         }
     }
@@ -660,6 +902,14 @@ struct DeliverState<'s> {
     /// stand-in for frames the decoder never produced.
     last: LastFrame,
     decode_errors: usize,
+}
+
+/// A few damaged packets are tolerated (streams cut mid-GOP); a mostly broken stream is not.
+fn check_decode_errors(errors: usize, packets: usize) -> Result<()> {
+    if errors > 8 && errors * 4 > packets {
+        return Err(SmgError::VideoDecode(format!("stream is damaged: {errors} decode errors in {packets} packets")));
+    }
+    Ok(())
 }
 
 struct LastFrame(*mut ffi::AVFrame);
@@ -689,14 +939,7 @@ impl Drop for LastFrame {
 
 impl DeliverState<'_> {
     fn check_errors(&self, packets: usize) -> Result<()> {
-        // A few damaged packets are tolerated (streams cut mid-GOP); a mostly broken one is not.
-        if self.decode_errors > 8 && self.decode_errors * 4 > packets {
-            return Err(SmgError::VideoDecode(format!(
-                "stream is damaged: {} decode errors in {packets} packets",
-                self.decode_errors
-            )));
-        }
-        Ok(())
+        check_decode_errors(self.decode_errors, packets)
     }
 
     fn deliver(
@@ -964,6 +1207,39 @@ mod tests {
         s.jumped(key);
         assert_eq!((s.next_unsent, s.unconfirmed), (12, Some(120)));
         assert_eq!(k.jump_target(20, s.next_unsent), None); // no second seek to the same keyframe
+    }
+
+    #[test]
+    fn gop_runs_split_into_contiguous_groups() {
+        let k = keys(); // keyframes at 0, 12, 24
+        let wanted = |ix: &[usize]| ix.iter().enumerate().map(|(s, &i)| (i, vec![s])).collect::<BTreeMap<_, _>>();
+        let firsts = |groups: &[BTreeMap<usize, Vec<usize>>]| {
+            groups.iter().map(|g| g.keys().copied().collect::<Vec<_>>()).collect::<Vec<_>>()
+        };
+        // one GOP run: nothing to split
+        assert!(split_by_gop(&k, &wanted(&[1, 5, 11]), 4).is_empty());
+        assert!(split_by_gop(&k, &wanted(&[1, 13]), 1).is_empty());
+        // never more groups than GOP runs; whole runs stay together
+        let w = wanted(&[0, 3, 11, 12, 20, 29]);
+        assert_eq!(firsts(&split_by_gop(&k, &w, 8)), vec![vec![0, 3, 11], vec![12, 20], vec![29]]);
+        assert_eq!(firsts(&split_by_gop(&k, &w, 2)), vec![vec![0, 3, 11], vec![12, 20, 29]]);
+        // a heavy first run takes one group, the rest share the other
+        let w = wanted(&[0, 1, 2, 3, 4, 5, 6, 12, 24]);
+        assert_eq!(firsts(&split_by_gop(&k, &w, 2)), vec![vec![0, 1, 2, 3, 4, 5, 6], vec![12, 24]]);
+        let w = wanted(&[0, 12, 13, 14, 15, 16, 17, 24]);
+        assert_eq!(firsts(&split_by_gop(&k, &w, 2)), vec![vec![0, 12, 13, 14, 15, 16, 17], vec![24]]);
+        // many runs: roughly equal shares
+        let pts: Vec<i64> = (0..120).map(|i| i * 10).collect();
+        let k10 = KeyframeIndex::new(&pts, (0..12).map(|g| g * 100).collect()).unwrap();
+        let every5: Vec<usize> = (0..120).step_by(5).collect();
+        let sizes = |parts| split_by_gop(&k10, &wanted(&every5), parts).iter().map(|g| g.len()).collect::<Vec<_>>();
+        assert_eq!(sizes(2), vec![12, 12]);
+        assert_eq!(sizes(3), vec![8, 8, 8]);
+        assert_eq!(sizes(5), vec![4, 6, 4, 6, 4]);
+        // slots travel with their index
+        let mut w = wanted(&[13, 2]);
+        w.get_mut(&13).unwrap().push(7);
+        assert_eq!(split_by_gop(&k, &w, 2)[1][&13], vec![0, 7]);
     }
 
     #[test]

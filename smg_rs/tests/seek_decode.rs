@@ -23,14 +23,25 @@ fn make_video(name: &str, codec: &[&str]) -> Option<PathBuf> {
 
 /// Decodes `indices` (in slot order) and returns the frames plus the decoder's stats.
 fn decode(source: Source<'_>, indices: &[usize]) -> (Vec<Vec<u8>>, smg_rs::decode::DecodeStats) {
-    let mut dec = VideoDecoder::open(source, DecodeOptions::default()).expect("open");
-    let mut out = vec![Vec::new(); indices.len()];
+    decode_threads(source, indices, 1)
+}
+
+/// The same with `threads` (parallel GOP workers when >= 2). Frames must arrive in increasing
+/// index order (callers rely on it), each slot exactly once.
+fn decode_threads(source: Source<'_>, indices: &[usize], threads: usize) -> (Vec<Vec<u8>>, smg_rs::decode::DecodeStats) {
+    let opts = DecodeOptions { threads, ..DecodeOptions::default() };
+    let mut dec = VideoDecoder::open(source, opts).expect("open");
+    let mut out: Vec<Option<Vec<u8>>> = vec![None; indices.len()];
+    let mut last_index = 0;
     dec.decode_selected(indices, |slot, f| {
         assert_eq!(f.index, indices[slot]);
-        out[slot] = f.data;
+        assert!(f.index >= last_index, "frame {} delivered after frame {last_index}", f.index);
+        last_index = f.index;
+        assert!(out[slot].replace(f.data).is_none(), "slot {slot} delivered twice");
         Ok(())
     })
     .expect("decode");
+    let out = out.into_iter().enumerate().map(|(slot, f)| f.unwrap_or_else(|| panic!("slot {slot} never delivered"))).collect();
     (out, dec.last_decode_stats())
 }
 
@@ -44,6 +55,7 @@ fn check_with(path: &Path, gop: usize, expect: impl Fn(&smg_rs::decode::DecodeSt
     let all: Vec<usize> = (0..n).collect();
     let (full, full_stats) = decode(Source::Path(path), &all);
     assert_eq!(full_stats.seeks, 0);
+    assert_eq!(full_stats.workers, 1);
     // far apart, on keyframes, just before keyframes, repeated and unordered, first and last
     let picks = vec![0, 3 * gop, 3 * gop - 1, 5 * gop + 2, 3 * gop, n - 1, 7 * gop - 1, 7 * gop];
     let data = std::fs::read(path).unwrap();
@@ -104,5 +116,55 @@ fn lying_keyframe_flags_fall_back_to_sequential_decode() {
     let patched = path.with_file_name("h264_g12_badstss_patched.mp4");
     std::fs::write(&patched, &data).unwrap();
     check_with(&patched, 12, |stats| assert_eq!(stats.restarts, 1, "{stats:?}"));
+    // parallel GOP workers hit the same bad seeks: the call falls back to one decoder in order
+    let (full, _) = decode(Source::Path(&patched), &(0..100).collect::<Vec<_>>());
+    let picks = [0, 36, 35, 62, 36, 99, 83, 84];
+    for threads in [2, 3] {
+        let (got, stats) = decode_threads(Source::Path(&patched), &picks, threads);
+        assert!(stats.workers >= 2 && stats.restarts == 1, "{stats:?}");
+        for (slot, &i) in picks.iter().enumerate() {
+            assert!(got[slot] == full[i], "threads={threads}: frame {i} differs after the fallback");
+        }
+    }
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[test]
+fn parallel_gop_workers_match_full_decode() {
+    let cases: [(&str, &[&str]); 2] = [
+        ("h264_g12_par.mp4", &["-c:v", "libx264", "-preset", "ultrafast", "-g", "12", "-pix_fmt", "yuv420p"]),
+        ("h264_g12_b2_par.mkv", &["-c:v", "libx264", "-preset", "veryfast", "-g", "12", "-bf", "2", "-pix_fmt", "yuv420p"]),
+    ];
+    let mut ran = 0;
+    for (name, codec) in cases {
+        let Some(path) = make_video(name, codec) else { continue };
+        let n = VideoDecoder::open(Source::Path(&path), DecodeOptions::default()).unwrap().info().num_frames;
+        let all: Vec<usize> = (0..n).collect();
+        let (full, _) = decode(Source::Path(&path), &all);
+        let data = std::fs::read(&path).unwrap();
+        // spread over all GOPs, repeated and unordered, the last frame, a whole-stream decode
+        let picks = vec![n - 1, 0, 30, 31, 30, 47, 48, 60, 5, 85, 99, 99, 13];
+        for threads in [2, 3] {
+            for indices in [&picks, &all] {
+                for source in [Source::Path(&path), Source::Bytes(&data)] {
+                    let (got, stats) = decode_threads(source, indices, threads);
+                    eprintln!("{name} threads={threads}: {stats:?}");
+                    assert_eq!(stats.workers, threads, "{name}: {stats:?}");
+                    assert_eq!(stats.restarts, 0, "{name}: {stats:?}");
+                    for (slot, &i) in indices.iter().enumerate() {
+                        assert!(got[slot] == full[i], "{name} threads={threads}: frame {i} differs");
+                    }
+                }
+            }
+        }
+        // frames under one keyframe: nothing to split, one decoder
+        let (got, stats) = decode_threads(Source::Path(&path), &[1, 5, 3], 2);
+        assert_eq!(stats.workers, 1, "{stats:?}");
+        assert!(got[0] == full[1] && got[1] == full[5] && got[2] == full[3]);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        ran += 1;
+    }
+    if ran == 0 {
+        eprintln!("ffmpeg CLI missing: parallel seek test skipped");
+    }
 }
