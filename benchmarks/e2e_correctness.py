@@ -21,7 +21,7 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.servers import Server, generate  # noqa: E402
+from benchmarks.servers import Server, generate, start_all_or_exit  # noqa: E402
 
 
 def card_name() -> str:
@@ -56,17 +56,23 @@ def make_prompts(lengths: list[int], vocab: int, seed: int) -> list[tuple[str, l
     return prompts
 
 
-def compare(a: dict, b: dict) -> dict:
-    ids_a, ids_b = a["output_ids"], b["output_ids"]
-    n = min(len(ids_a), len(ids_b))
-    first_diff = next((i for i in range(n) if ids_a[i] != ids_b[i]), None)
+def greedy_divergence(tokens_a: list, tokens_b: list, logprobs_a: list, logprobs_b: list) -> dict:
+    """Where two greedy continuations first differ, and the largest logprob gap up to there."""
+    n = min(len(tokens_a), len(tokens_b))
+    first_diff = next((i for i in range(n) if tokens_a[i] != tokens_b[i]), None)
     upto = n if first_diff is None else first_diff + 1  # the first diverging step is still comparable
-    diffs = [abs(x - y) for x, y in zip(a["logprobs"][:upto], b["logprobs"][:upto])]
+    diffs = [abs(x - y) for x, y in zip(logprobs_a[:upto], logprobs_b[:upto])]
     return {
-        "exact_match": ids_a == ids_b,
+        "exact_match": tokens_a == tokens_b,
         "first_divergence": first_diff,
         "max_logprob_abs_diff": max(diffs) if diffs else None,
-        "tokens_a": ids_a, "tokens_b": ids_b,
+        "tokens_a": tokens_a, "tokens_b": tokens_b,
+    }
+
+
+def compare(a: dict, b: dict) -> dict:
+    return {
+        **greedy_divergence(a["output_ids"], b["output_ids"], a["logprobs"], b["logprobs"]),
         "latency_a_s": a["latency_s"], "latency_b_s": b["latency_s"],
         "cached_tokens_b": b.get("cached_tokens"),
     }
@@ -111,14 +117,7 @@ def main(argv=None) -> int:
                "versions": versions(), "models": args.models, "servers": {}, "prompts": []}
     failed = 0
     try:
-        a.start(log_dir)
-        b.start(log_dir)
-        for s in (a, b):
-            ok = s.wait_healthy(args.health_timeout)
-            results["servers"][s.name] = {"args": s.args, "healthy": ok, "ready_s": s.ready_s}
-            if not ok:
-                print(f"server {s.name} did not become healthy:\n{s.tail()}", flush=True)
-                raise SystemExit(2)
+        start_all_or_exit((a, b), log_dir, args.health_timeout, results["servers"])
         lens = [int(x) for x in args.prompt_lens.split(",")]
         for name, ids in make_prompts(lens, vocab, args.seed):
             with ThreadPoolExecutor(2) as pool:

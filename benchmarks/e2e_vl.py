@@ -27,8 +27,8 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.e2e_correctness import card_name, versions  # noqa: E402
-from benchmarks.servers import Server  # noqa: E402
+from benchmarks.e2e_correctness import card_name, greedy_divergence, versions  # noqa: E402
+from benchmarks.servers import Server, start_all_or_exit  # noqa: E402
 
 FILLER_WORDS = ("sparse", "block", "index", "query", "token", "cache", "page", "layer", "video", "frame")
 
@@ -83,14 +83,11 @@ def parse_chat(body: dict) -> dict:
 
 
 def compare(a: dict, b: dict) -> dict:
-    n = min(len(a["tokens"]), len(b["tokens"]))
-    first = next((i for i in range(n) if a["tokens"][i] != b["tokens"][i]), None)
-    upto = n if first is None else first + 1
-    diffs = [abs(x - y) for x, y in zip(a["logprobs"][:upto], b["logprobs"][:upto])]
-    return {"exact_match": a["tokens"] == b["tokens"] and len(a["tokens"]) > 0, "first_divergence": first,
-            "max_logprob_abs_diff": max(diffs) if diffs else None, "tokens_a": a["tokens"], "tokens_b": b["tokens"],
-            "prompt_tokens_a": (a.get("usage") or {}).get("prompt_tokens"),
-            "prompt_tokens_b": (b.get("usage") or {}).get("prompt_tokens")}
+    row = greedy_divergence(a["tokens"], b["tokens"], a["logprobs"], b["logprobs"])
+    row["exact_match"] = row["exact_match"] and len(a["tokens"]) > 0  # no tokens is not a match
+    row["prompt_tokens_a"] = (a.get("usage") or {}).get("prompt_tokens")
+    row["prompt_tokens_b"] = (b.get("usage") or {}).get("prompt_tokens")
+    return row
 
 
 def post_chat(server: Server, body: dict, timeout: float = 600.0) -> dict:
@@ -126,14 +123,7 @@ def main(argv=None) -> int:
                "versions": versions(), "servers": {}, "prompts": []}
     failed = 0
     try:
-        for s in (a, b):
-            s.start(Path(args.log_dir))
-        for s in (a, b):
-            ok = s.wait_healthy(args.health_timeout)
-            results["servers"][s.name] = {"args": s.args, "healthy": ok, "ready_s": s.ready_s}
-            if not ok:
-                print(f"server {s.name} did not become healthy:\n{s.tail()}", flush=True)
-                raise SystemExit(2)
+        start_all_or_exit((a, b), Path(args.log_dir), args.health_timeout, results["servers"])
         for name, content in chat_requests(data_url(sample_image_png(), "image/png"), video_url, args.long_words):
             body = chat_body(content, args.new_tokens)
             with ThreadPoolExecutor(2) as pool:

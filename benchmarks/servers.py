@@ -82,6 +82,19 @@ class Server:
                 pass
 
 
+def start_all_or_exit(servers, log_dir: Path, timeout_s: float, record: dict) -> None:
+    """Start every server, wait for each to be healthy (recording args, health and start-up time in
+    ``record[name]``); print the log tail and exit with status 2 if one is not."""
+    for s in servers:
+        s.start(log_dir)
+    for s in servers:
+        ok = s.wait_healthy(timeout_s)
+        record[s.name] = {"args": s.args, "healthy": ok, "ready_s": s.ready_s}
+        if not ok:
+            print(f"server {s.name} did not become healthy:\n{s.tail()}", flush=True)
+            raise SystemExit(2)
+
+
 def post_json(url: str, payload: dict, timeout: float = 600.0) -> dict:
     req = urllib.request.Request(url, data=json.dumps(payload).encode(),
                                  headers={"Content-Type": "application/json"})
