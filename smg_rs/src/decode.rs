@@ -536,6 +536,41 @@ impl<'a> VideoDecoder<'a> {
         Ok(report)
     }
 
+    /// Takes every frame the decoder has ready, checks it against a pending seek and delivers
+    /// the wanted ones; `each_frame_deadline` also checks the deadline per frame (the end-of-stream
+    /// drain, where no packet loop does).
+    fn drain(
+        &self,
+        decoder: &mut ff::decoder::Video,
+        frame: &mut ff::frame::Video,
+        state: &mut DeliverState<'_>,
+        mut seeker: Option<&mut Seeker<'_>>,
+        sink: &mut impl FnMut(usize, RgbFrame) -> Result<()>,
+        each_frame_deadline: bool,
+    ) -> Result<Drained> {
+        loop {
+            if each_frame_deadline {
+                check_deadline(self.deadline)?;
+            }
+            match decoder.receive_frame(frame) {
+                Ok(()) => {
+                    if !accept_landing(seeker.as_deref_mut(), frame) {
+                        return Ok(Drained::SeekMissed);
+                    }
+                    state.on_frame(frame, sink)?;
+                    if state.wanted.is_empty() {
+                        return Ok(Drained::AllServed);
+                    }
+                }
+                Err(ff::Error::Other { errno: 11 }) | Err(ff::Error::Eof) => return Ok(Drained::NeedsInput),
+                Err(_) => {
+                    state.decode_errors += 1;
+                    return Ok(Drained::NeedsInput);
+                }
+            }
+        }
+    }
+
     /// One pass over a freshly opened input: demux, (seek,) decode and deliver until every
     /// wanted frame is served or the stream ends.
     fn decode_pass(
@@ -620,46 +655,17 @@ impl<'a> VideoDecoder<'a> {
             if decoder.send_packet(&packet).is_err() {
                 state.decode_errors += 1;
             }
-            loop {
-                match decoder.receive_frame(&mut frame) {
-                    Ok(()) => {
-                        if !accept_landing(seeker.as_deref_mut(), &frame) {
-                            return Ok(Pass::SeekMissed);
-                        }
-                        state.on_frame(&frame, sink)?;
-                        if state.wanted.is_empty() {
-                            break 'demux;
-                        }
-                    }
-                    Err(ff::Error::Other { errno: 11 }) | Err(ff::Error::Eof) => break,
-                    Err(_) => {
-                        state.decode_errors += 1;
-                        break;
-                    }
-                }
+            match self.drain(&mut decoder, &mut frame, state, seeker.as_deref_mut(), sink, false)? {
+                Drained::AllServed => break 'demux,
+                Drained::SeekMissed => return Ok(Pass::SeekMissed),
+                Drained::NeedsInput => {}
             }
             state.check_errors(stats.packets_sent)?;
         }
         if !state.wanted.is_empty() {
             let _ = decoder.send_eof();
-            loop {
-                check_deadline(self.deadline)?;
-                match decoder.receive_frame(&mut frame) {
-                    Ok(()) => {
-                        if !accept_landing(seeker.as_deref_mut(), &frame) {
-                            return Ok(Pass::SeekMissed);
-                        }
-                        state.on_frame(&frame, sink)?;
-                        if state.wanted.is_empty() {
-                            break;
-                        }
-                    }
-                    Err(ff::Error::Other { errno: 11 }) | Err(ff::Error::Eof) => break,
-                    Err(_) => {
-                        state.decode_errors += 1;
-                        break;
-                    }
-                }
+            if let Drained::SeekMissed = self.drain(&mut decoder, &mut frame, state, seeker.as_deref_mut(), sink, true)? {
+                return Ok(Pass::SeekMissed);
             }
         }
         // A seek whose keyframe never came out must not let older frames stand in for later ones.
@@ -670,6 +676,16 @@ impl<'a> VideoDecoder<'a> {
         drop(input);
         Ok(Pass::Finished)
     }
+}
+
+/// Why [`VideoDecoder::drain`] stopped taking frames from the decoder.
+enum Drained {
+    /// The decoder wants more input (or is at its end).
+    NeedsInput,
+    /// Every wanted frame has been delivered.
+    AllServed,
+    /// A frame showed that the last seek did not land on its keyframe.
+    SeekMissed,
 }
 
 enum Pass {
