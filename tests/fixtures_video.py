@@ -92,6 +92,7 @@ def sized_h264(d: Path, name: str, size: str, rate: float, duration: float) -> P
 
 # Short GOPs (a keyframe every 12 frames or sooner): sparse selections let the decoder seek.
 GOP12_H264 = ["-c:v", "libx264", "-preset", "ultrafast", "-g", "12", "-pix_fmt", "yuv420p"]
+GOP12_B2_H264 = ["-c:v", "libx264", "-preset", "veryfast", "-g", "12", "-bf", "2", "-pix_fmt", "yuv420p"]
 
 
 def h264_gop12(d: Path) -> Path:
@@ -101,18 +102,12 @@ def h264_gop12(d: Path) -> Path:
 
 def h264_gop12_bframes(d: Path) -> Path:
     """Short GOPs with two B-frames (decode order differs from presentation order), MP4."""
-    return make(
-        d / "h264_g12_b2.mp4", "128x72", 25, 6.0,
-        ["-c:v", "libx264", "-preset", "veryfast", "-g", "12", "-bf", "2", "-pix_fmt", "yuv420p"],
-    )
+    return make(d / "h264_g12_b2.mp4", "128x72", 25, 6.0, GOP12_B2_H264)
 
 
 def h264_gop12_bframes_mkv(d: Path) -> Path:
     """The same in Matroska (seek index by presentation time, guessed decode times)."""
-    return make(
-        d / "h264_g12_b2.mkv", "128x72", 25, 6.0,
-        ["-c:v", "libx264", "-preset", "veryfast", "-g", "12", "-bf", "2", "-pix_fmt", "yuv420p"],
-    )
+    return make(d / "h264_g12_b2.mkv", "128x72", 25, 6.0, GOP12_B2_H264)
 
 
 def vfr_gop12(d: Path) -> Path:

@@ -73,11 +73,15 @@ fn check_with(path: &Path, gop: usize, expect: impl Fn(&smg_rs::decode::DecodeSt
     }
 }
 
+/// Short-GOP H.264 encodes: keyframe every 12 frames, without and with two B-frames.
+const H264_G12: &[&str] = &["-c:v", "libx264", "-preset", "ultrafast", "-g", "12", "-pix_fmt", "yuv420p"];
+const H264_G12_B2: &[&str] = &["-c:v", "libx264", "-preset", "veryfast", "-g", "12", "-bf", "2", "-pix_fmt", "yuv420p"];
+
 #[test]
 fn sparse_selection_seeks_and_matches_full_decode() {
     let cases: [(&str, &[&str]); 5] = [
-        ("h264_g12.mp4", &["-c:v", "libx264", "-preset", "ultrafast", "-g", "12", "-pix_fmt", "yuv420p"]),
-        ("h264_g12_b2.mkv", &["-c:v", "libx264", "-preset", "veryfast", "-g", "12", "-bf", "2", "-pix_fmt", "yuv420p"]),
+        ("h264_g12.mp4", H264_G12),
+        ("h264_g12_b2.mkv", H264_G12_B2),
         ("vp9_g12.webm", &["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-g", "12"]),
         // x265 defaults to open GOPs: leading pictures are shown before their keyframe
         ("hevc_g12_open.mkv", &["-c:v", "libx265", "-preset", "ultrafast", "-g", "12", "-x265-params", "log-level=error"]),
@@ -100,8 +104,7 @@ fn lying_keyframe_flags_fall_back_to_sequential_decode() {
     // An MP4 whose sync-sample table (the demuxer's seek index) names only the last frame,
     // while the packets' key flags (set by the H.264 parser) stay right: seeks to the real
     // keyframes find nothing at or before them. Decoding must restart in order.
-    let h264 = ["-c:v", "libx264", "-preset", "ultrafast", "-g", "12", "-pix_fmt", "yuv420p"];
-    let Some(path) = make_video("h264_g12_badstss.mp4", &h264) else {
+    let Some(path) = make_video("h264_g12_badstss.mp4", H264_G12) else {
         eprintln!("ffmpeg CLI missing: seek test skipped");
         return;
     };
@@ -132,8 +135,8 @@ fn lying_keyframe_flags_fall_back_to_sequential_decode() {
 #[test]
 fn parallel_gop_workers_match_full_decode() {
     let cases: [(&str, &[&str]); 2] = [
-        ("h264_g12_par.mp4", &["-c:v", "libx264", "-preset", "ultrafast", "-g", "12", "-pix_fmt", "yuv420p"]),
-        ("h264_g12_b2_par.mkv", &["-c:v", "libx264", "-preset", "veryfast", "-g", "12", "-bf", "2", "-pix_fmt", "yuv420p"]),
+        ("h264_g12_par.mp4", H264_G12),
+        ("h264_g12_b2_par.mkv", H264_G12_B2),
     ];
     let mut ran = 0;
     for (name, codec) in cases {
