@@ -24,7 +24,6 @@ What does not run on the CPU: SGLang's fused MoE kernel (the model falls back to
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -41,11 +40,7 @@ from sglang_msa import tiny_m3  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _has(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ImportError:
-        return False
+from importable import has_module as _has  # noqa: E402
 
 
 pytestmark = [

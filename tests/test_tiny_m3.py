@@ -10,7 +10,6 @@ and runs while the transformers tests run.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -29,12 +28,7 @@ from sglang_msa import tiny_m3_tokenizer as tok  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _has(module: str) -> bool:
-    # find_spec, not import: importing SGLang here would cost seconds and global state.
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ImportError:
-        return False
+from importable import has_module as _has  # noqa: E402
 
 
 HAS_SGLANG = _has("sglang.srt.models.minimax_m3")
