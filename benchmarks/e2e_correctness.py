@@ -138,7 +138,8 @@ def main(argv=None) -> int:
         for s in (a, b):
             s.stop()
         for s in (a, b):
-            results["servers"].setdefault(s.name, {})["log_tail"] = s.tail(60)
+            entry = results["servers"].setdefault(s.name, {})
+            entry["log_tail"], entry["sglang_msa_log"] = s.tail(60), s.plugin_lines()
 
     ok_rows = [r for r in results["prompts"] if "error" not in r]
     diffs = [r["max_logprob_abs_diff"] for r in ok_rows if r["max_logprob_abs_diff"] is not None]

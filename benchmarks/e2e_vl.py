@@ -142,7 +142,8 @@ def main(argv=None) -> int:
     finally:
         for s in (a, b):
             s.stop()
-            results["servers"].setdefault(s.name, {})["log_tail"] = s.tail(60)
+            entry = results["servers"].setdefault(s.name, {})
+            entry["log_tail"], entry["sglang_msa_log"] = s.tail(60), s.plugin_lines()
     ok_rows = [r for r in results["prompts"] if "error" not in r]
     diffs = [r["max_logprob_abs_diff"] for r in ok_rows if r["max_logprob_abs_diff"] is not None]
     results["summary"] = {

@@ -11,10 +11,15 @@
 #   bash benchmarks/gpu_call.sh vl        GPU0: e2e_vl.py (tiny M3-VL: SGLang's VL path vs ours + msa;
 #                                               E2E_VL_VIDEO=clip.mp4 adds a video request)
 #                                         GPU1: bench_prefill.py --sweep (kernel configs, query segments)
+#   bash benchmarks/gpu_call.sh quad      four GPUs (kind nvidia-h200-x4), two A/B pairs at once:
+#                                         GPU0/1: A at page 128 vs B (QUAD_LENS1, default 32768,65536),
+#                                                 after e2e_correctness.py (E2E_MODELS) on GPU0;
+#                                         GPU2/3: A at SGLang's default page size vs B (QUAD_LENS2,
+#                                                 default 65536,32768), after e2e_vl.py on GPU2
 #
 # Everything lands in /tmp/gpu-out; $OUT gets results.tar.gz (all logs and JSON) plus the summaries.
 set -u
-MODE=${1:?usage: gpu_call.sh check|serving|vl}
+MODE=${1:?usage: gpu_call.sh check|serving|vl|quad}
 LIMIT=${GPU_CALL_LIMIT_S:-560}  # leave the call's last ~40 s for packing up
 T0=$(date +%s)
 left() { echo $((LIMIT - ($(date +%s) - T0))); }
@@ -27,7 +32,53 @@ mkdir -p "$W"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$W/gpus.txt"
 python3 -c 'import sglang, torch, triton, sglang_msa; print(sglang.__version__, torch.__version__, triton.__version__, sglang_msa.__file__)' > "$W/versions.txt" 2>&1
 
+# e2e_correctness.py on the tiny checkpoint, on GPU $1 with small pools (shares the GPU with an A server).
+e2e_tiny() {
+  (
+    export CUDA_VISIBLE_DEVICES=$1
+    python3 -m sglang_msa.tiny_m3 /tmp/tiny > "$W/tiny.log" 2>&1
+    timeout $(( $(left) - 10 )) python3 benchmarks/e2e_correctness.py --model-path /tmp/tiny --models "${E2E_MODELS:-mixed}" \
+      --out-dir "$W/e2e" --port-base 31000 --mem-fraction 0.08 --health-timeout 420 --log-dir "$W/e2e/logs" \
+      > "$W/e2e.log" 2>&1
+    echo "e2e-${E2E_MODELS:-mixed} rc=$?" >> "$W/status.txt"
+  ) &
+}
+
+# e2e_vl.py on the tiny --vision checkpoint, on GPU $1.
+e2e_vl() {
+  (
+    export CUDA_VISIBLE_DEVICES=$1
+    python3 -m sglang_msa.tiny_m3 /tmp/tiny-vl --vision > "$W/tiny-vl.log" 2>&1
+    video=(); [ -n "${E2E_VL_VIDEO:-}" ] && video=(--video "$E2E_VL_VIDEO")
+    timeout $(( $(left) - 10 )) python3 benchmarks/e2e_vl.py --model-path /tmp/tiny-vl --out-dir "$W/e2e-vl" \
+      --port-base 33000 --health-timeout 420 --log-dir "$W/e2e-vl/logs" "${video[@]}" > "$W/e2e-vl.log" 2>&1
+    echo "e2e-vl rc=$?" >> "$W/status.txt"
+  ) &
+}
+
+# One A/B pair: ab_pair A_GPU B_GPU PAGE LENS PORT_BASE PROFILE [gpu_ab flags...]
+ab_pair() {
+  local ga=$1 gb=$2 page=$3 lens=$4 port=$5 profile=$6; shift 6
+  (
+    timeout $(( $(left) - 5 )) python3 benchmarks/gpu_ab.py --out-dir "$W/ab-$port" --a-gpu "$ga" --b-gpu "$gb" \
+      --port-base "$port" --baseline-page "$page" "$@" --a-mem-fraction 0.6 --b-mem-fraction 0.6 \
+      --input-lens "$lens" --concurrency "${AB_CONCURRENCY:-1,4,16,32}" \
+      --output-len "${AB_OUTPUT_LEN:-256}" --num-requests "${AB_NUM_REQUESTS:-1x}" --min-requests 4 \
+      --b-models "${AB_B_MODELS:-ours}" --profile "$profile" --profile-concurrency 8 \
+      --deadline-s $(( $(left) - 20 )) > "$W/ab-$port.log" 2>&1
+    echo "gpu_ab page=$page lens=$lens rc=$?" >> "$W/status.txt"
+  ) &
+}
+
 case "$MODE" in
+quad)
+  # The tiny-checkpoint servers allocate their small pools within ~10 s of starting and then compile
+  # Triton kernels for minutes, so each A waits a fixed time rather than for their health.
+  e2e_tiny 0
+  e2e_vl 2
+  ab_pair 0 1 128 "${QUAD_LENS1:-32768,65536}" 30000 "${QUAD_PROFILE1:-off}" --a-start-delay 40
+  ab_pair 2 3 default "${QUAD_LENS2:-65536,32768}" 32000 "${QUAD_PROFILE2:-off}" --a-start-delay 40
+  ;;
 check)
   (
     export CUDA_VISIBLE_DEVICES=0
@@ -53,44 +104,14 @@ check)
   ;;
 serving)
   # A (SGLang's sparse path) on GPU0, B (msa) on GPU1, measured at once. With AB_E2E=1 (default) the
-  # tiny-checkpoint e2e check (our M3 classes on both of its servers) runs first on GPU0 with small
-  # pools, and A starts once those are up, so that A's KV pool is sized after them.
-  page=${AB_PAGE:-128}
-  if [ "${AB_E2E:-1}" = 1 ]; then
-    (
-      export CUDA_VISIBLE_DEVICES=0
-      python3 -m sglang_msa.tiny_m3 /tmp/tiny > "$W/tiny.log" 2>&1
-      timeout $(( $(left) - 10 )) python3 benchmarks/e2e_correctness.py --model-path /tmp/tiny --models "${E2E_MODELS:-mixed}" \
-        --out-dir "$W/e2e" --port-base 31000 --mem-fraction 0.08 --health-timeout 420 --log-dir "$W/e2e/logs" \
-        > "$W/e2e.log" 2>&1
-      echo "e2e-ours rc=$?" >> "$W/status.txt"
-    ) &
-    # Their servers allocate their (small) pools within ~10 s of starting; their first requests compile
-    # Triton kernels for minutes, so A waits a fixed time rather than for their health.
-    wait_for=(--a-start-delay 40 --a-mem-fraction 0.6)
-  else
-    wait_for=(--a-mem-fraction 0.6)
-  fi
-  (
-    timeout $(( $(left) - 5 )) python3 benchmarks/gpu_ab.py --out-dir "$W/ab" --a-gpu 0 --b-gpu 1 \
-      --port-base 30000 --baseline-page "$page" "${wait_for[@]}" --b-mem-fraction 0.6 \
-      --input-lens "${AB_INPUT_LENS:-65536,32768}" --concurrency "${AB_CONCURRENCY:-1,4,16,32}" \
-      --output-len "${AB_OUTPUT_LEN:-256}" --num-requests "${AB_NUM_REQUESTS:-1x}" --min-requests 4 \
-      --b-models "${AB_B_MODELS:-ours}" --profile "${AB_PROFILE:-on}" --profile-concurrency 8 \
-      --deadline-s $(( $(left) - 20 )) \
-      > "$W/ab.log" 2>&1
-    echo "gpu_ab page=$page rc=$?" >> "$W/status.txt"
-  ) &
+  # tiny-checkpoint e2e check runs first on GPU0 with small pools, and A starts 40 s later, so that
+  # A's KV pool is sized after them.
+  delay=()
+  if [ "${AB_E2E:-1}" = 1 ]; then e2e_tiny 0; delay=(--a-start-delay 40); fi
+  ab_pair 0 1 "${AB_PAGE:-128}" "${AB_INPUT_LENS:-65536,32768}" 30000 "${AB_PROFILE:-on}" "${delay[@]}"
   ;;
 vl)
-  (
-    export CUDA_VISIBLE_DEVICES=0
-    python3 -m sglang_msa.tiny_m3 /tmp/tiny-vl --vision > "$W/tiny-vl.log" 2>&1
-    video=(); [ -n "${E2E_VL_VIDEO:-}" ] && video=(--video "$E2E_VL_VIDEO")
-    timeout $(( $(left) - 10 )) python3 benchmarks/e2e_vl.py --model-path /tmp/tiny-vl --out-dir "$W/e2e-vl" \
-      --port-base 33000 --health-timeout 420 --log-dir "$W/e2e-vl/logs" "${video[@]}" > "$W/e2e-vl.log" 2>&1
-    echo "e2e-vl rc=$?" >> "$W/status.txt"
-  ) &
+  e2e_vl 0
   (
     export CUDA_VISIBLE_DEVICES=1
     timeout $(( $(left) - 10 )) python3 benchmarks/bench_prefill.py --sweep --heads 64/4 --seqlens 65536,8192 \
@@ -98,16 +119,16 @@ vl)
     echo "prefill-sweep rc=$?" >> "$W/status.txt"
   ) &
   ;;
-*) echo "unknown mode $MODE"; exit 2 ;;
+*) echo "unknown mode $MODE (check|serving|vl|quad)"; exit 2 ;;
 esac
 wait
 tar czf "$OUT/results.tar.gz" -C "$W" . 2>/dev/null
 cp "$W"/*.json "$OUT"/ 2>/dev/null
 find "$W" -maxdepth 2 \( -name 'kernels-*.json' -o -name 'e2e-correctness-*.json' -o -name 'serving-NVIDIA*.json' \
   -o -name 'e2e-vl-*.json' \) \
-  | head -5 | xargs -r cp -t "$OUT"
+  | head -6 | xargs -r cp -t "$OUT"
 echo "== status"; cat "$W/status.txt"; cat "$W/gpus.txt" "$W/versions.txt"
-for f in "$W/kernels.log" "$W/pytest-gpu.log" "$W/e2e.log" "$W/ab.log" "$W/e2e-vl.log" "$W/prefill-sweep.log"; do
+for f in "$W/kernels.log" "$W/pytest-gpu.log" "$W/e2e.log" "$W"/ab*.log "$W/e2e-vl.log" "$W/prefill-sweep.log"; do
   [ -f "$f" ] && { echo "== $(basename "$f")"; tail -n 25 "$f"; }
 done
 exit 0

@@ -69,6 +69,14 @@ class Server:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
+    def plugin_lines(self, limit: int = 20) -> list[str]:
+        """The log's ``sglang-msa:`` lines: which classes were built, the backend, smg_rs's status."""
+        if self.log_path is None or not self.log_path.exists():
+            return []
+        text = self.log_path.read_text(errors="replace")
+        lines = [ln[ln.index("sglang-msa:"):].strip() for ln in text.splitlines() if "sglang-msa:" in ln]
+        return list(dict.fromkeys(lines))[:limit]  # one of each (every TP rank logs the same)
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return

@@ -100,3 +100,34 @@ def test_gpu_ab_skips_the_second_baseline_when_time_is_short(fakes, tmp_path):
     assert doc["runs"]["A-page128"]["result"]["summary"]["points_run"] == 2
     assert "skipped" in doc["runs"]["A-pagedefault"]
     assert doc["summary"]["runs_without_result"] == ["A-pagedefault"]
+
+
+def _run(a_tok_s: float, b_tok_s: float, tag: str) -> dict:
+    """One gpu_ab run doc with two points; A's and B's output throughput as given."""
+    points = [{"server": server, "workload": w, "concurrency": c, "output_throughput": tok_s * (1 + 0.1 * c)}
+              for server, tok_s in ((tag, a_tok_s), ("B", b_tok_s)) for w in ("32768",) for c in (1, 4)]
+    ratio = b_tok_s / a_tok_s
+    return {"result": {"points": points, "summary": {
+        "min_output_throughput_ratio": ratio, "max_output_throughput_ratio": ratio,
+        "geomean_output_throughput_ratio": ratio, "ttft_p50_ratio": {"65536": 2.0}, "failed_requests": 1}}}
+
+
+def test_gpu_ab_merge_compares_b_with_the_faster_a_not_the_smaller_ratio(tmp_path):
+    # A at the default page size is the faster baseline here, though B's ratio over it is the larger one.
+    docs = {"page128": {"A-page128": _run(100.0, 110.0, "A-page128")},
+            "default": {"A-pagedefault": _run(105.0, 130.0, "A-pagedefault")}}
+    paths = []
+    for name, runs in docs.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"card": "Fake GPU", "date": "2026-01-01", "command": name, "runs": runs}))
+        paths.append(path)
+    out = gpu_ab.merge(paths, tmp_path)
+    doc = json.loads(out.read_text())
+    s = doc["summary"]
+    assert s["baseline"] == "A-pagedefault"
+    assert s["min_output_throughput_ratio"] == pytest.approx(130 / 105)
+    assert s["baseline_choice"]["common_points"] == 2
+    assert s["baseline_choice"]["a_output_throughput_geomean"]["A-page128"] < \
+        s["baseline_choice"]["a_output_throughput_geomean"]["A-pagedefault"]
+    assert s["failed_requests"] == 2 and sorted(doc["runs"]) == ["A-page128", "A-pagedefault"]
+    assert doc["commands"] == ["page128", "default"]

@@ -355,6 +355,8 @@ class MiniMaxM3SparseForConditionalGeneration(nn.Module):
             add_prefix("patch_merge_mlp", prefix), names=("linear_1", "linear_2"))
         self.language_model = MiniMaxM3SparseForCausalLM(config.text_config, quant_config,
                                                          add_prefix("language_model", prefix))
+        # Both VL classes carry SGLang's name; this line tells in a server log which one was built.
+        logger.info("sglang-msa: built %s (sglang_msa.models)", type(self).__name__)
 
     # ------------------------------------------------------------------------- SGLang interface
 
