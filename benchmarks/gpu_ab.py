@@ -134,6 +134,8 @@ def main(argv=None) -> int:
     ap.add_argument("--a-cuda-graph", choices=["on", "off"], default="on")
     ap.add_argument("--b-models", choices=["ours", "intree"], default="ours",
                     help="MiniMax-M3 classes for B (ours = SGLANG_MSA_MODELS=1); A always runs the in-tree ones")
+    ap.add_argument("--b-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment for B (repeatable), e.g. SGLANG_MSA_FUSED_QK_NORM_ROPE=0")
     ap.add_argument("--a-gpu", default=None, help="CUDA_VISIBLE_DEVICES for A (default: inherited)")
     ap.add_argument("--b-gpu", default=None, help="CUDA_VISIBLE_DEVICES for B (default: inherited)")
     ap.add_argument("--mem-fraction", type=float, default=0.45)
@@ -172,10 +174,12 @@ def main(argv=None) -> int:
                "placement": "A and B on separate identical GPUs, measured at once" if split else
                             "A and B on one GPU, interleaved", "runs": {}}
     gpu = lambda g: {} if g is None else {"CUDA_VISIBLE_DEVICES": str(g)}  # noqa: E731
+    b_env = dict(kv.split("=", 1) for kv in args.b_env)
+    results["b_env"] = b_env
     b = Server("B", args.port_base + 1,
                server_flags(model, 128, args.b_mem_fraction or args.mem_fraction, args.context)
                + ["--attention-backend", "msa"],
-               env={"SGLANG_MSA_MODELS": "1" if args.b_models == "ours" else "0", **gpu(args.b_gpu)})
+               env={"SGLANG_MSA_MODELS": "1" if args.b_models == "ours" else "0", **gpu(args.b_gpu), **b_env})
     profile_reserve = 70.0 if args.profile == "on" else 10.0
     try:
         for i, page in enumerate(pages):

@@ -14,8 +14,10 @@
 #   bash benchmarks/gpu_call.sh quad      four GPUs (kind nvidia-h200-x4), two A/B pairs at once:
 #                                         GPU0/1: A at page 128 vs B (QUAD_LENS1, default 32768,65536),
 #                                                 after e2e_correctness.py (E2E_MODELS) on GPU0;
-#                                         GPU2/3: A at SGLang's default page size vs B (QUAD_LENS2,
-#                                                 default 65536,32768), after e2e_vl.py on GPU2
+#                                         GPU2/3: A at SGLang's default page size (QUAD_PAGE2) vs B
+#                                                 (QUAD_LENS2, default 65536,32768; QUAD_B2_ENV=K=V gives
+#                                                 this B an extra setting), after e2e_vl.py on GPU2;
+#                                         QUAD_PYTEST="tests/a.py ..." runs those GPU tests on GPU2 first
 #
 # Everything lands in /tmp/gpu-out; $OUT gets results.tar.gz (all logs and JSON) plus the summaries.
 set -u
@@ -74,10 +76,20 @@ case "$MODE" in
 quad)
   # The tiny-checkpoint servers allocate their small pools within ~10 s of starting and then compile
   # Triton kernels for minutes, so each A waits a fixed time rather than for their health.
+  if [ -n "${QUAD_PYTEST:-}" ]; then
+    (
+      # shellcheck disable=SC2086  # a list of test files
+      CUDA_VISIBLE_DEVICES=2 timeout 200 python3 -m pytest $QUAD_PYTEST -m gpu -q -p no:cacheprovider \
+        > "$W/pytest-gpu.log" 2>&1
+      echo "pytest-gpu rc=$?" >> "$W/status.txt"
+    ) &
+  fi
   e2e_tiny 0
   e2e_vl 2
+  b2_env=(); [ -n "${QUAD_B2_ENV:-}" ] && b2_env=(--b-env "$QUAD_B2_ENV")
   ab_pair 0 1 128 "${QUAD_LENS1:-32768,65536}" 30000 "${QUAD_PROFILE1:-off}" --a-start-delay 40
-  ab_pair 2 3 default "${QUAD_LENS2:-65536,32768}" 32000 "${QUAD_PROFILE2:-off}" --a-start-delay 40
+  ab_pair 2 3 "${QUAD_PAGE2:-default}" "${QUAD_LENS2:-65536,32768}" 32000 "${QUAD_PROFILE2:-off}" \
+    --a-start-delay 40 "${b2_env[@]}"
   ;;
 check)
   (

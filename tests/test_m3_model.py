@@ -178,6 +178,17 @@ def test_qk_norm_and_partial_rope_match_transformers(report, what):
     assert m["max_abs"] <= ATOL["rope"] * max(1.0, m["ref_max"]), m
 
 
+@pytest.mark.parametrize("branch", ["main", "index"])
+def test_fused_norm_rope_reference_matches_the_sglang_modules(report, branch):
+    """On CUDA the layer replaces its norm + rotary modules by qk_norm_rope (tests/test_qk_norm_rope.py
+    checks the kernel against this reference); here the reference, given the layer's own arguments,
+    reproduces the modules' output."""
+    m = report["math"]["fused_norm_rope_reference"][branch]
+    assert m is not None, "the tiny M3 layer must take the fused path"
+    assert m["gemma"] and m["none_match"], m
+    assert m["max_abs"] <= ATOL["rope"], m
+
+
 def test_rope_leaves_the_pass_through_half_alone(report):
     m = report["math"]["rope"]
     assert m["pass_through_is_norm_only"] and m["rotated_half_moves"]
@@ -551,6 +562,23 @@ def _math_check(model, tf_model) -> dict:
     rope["pass_through_is_norm_only"] = bool(torch.equal(qh[..., rot:], normed[..., rot:]))
     rope["rotated_half_moves"] = bool((qh[1:, :, :rot] - normed[1:, :, :rot]).abs().max() > 1e-3)
     out["rope"] = rope
+
+    # The fused op's reference, called with the arguments the layer passes the kernel on CUDA, against
+    # the separate SGLang norm and rotary modules (the path above, which transformers confirmed).
+    from sglang_msa.kernels.qk_norm_rope import naive_qk_norm_rope
+
+    fused = {}
+    for branch, proj, outs in (("main", attn.qkv_proj, (q, k, v)), ("index", attn.index_qkv_proj,
+                                                                     (idx_q, idx_k, idx_v))):
+        args = attn.norm_rope_args(branch)
+        if args is None:
+            fused[branch] = None
+            continue
+        ref = naive_qk_norm_rope(proj(x)[0], positions=positions, **args)
+        fused[branch] = {"gemma": args["gemma"], "max_abs": max(
+            float((a - b).abs().max()) for a, b in zip(outs, ref) if a is not None),
+            "none_match": [a is None for a in outs] == [b is None for b in ref]}
+    out["fused_norm_rope_reference"] = fused
     return out
 
 

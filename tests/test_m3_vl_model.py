@@ -110,10 +110,8 @@ def test_sglang_resolves_our_vl_class_only_when_enabled(report):
     assert reg["off_package"] is None and reg["off_class"] == "sglang.srt.models.minimax_m3_vl", reg
     assert not reg["off_is_ours"]
     assert reg["on_package"] == "sglang_msa.models" and reg["on_is_ours"], reg
-    # Unset: the plugin's package serves the text model, but the VL class (CPU-verified only) stays
-    # SGLang's until a GPU check (sglang_msa.models.VL_BY_DEFAULT).
-    assert reg["default_package"] == "sglang_msa.models" and not reg["default_is_ours"], reg
-    assert reg["default_class"] == "sglang.srt.models.minimax_m3_vl", reg
+    # Unset: ours, like the text model, since the GPU check (sglang_msa.models.VL_BY_DEFAULT).
+    assert reg["default_package"] == "sglang_msa.models" and reg["default_is_ours"], reg
     assert reg["exporters"] == {"MiniMaxM3SparseForCausalLM": ["sglang_msa.models.minimax_m3"],
                                 ARCH: ["sglang_msa.models.minimax_m3_vl"]}
 

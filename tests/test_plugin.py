@@ -178,7 +178,7 @@ def test_launch_server_cli_help_lists_msa_and_accepts_it():
 
 @pytest.mark.parametrize("switch, expected", [
     ("1", {"MiniMaxM3SparseForCausalLM", "MiniMaxM3SparseForConditionalGeneration"}),
-    (None, {"MiniMaxM3SparseForCausalLM"}),  # the VL class waits for a GPU check (models.VL_BY_DEFAULT)
+    (None, {"MiniMaxM3SparseForCausalLM", "MiniMaxM3SparseForConditionalGeneration"}),  # both on by default
 ])
 def test_model_package_is_discoverable_by_sglang(monkeypatch, switch, expected):
     from sglang.srt.models.registry import import_model_classes

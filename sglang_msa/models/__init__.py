@@ -4,17 +4,17 @@ SGLang imports every module of this package and collects each module's ``EntryCl
 
 What the plugin puts in charge (``SGLANG_MSA_MODELS``):
 
-* unset: our text model ``MiniMaxM3SparseForCausalLM`` (``IMPLEMENTED``: served on an H200 with the
-  ``msa`` backend and with SGLang's own sparse backend, greedy-identical; see
-  ``benchmarks/results/e2e-correctness-*.json``) and SGLang's in-tree M3-VL class, because our VL class
-  has only been checked on the CPU so far (``VL_BY_DEFAULT``);
-* ``1``: ours for both architectures; ``0``: SGLang's in-tree classes for both.
+* unset or ``1``: ours for both architectures, ``MiniMaxM3SparseForCausalLM`` (``IMPLEMENTED``) and
+  ``MiniMaxM3SparseForConditionalGeneration`` (``VL_BY_DEFAULT``). Both were served on an H200 with the
+  ``msa`` backend against SGLang's in-tree classes on its own sparse backend, greedy-identical (see
+  ``benchmarks/results/e2e-correctness-*.json`` and ``e2e-vl-*.json``);
+* ``0``: SGLang's in-tree classes for both.
 """
 
 import os
 
 IMPLEMENTED = True  # the text model: GPU-verified
-VL_BY_DEFAULT = False  # the VL model: CPU-verified against transformers, not yet served on a GPU
+VL_BY_DEFAULT = True  # the VL model: CPU-verified against transformers and served on an H200
 
 
 def vl_enabled() -> bool:

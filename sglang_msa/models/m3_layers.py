@@ -21,6 +21,7 @@ dimension. Each block all-reduces its output once.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Optional
 
 import torch
@@ -38,12 +39,16 @@ from sglang.srt.layers.linear import (
 from sglang.srt.layers.moe.fused_moe_triton.layer import FusedMoE
 from sglang.srt.layers.moe.topk import TopK
 from sglang.srt.layers.radix_attention import RadixAttention
-from sglang.srt.layers.rotary_embedding import get_rope
+from sglang.srt.layers.rotary_embedding import RotaryEmbedding, get_rope
 from sglang.srt.runtime_context import get_parallel
 from sglang.srt.utils import add_prefix
 from sglang.srt.utils.hf_transformers_utils import get_rope_config
 
 logger = logging.getLogger("sglang_msa")
+
+# On CUDA, q/k norm + RoPE + v packing run as one launch (sglang_msa.kernels.qk_norm_rope) per
+# attention input; SGLANG_MSA_FUSED_QK_NORM_ROPE=0 keeps SGLang's separate norm and rotary modules.
+FUSED_QK_NORM_ROPE_ENV = "SGLANG_MSA_FUSED_QK_NORM_ROPE"
 
 
 # ----------------------------------------------------------------------------- config helpers
@@ -326,9 +331,42 @@ class M3Attention(nn.Module):
         tokens = x.shape[0]
         return norm(x.reshape(-1, head_dim).contiguous()).view(tokens, -1)
 
+    def norm_rope_args(self, branch: str) -> Optional[dict]:
+        """Arguments of ``qk_norm_rope`` / ``naive_qk_norm_rope`` for the ``"main"`` or ``"index"``
+        projection, or None when that fused op does not express this layer's norm and RoPE (then the
+        separate SGLang modules run)."""
+        if branch == "main":
+            heads = (self.num_heads, self.num_kv_heads, self.num_kv_heads)
+            norms, rope, head_dim = (self.q_norm, self.k_norm), self.rotary_emb, self.head_dim
+        else:
+            heads = (self.num_idx_heads, 1, 1 if self.has_index_value else 0)
+            norms, rope, head_dim = (self.index_q_norm, self.index_k_norm), self.index_rotary_emb, self.idx_head_dim
+        gemma = isinstance(norms[0], GemmaRMSNorm)
+        # Only the plain NeoX rotary (a cos|sin cache indexed by position; scaled variants differ).
+        if (type(rope) is not RotaryEmbedding or not rope.is_neox_style or type(norms[0]) is not type(norms[1])
+                or norms[0].variance_epsilon != norms[1].variance_epsilon
+                or rope.cos_sin_cache.shape[-1] != rope.rotary_dim or norms[0].weight.dtype != norms[1].weight.dtype):
+            return None
+        return {"num_q_heads": heads[0], "num_k_heads": heads[1], "num_v_heads": heads[2], "head_dim": head_dim,
+                "q_weight": norms[0].weight, "k_weight": norms[1].weight, "cos_sin_cache": rope.cos_sin_cache,
+                "eps": norms[0].variance_epsilon, "gemma": gemma}
+
+    def _fused_norm_rope(self, x: torch.Tensor, positions: torch.Tensor, branch: str):
+        if not x.is_cuda or os.environ.get(FUSED_QK_NORM_ROPE_ENV, "1") == "0":
+            return None
+        args = self.norm_rope_args(branch)
+        if args is None:
+            return None
+        from sglang_msa.kernels.qk_norm_rope import qk_norm_rope
+
+        return qk_norm_rope(x, positions=positions, **args)
+
     def project_qkv(self, positions: torch.Tensor, hidden_states: torch.Tensor):
-        """q [T, Hq*D], k/v [T, Hkv*D], q and k normed and rotated."""
+        """q [T, Hq*D], k/v [T, Hkv*D], q and k normed and rotated; all packed."""
         qkv, _ = self.qkv_proj(hidden_states)
+        fused = self._fused_norm_rope(qkv, positions, "main")
+        if fused is not None:
+            return fused
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = self._norm_heads(q, self.q_norm, self.head_dim)
         k = self._norm_heads(k, self.k_norm, self.head_dim)
@@ -340,6 +378,9 @@ class M3Attention(nn.Module):
     def project_index(self, positions: torch.Tensor, hidden_states: torch.Tensor):
         """idx_q [T, H_idx*D_idx], idx_k [T, D_idx] (normed, rotated), idx_v [T, D_idx] or None."""
         idx, _ = self.index_qkv_proj(hidden_states)
+        fused = self._fused_norm_rope(idx, positions, "index")
+        if fused is not None:
+            return fused
         q_size = self.num_idx_heads * self.idx_head_dim
         if self.has_index_value:
             idx_q, idx_k, idx_v = idx.split([q_size, self.idx_head_dim, self.idx_head_dim], dim=-1)
