@@ -10,7 +10,7 @@ __version__: str
 __all__: list[str]
 
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview
-Preset = Literal["minimax_m3", "qwen2_vl", "qwen3_vl"]
+Preset = Literal["minimax_m3", "qwen2_vl", "qwen3_vl", "qwen3_vl_sglang"]
 
 class SmgError(ValueError):
     """Base class of every smg_rs error."""
@@ -79,7 +79,17 @@ def preprocess_video(
     max_duration_s: float | None = None,
     timeout_s: float | None = None,
 ) -> VideoFeatures:
-    """Decode, sample, resize, normalize and patchify a video for `preset`."""
+    """Decode, sample, resize, normalize and patchify a video for `preset`.
+
+    "qwen3_vl" is transformers' Qwen3VLVideoProcessor with the released checkpoints' `size`
+    (shortest_edge 4096, longest_edge 25165824): `n = int(frames / source_fps * fps)` clamped
+    to [4, `max_frames` (768)] and to the frame count, indices `round(linspace(0, frames-1,
+    n))` (n may be odd; the last frame is repeated), one antialiased bicubic resize to
+    multiples of 32 with `max_pixels` (default 25165824) as the budget of the whole clip,
+    mean/std 0.5. "qwen3_vl_sglang" is SGLang 0.5.17's Qwen3-VL path: SGLang's Qwen-VL
+    sampling (even count, truncated linspace) and bilinear resize to multiples of 28
+    (`max_pixels`: its per-frame budget), then the same HF resize (bicubic, multiples of 32).
+    """
 
 def decode_frames(
     source: Source,

@@ -334,12 +334,17 @@ def test_decode_frames_selection(video):
     assert len(thinned.frame_indices) == 4 and thinned.frame_indices[-1] == full.num_source_frames - 1
 
 
-@pytest.mark.parametrize("preset,patch", [("qwen2_vl", 14), ("qwen3_vl", 16)])
-def test_qwen_presets_shapes(video, preset, patch):
-    f = smg_rs.preprocess_video(video("h264_bframes"), preset=preset)
+@pytest.mark.parametrize("preset,patch", [("qwen2_vl", 14), ("qwen3_vl", 16), ("qwen3_vl_sglang", 16)])
+@pytest.mark.parametrize("name", ["h264_bframes", "vfr_mp4"])
+def test_qwen_presets_shapes(video, preset, patch, name):
+    f = smg_rs.preprocess_video(video(name), preset=preset)
     t, h, w = f.grid_thw
     assert f.pixel_values.shape == (t * h * w, 3 * 2 * patch * patch)
-    assert len(f.frame_indices) % 2 == 0 and h % 2 == 0 and w % 2 == 0
+    # Pairs of frames make one temporal patch; HF's Qwen3-VL sampling may pick an odd count and
+    # repeats the last frame, SGLang's always picks an even one.
+    assert t == -(-len(f.frame_indices) // 2) and h % 2 == 0 and w % 2 == 0
+    if preset != "qwen3_vl":
+        assert len(f.frame_indices) % 2 == 0
 
 
 def test_preprocess_image_from_encoded_bytes(vdir, video):
@@ -413,6 +418,119 @@ def test_qwen2_vl_matches_sglang_and_hf(video, monkeypatch):
         # round differently in 3-7% of values, never by more than one uint8 level (~0.0155).
         assert err.max() <= 0.016, (name, err.max())
         assert (err > 1e-4).mean() < 0.10, (name, (err > 1e-4).mean())
+
+
+# ----------------------------------------------------------- qwen3_vl vs HF, qwen3_vl_sglang vs SGLang
+
+# `size` of the released Qwen3-VL checkpoints' video_preprocessor_config.json. The class
+# defaults (shortest_edge 131072, longest_edge 786432) are not what a served model uses.
+QWEN3_CHECKPOINT_SIZE = {"shortest_edge": 4096, "longest_edge": 25165824}
+# One uint8 level after Qwen3-VL's normalization (mean = std = 0.5): 1 / (0.5 * 255).
+QWEN3_ONE_LEVEL = 1 / 127.5
+
+
+def _qwen3_video_processor(max_pixels=None, **kwargs):
+    """The HF processor as the checkpoints configure it; `max_pixels` replaces longest_edge."""
+    mod = pytest.importorskip("transformers.models.qwen3_vl.video_processing_qwen3_vl")
+    size = dict(QWEN3_CHECKPOINT_SIZE, longest_edge=max_pixels) if max_pixels else QWEN3_CHECKPOINT_SIZE
+    return mod.Qwen3VLVideoProcessor(size=size, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("h264_bframes", {}),  # 29.97 fps: 8 frames; 240x320 -> 256x320 (one side resampled)
+        ("h264_odd_444", {}),  # 116x202 -> 128x192 (both sides), 6 frames
+        ("vfr_mp4", {}),  # VFR, average 17.05 fps: 5 frames (odd: last one repeated)
+        ("vp9_webm", {"fps": 5.0}),  # 25 fps clip at 5 fps: 10 frames
+        ("mpeg4_avi", {"fps": 1.0, "max_frames": 3}),  # max_frames below min_frames (4) wins
+        ("h264_bframes", {"max_pixels": 200_000}),  # clip-wide budget: 8 x 128x160
+        ("rotated_mp4", {"fps": 5.0}),  # display-rotated portrait frames, 5 frames
+    ],
+)
+def test_qwen3_vl_matches_hf(video, name, kwargs):
+    """Preset `qwen3_vl` is transformers' Qwen3VLVideoProcessor on its own: it gets every
+    decoded frame plus the video metadata and samples itself (`int(frames / fps_src * fps)`
+    clamped to [min_frames, max_frames] and the frame count, `round(linspace)`, odd counts
+    allowed), then one antialiased bicubic uint8 resize whose smart_resize budget
+    (`size["longest_edge"]`, our `max_pixels`) covers the whole clip, mean/std 0.5.
+
+    SGLang 0.5.17 preprocesses Qwen3-VL videos differently (multimodal/processors/qwen_vl.py,
+    `preprocess_video`, shared with Qwen2-VL), then calls this processor with
+    `do_sample_frames=False`: (1) it samples itself, an even count floored to 2 with a
+    truncating `int64` linspace (vfr_mp4: SGLang [0, 16, 32, 49], HF [0, 12, 24, 37, 49]);
+    (2) it first resizes with bilinear to multiples of 28 (its IMAGE_FACTOR, Qwen2-VL's) under
+    a per-frame budget of 128*28*28 .. min(768*28*28, total_pixels / n * 2); (3) HF's bicubic
+    smart_resize to multiples of 32 then runs on those frames. Grids differ (h264_bframes:
+    HF (4, 16, 20), SGLang (4, 18, 24)); that path is preset `qwen3_vl_sglang`, tested below.
+
+    HF reads `max_frames` from the processor (a `max_frames=` call argument is ignored), so it
+    is passed to the constructor here.
+    """
+    path = video(name)
+    full = smg_rs.decode_frames(path)
+    n_src = full.num_source_frames
+    vp = _qwen3_video_processor(kwargs.get("max_pixels"), **({"max_frames": kwargs["max_frames"]} if "max_frames" in kwargs else {}))
+    meta = {"total_num_frames": n_src, "fps": full.source_fps, "duration": full.duration,
+            "height": full.frames.shape[1], "width": full.frames.shape[2]}
+    call = {"fps": kwargs["fps"]} if "fps" in kwargs else {}
+    ref = vp(videos=[full.frames], video_metadata=[meta], return_metadata=True, return_tensors="pt", **call)
+    ref_idx = [int(i) for i in ref["video_metadata"][0].frames_indices]
+    ref_grid = tuple(int(v) for v in ref["video_grid_thw"][0])
+    ours = smg_rs.preprocess_video(path, preset="qwen3_vl", **kwargs)
+    assert ours.frame_indices == ref_idx
+    assert ours.grid_thw == ref_grid
+    assert ref_grid[0] == (len(ref_idx) + 1) // 2  # odd counts pad by repeating the last frame
+    assert ours.timestamps == pytest.approx([full.timestamps[i] for i in ref_idx])
+    pv = ref["pixel_values_videos"].numpy()
+    assert ours.pixel_values.shape == pv.shape
+    err = np.abs(ours.pixel_values - pv)
+    # Both sides resample uint8 frames with the same antialiased Catmull-Rom weights, in two
+    # rounded passes: measured bit-identical (max error 0.0) on every case here. One uint8
+    # level is allowed for rounding ties (as in test_preprocess_image_matches_hf), rarely.
+    assert err.max() <= QWEN3_ONE_LEVEL + 1e-6, (name, kwargs, err.max())
+    assert (err > 1e-4).mean() < 0.01, (name, kwargs, (err > 1e-4).mean())
+
+
+@pytest.mark.parametrize(
+    "name,cfg",
+    [
+        ("h264_bframes", {}),  # 28-multiples 280x392 (min_pixels up-scale), then 288x384
+        ("h264_odd_444", {}),
+        ("vfr_mp4", {"fps": 5.0}),  # 14 frames (even), truncated linspace
+        ("mpeg4_avi", {"fps": 3.0, "max_frames": 5}),  # max_frames floored to 4
+        ("vp9_webm", {"max_pixels": 60_000}),  # SGLang's per-frame cap (below min: min wins)
+        ("wide_1000x562", {}),  # 560x1008 first, then 576x1008
+    ],
+)
+def test_qwen3_vl_sglang_matches_sglang_and_hf(video, vdir, monkeypatch, name, cfg):
+    """Preset `qwen3_vl_sglang` is what SGLang 0.5.17 feeds a Qwen3-VL model: its Qwen-VL
+    `preprocess_video` (sampling + bilinear resize to multiples of 28, the function is called
+    without image_factor) and then Qwen3VLVideoProcessor with do_sample_frames=False and the
+    checkpoints' size. See test_qwen3_vl_matches_hf for how this differs from HF alone."""
+    ns = _load_sglang_qwen()
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self)  # no GPU here
+    path = fv.sized_h264(vdir, "wide_1000x562.mp4", "1000x562", 5, 0.8) if name == "wide_1000x562" else video(name)
+    info = smg_rs.decode_frames(str(path), frame_indices=[0])
+    reader = ns["VideoDecoderWrapper"](
+        info.num_source_frames, info.source_fps,
+        lambda ix: torch.from_numpy(smg_rs.decode_frames(str(path), frame_indices=ix).frames.copy()),
+    )
+    frames, meta = asyncio.run(ns["preprocess_video"](reader, video_config=dict(cfg)))
+    ref = _qwen3_video_processor()(videos=[frames], video_metadata=[meta], do_sample_frames=False, return_tensors="pt")
+    ours = smg_rs.preprocess_video(path, preset="qwen3_vl_sglang", **cfg)
+    assert ours.frame_indices == [int(i) for i in meta["frames_indices"]]
+    assert len(ours.frame_indices) % 2 == 0
+    assert ours.grid_thw == tuple(int(v) for v in ref["video_grid_thw"][0])
+    pv = ref["pixel_values_videos"].numpy()
+    assert ours.pixel_values.shape == pv.shape
+    err = np.abs(ours.pixel_values - pv)
+    # The bilinear uint8 stage rounds differently from torch's in a few percent of values by
+    # one level (as for qwen2_vl); the second, bicubic resize (Catmull-Rom: negative lobes,
+    # two rounded passes) carries such differences on, measured up to 3 levels (0.0235) in
+    # 1-8% of values. Grids and indices are exact.
+    assert err.max() <= 3 * QWEN3_ONE_LEVEL + 1e-6, (name, cfg, err.max())
+    assert (err > 1e-4).mean() < 0.10, (name, cfg, (err > 1e-4).mean())
 
 
 @pytest.mark.parametrize("name", ["h264_bframes", "vfr_mp4", "hevc10_mkv"])

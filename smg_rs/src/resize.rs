@@ -89,6 +89,49 @@ pub fn smart_resize_float(
     Ok((hb as u32, wb as u32))
 }
 
+/// The HF Qwen3-VL video processor's `smart_resize`: sides rounded to multiples of `factor`,
+/// but the pixel budget covers the whole clip (`frames` rounded up to `temporal_factor`, times
+/// the frame area), so longer clips get smaller frames. Sides below `factor` are an error there
+/// (no upscaling of slivers). Returns `(height, width)`.
+#[allow(clippy::too_many_arguments)]
+pub fn smart_resize_temporal(
+    frames: usize,
+    height: u32,
+    width: u32,
+    temporal_factor: usize,
+    factor: u32,
+    min_pixels: u64,
+    max_pixels: u64,
+    max_ratio: f64,
+) -> Result<(u32, u32)> {
+    if frames == 0 || temporal_factor == 0 {
+        return invalid("smart_resize needs at least one frame");
+    }
+    if height < factor || width < factor {
+        return crate::error::limit(format!("frame {width}x{height} is smaller than the {factor}-pixel resize factor"));
+    }
+    let (h, w, f) = (height as f64, width as f64, factor as f64);
+    if h.max(w) / h.min(w) > max_ratio {
+        return crate::error::limit(format!("absolute aspect ratio must be at most {max_ratio}, got {}", h.max(w) / h.min(w)));
+    }
+    let mut hb = py_round(h / f) * f;
+    let mut wb = py_round(w / f) * f;
+    let t_bar = frames.div_ceil(temporal_factor) * temporal_factor;
+    // every product and budget here is an integer below 2^53: exact in f64, as in Python
+    let clip = frames as f64 * h * w;
+    let rounded = t_bar as f64 * hb * wb;
+    if rounded > max_pixels as f64 {
+        let beta = (clip / max_pixels as f64).sqrt();
+        hb = f.max((h / beta / f).floor() * f);
+        wb = f.max((w / beta / f).floor() * f);
+    } else if rounded < min_pixels as f64 {
+        let beta = (min_pixels as f64 / clip).sqrt();
+        hb = (h * beta / f).ceil() * f;
+        wb = (w * beta / f).ceil() * f;
+    }
+    Ok((hb as u32, wb as u32))
+}
+
 /// A float RGB frame, interleaved HWC, values on the 0..255 scale (not clamped).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FloatFrame {
@@ -199,6 +242,28 @@ mod tests {
         assert_eq!((h, w), (616, 924));
         assert!(smart_resize_minimax(10, 2500, 28, 3136, 602112, 200.0).is_err());
         assert_eq!(smart_resize(117, 203, 28, 3136, 12845056, 200.0).unwrap(), (112, 196));
+    }
+
+    #[test]
+    fn temporal_smart_resize_budget_covers_the_clip() {
+        let q3 = |n, h, w, min, max| smart_resize_temporal(n, h, w, 2, 32, min, max, 200.0);
+        // within budget: nearest multiples of 32 (half to even: 240/32 = 7.5 -> 8)
+        assert_eq!(q3(8, 240, 320, 4096, 25_165_824).unwrap(), (256, 320));
+        assert_eq!(q3(5, 96, 128, 4096, 25_165_824).unwrap(), (96, 128));
+        // the budget is shared by the frames: 8 frames of 256x320 = 655360 fit in 786432,
+        // 10 do not -> beta = sqrt(10*240*320/786432)
+        assert_eq!(q3(8, 240, 320, 4096, 786_432).unwrap(), (256, 320));
+        assert_eq!(q3(10, 240, 320, 4096, 786_432).unwrap(), (224, 320));
+        // an odd count is rounded up to the temporal factor for the test (10 * 256 * 320 is
+        // over), not for beta (sqrt(9*240*320/786432) = 0.9375 gives 256 x 320 again)
+        assert_eq!(q3(9, 240, 320, 4096, 786_432).unwrap(), (256, 320));
+        // tiny clip: scaled up to min_pixels (1 frame of 40x40 -> t_bar 2 * 32 * 32 < 4096)
+        assert_eq!(q3(1, 40, 40, 4096, 25_165_824).unwrap(), (64, 64));
+        assert_eq!(q3(4, 90, 160, 131_072, 786_432).unwrap(), (160, 256));
+        // never below one factor, and slivers are refused
+        assert_eq!(q3(700, 64, 6000, 4096, 786_432).unwrap(), (32, 320));
+        assert!(q3(4, 31, 400, 4096, 25_165_824).is_err());
+        assert!(q3(4, 32, 7000, 4096, 25_165_824).is_err());
     }
 
     #[test]

@@ -98,6 +98,26 @@ pub fn uniform_indices(
     Some(idx)
 }
 
+/// The HF Qwen3-VL video processor's sampling: `n = int(total / video_fps * fps)` (truncated),
+/// raised to `min_frames`, then capped by `max_frames` and by `total`; indices
+/// `round(linspace(0, total-1, n))` (half to even). Unlike SGLang's Qwen-VL rule the count
+/// need not be even (the last frame is repeated to fill the temporal group). A stream without
+/// a usable rate is taken as 24 fps, as HF does without metadata.
+pub fn rounded_uniform_indices(
+    total_frames: usize,
+    video_fps: f64,
+    fps: f64,
+    min_frames: usize,
+    max_frames: usize,
+) -> Vec<usize> {
+    let video_fps = if video_fps > 0.0 && video_fps.is_finite() { video_fps } else { 24.0 };
+    let wanted = total_frames as f64 / video_fps * fps;
+    // saturating float -> int cast: a huge `fps` cannot wrap around
+    let wanted = if wanted.is_finite() { wanted.trunc() as usize } else { usize::MAX };
+    let n = wanted.max(min_frames).min(max_frames).min(total_frames);
+    linspace_round(total_frames, n)
+}
+
 /// `round(linspace(0, total-1, n))` with numpy's half-to-even rounding.
 pub fn linspace_round(total_frames: usize, n: usize) -> Vec<usize> {
     if n == 0 || total_frames == 0 {
@@ -163,6 +183,28 @@ mod tests {
         assert_eq!(linspace_round(10, 4), vec![0, 3, 6, 9]);
         assert_eq!(linspace_round(5, 5), vec![0, 1, 2, 3, 4]);
         assert_eq!(linspace_round(8, 1), vec![0]);
+    }
+
+    #[test]
+    fn rounded_uniform_follows_hf_qwen3() {
+        // 120 frames at 29.97 fps, 2 fps: int(8.008) = 8 frames, 119/7 = 17 exactly
+        assert_eq!(rounded_uniform_indices(120, 30000.0 / 1001.0, 2.0, 4, 768), vec![0, 17, 34, 51, 68, 85, 102, 119]);
+        // an odd count is kept (no snapping to the temporal patch) and indices are rounded:
+        // 50 frames at 50/2.9333 fps, 2 fps -> int(5.87) = 5; 49/4 = 12.25, 36.75
+        assert_eq!(rounded_uniform_indices(50, 50.0 / (1.0 + 58.0 / 30.0), 2.0, 4, 768), vec![0, 12, 24, 37, 49]);
+        // short clip: raised to min_frames (4), half-to-even ties: 49/3 = 16.33, 32.67
+        assert_eq!(rounded_uniform_indices(50, 25.0, 2.0, 4, 768), vec![0, 16, 33, 49]);
+        assert_eq!(rounded_uniform_indices(9, 1.0, 0.25, 4, 768), vec![0, 3, 5, 8]); // 8/3: 2.67, 5.33
+        assert_eq!(rounded_uniform_indices(5, 1.0, 1.0, 4, 768), vec![0, 1, 2, 3, 4]);
+        // max_frames caps below min_frames; the frame count caps everything
+        assert_eq!(rounded_uniform_indices(120, 30.0, 2.0, 4, 3), vec![0, 60, 119]); // 59.5 -> 60
+        assert_eq!(rounded_uniform_indices(10, 30.0, 2.0, 4, 3), vec![0, 4, 9]); // 4.5 -> 4
+        assert_eq!(rounded_uniform_indices(3, 30.0, 2.0, 4, 768), vec![0, 1, 2]);
+        assert_eq!(rounded_uniform_indices(1, 30.0, 2.0, 4, 768), vec![0]);
+        // sampling faster than the source keeps every frame, once
+        assert_eq!(rounded_uniform_indices(6, 10.0, 50.0, 4, 768), vec![0, 1, 2, 3, 4, 5]);
+        // unknown source rate: HF's 24 fps fallback (48 frames -> 4 at 2 fps)
+        assert_eq!(rounded_uniform_indices(48, 0.0, 2.0, 2, 768), vec![0, 16, 31, 47]);
     }
 
     #[test]
