@@ -46,7 +46,7 @@ if [ "$(cat "$stamp_file" 2>/dev/null)" != "$stamp_want" ]; then
   log "installing the host stack into $VENV (first time: ~10 min, ~9 GB; SGLang pulls torch's CUDA build)"
   "$VENV/bin/python" -m pip install -q -U pip >&2
   "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" \
-    sglang torch triton transformers numpy pytest maturin aiohttp matplotlib >&2
+    sglang torch triton transformers numpy pytest maturin aiohttp matplotlib av >&2
   echo "$stamp_want" > "$stamp_file"
 fi
 
