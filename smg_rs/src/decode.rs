@@ -16,7 +16,7 @@ use std::sync::{mpsc, Once};
 use std::time::{Duration, Instant};
 
 mod seek;
-use seek::{accept_landing, sequential_decode_forced, split_by_gop, KeyframeIndex, Seeker};
+use seek::{accept_landing, decode_cost, parallel_pays_off, sequential_decode_forced, split_by_gop, KeyframeIndex, Seeker};
 #[cfg(test)]
 use seek::{landing, Keyframe, Landing};
 
@@ -333,7 +333,8 @@ impl<'a> VideoDecoder<'a> {
     /// seeking to the keyframe it depends on; if a seek misbehaves, the rest is decoded again
     /// from the start, in order. With `threads >= 2` and wanted frames under several
     /// keyframes, contiguous runs of GOPs are decoded at once by one single-threaded decoder
-    /// each (see `decode_parallel`).
+    /// each (see `decode_parallel`) when the runs' work is even enough for that to beat one
+    /// decoder with frame threads (`seek::parallel_pays_off`).
     pub fn decode_selected(
         &mut self,
         indices: &[usize],
@@ -354,7 +355,11 @@ impl<'a> VideoDecoder<'a> {
         }
         let seeking = self.keyframes.is_some() && self.frame_pts.is_some() && !sequential_decode_forced();
         let groups = match &self.keyframes {
-            Some(keys) if seeking => split_by_gop(keys, &wanted, self.opts.threads.min(MAX_GOP_WORKERS)),
+            Some(keys) if seeking => {
+                let groups = split_by_gop(keys, &wanted, self.opts.threads.min(MAX_GOP_WORKERS));
+                let costs: Vec<usize> = groups.iter().map(|g| decode_cost(keys, g)).collect();
+                if parallel_pays_off(&costs, self.opts.threads) { groups } else { Vec::new() }
+            }
             _ => Vec::new(),
         };
         let mut stats = DecodeStats::default();
@@ -1102,6 +1107,26 @@ mod tests {
         let mut w = wanted(&[13, 2]);
         w.get_mut(&13).unwrap().push(7);
         assert_eq!(split_by_gop(&k, &w, 2)[1][&13], vec![0, 7]);
+    }
+
+    #[test]
+    fn parallel_decoding_only_when_the_split_is_balanced_enough() {
+        let k = keys(); // keyframes at 0, 12, 24
+        let wanted = |ix: &[usize]| ix.iter().enumerate().map(|(s, &i)| (i, vec![s])).collect::<BTreeMap<_, _>>();
+        // each GOP run costs from its keyframe to its last wanted frame; gaps between runs are free
+        assert_eq!(decode_cost(&k, &wanted(&[3, 5])), 6);
+        assert_eq!(decode_cost(&k, &wanted(&[3, 13, 29])), 4 + 2 + 6);
+        assert_eq!(decode_cost(&k, &wanted(&[])), 0);
+        let early = KeyframeIndex::new(&(0..30).map(|i| i * 10).collect::<Vec<_>>(), vec![50, 120]).unwrap();
+        assert_eq!(decode_cost(&early, &wanted(&[2])), 3); // before the first keyframe: from the start
+        // 2 threads: parallel while the slowest group is under total / 1.45
+        assert!(parallel_pays_off(&[100, 100], 2));
+        assert!(parallel_pays_off(&[130, 70], 2));
+        assert!(!parallel_pays_off(&[241, 50], 2)); // a 250-frame GOP and a 50-frame one
+        assert!(!parallel_pays_off(&[300], 2));
+        assert!(!parallel_pays_off(&[10, 10], 1));
+        // more threads make the single decoder faster, so the split must be more even
+        assert!(parallel_pays_off(&[40, 30, 30], 3) && !parallel_pays_off(&[60, 20, 20], 3));
     }
 
     #[test]

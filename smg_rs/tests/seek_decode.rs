@@ -145,14 +145,21 @@ fn parallel_gop_workers_match_full_decode() {
         let all: Vec<usize> = (0..n).collect();
         let (full, _) = decode(Source::Path(&path), &all);
         let data = std::fs::read(&path).unwrap();
-        // spread over all GOPs, repeated and unordered, the last frame, a whole-stream decode
+        // spread over all GOPs, repeated and unordered, the last frame: uneven work per GOP run,
+        // so the cost model may keep one decoder (with frame threads) instead
         let picks = vec![n - 1, 0, 30, 31, 30, 47, 48, 60, 5, 85, 99, 99, 13];
+        // the last frame of each GOP (unordered, repeated): every run costs a whole GOP, balanced
+        let gop_ends = vec![95, 11, 23, 23, 35, 47, 59, 71, 83, n - 1];
         for threads in [2, 3] {
-            for indices in [&picks, &all] {
+            for (indices, balanced) in [(&picks, false), (&gop_ends, true), (&all, true)] {
                 for source in [Source::Path(&path), Source::Bytes(&data)] {
                     let (got, stats) = decode_threads(source, indices, threads);
                     eprintln!("{name} threads={threads}: {stats:?}");
-                    assert_eq!(stats.workers, threads, "{name}: {stats:?}");
+                    if balanced {
+                        assert_eq!(stats.workers, threads, "{name}: {stats:?}");
+                    } else {
+                        assert!(stats.workers == 1 || stats.workers == threads, "{name}: {stats:?}");
+                    }
                     assert_eq!(stats.restarts, 0, "{name}: {stats:?}");
                     for (slot, &i) in indices.iter().enumerate() {
                         assert!(got[slot] == full[i], "{name} threads={threads}: frame {i} differs");
