@@ -131,11 +131,6 @@ impl Preset {
             // 28, as for Qwen2-VL), then the HF processor above with do_sample_frames=False.
             "qwen3_vl_sglang" => Ok(Preset {
                 name: "qwen3_vl_sglang",
-                geometry: geom(16),
-                mean: [0.5; 3],
-                std: [0.5; 3],
-                rescale_factor: 1.0 / 255.0,
-                default_fps: 2.0,
                 sampling: Sampling::Uniform { frame_factor: 2, min_frames: 4, max_frames: 768 },
                 size: SizePlan::Qwen3Sglang {
                     first_factor: 28,
@@ -145,8 +140,7 @@ impl Preset {
                     hf_min_pixels: QWEN3_MIN_PIXELS,
                     hf_max_pixels: QWEN3_MAX_PIXELS,
                 },
-                max_aspect_ratio: 200.0,
-                uint8_resize: true,
+                ..Self::by_name("qwen3_vl")?
             }),
             other => invalid(format!("unknown preset {other:?} (known: minimax_m3, qwen2_vl, qwen3_vl, qwen3_vl_sglang)")),
         }

@@ -4,6 +4,20 @@
 use ffmpeg_next as ff;
 use std::collections::BTreeMap;
 
+/// The GOP runs of `indices` (increasing): consecutive indices sharing a governing keyframe,
+/// each with that keyframe's index (None before the first keyframe).
+fn gop_runs(keys: &KeyframeIndex, indices: impl Iterator<Item = usize>) -> Vec<(Option<usize>, Vec<usize>)> {
+    let mut runs: Vec<(Option<usize>, Vec<usize>)> = Vec::new();
+    for index in indices {
+        let key = keys.governing(index).map(|k| k.index);
+        match runs.last_mut() {
+            Some((k, members)) if *k == key => members.push(index),
+            _ => runs.push((key, vec![index])),
+        }
+    }
+    runs
+}
+
 /// Splits the wanted frames into at most `parts` contiguous groups of whole GOP runs (wanted
 /// frames sharing a governing keyframe stay together), with roughly equal numbers of wanted
 /// frames. Empty when there are fewer than two groups.
@@ -12,14 +26,7 @@ pub(super) fn split_by_gop(
     wanted: &BTreeMap<usize, Vec<usize>>,
     parts: usize,
 ) -> Vec<BTreeMap<usize, Vec<usize>>> {
-    let mut runs: Vec<(Option<usize>, Vec<usize>)> = Vec::new();
-    for &index in wanted.keys() {
-        let key = keys.governing(index).map(|k| k.index);
-        match runs.last_mut() {
-            Some((k, members)) if *k == key => members.push(index),
-            _ => runs.push((key, vec![index])),
-        }
-    }
+    let runs = gop_runs(keys, wanted.keys().copied());
     let parts = parts.min(runs.len());
     if parts < 2 {
         return Vec::new();
@@ -57,24 +64,10 @@ const FRAME_THREAD_GAIN_PER_THREAD: f64 = 0.45;
 /// Frames a decoder works through for `group`: from the keyframe each of its GOP runs starts at
 /// to the run's last wanted frame (seeking skips what lies between runs).
 pub(super) fn decode_cost(keys: &KeyframeIndex, group: &BTreeMap<usize, Vec<usize>>) -> usize {
-    let mut cost = 0;
-    let mut run: Option<(Option<usize>, usize)> = None; // (governing key, last wanted index)
-    for &index in group.keys() {
-        let key = keys.governing(index).map(|k| k.index);
-        match &mut run {
-            Some((k, last)) if *k == key => *last = index,
-            _ => {
-                if let Some((k, last)) = run {
-                    cost += last + 1 - k.unwrap_or(0);
-                }
-                run = Some((key, index));
-            }
-        }
-    }
-    if let Some((k, last)) = run {
-        cost += last + 1 - k.unwrap_or(0);
-    }
-    cost
+    gop_runs(keys, group.keys().copied())
+        .iter()
+        .map(|(key, members)| members[members.len() - 1] + 1 - key.unwrap_or(0))
+        .sum()
 }
 
 /// Whether one single-threaded decoder per group (wall time: the costliest group) beats one
