@@ -63,42 +63,23 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times) * 1e3, out
 
 
-def python_path_factory():
-    import torch
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_smg_rs import FramesReader, _load_sglang_minimax, sglang_resize_config
-    from transformers.models.minimax_m3_vl.video_processing_minimax_m3_vl import MiniMaxM3VLVideoProcessor
-
-    sgl = _load_sglang_minimax()
-    vp = MiniMaxM3VLVideoProcessor()
-    factor, max_size = sglang_resize_config(vp)
+def sglang_reader(path: Path, threads: int):
+    """SGLang's own decoder wrapper (TorchCodec), as its MiniMax-M3 processor opens a video."""
     try:
         from sglang.srt.utils.video_decoder import VideoDecoderWrapper
-    except Exception:  # pragma: no cover - SGLang missing
-        VideoDecoderWrapper = None
+    except Exception:  # pragma: no cover - SGLang missing: TorchCodec directly
+        from torchcodec.decoders import VideoDecoder
 
-    def run(path: Path, threads: int):
-        torch.set_num_threads(threads)
-        if VideoDecoderWrapper is not None:
-            vr = VideoDecoderWrapper(str(path), num_decode_threads=threads)
-            if PIN_OK:
-                get = vr.get_frames_as_tensor  # SGLang's own call, pinned output included
-            elif threads > 1:
-                get = lambda ix: _unpinned_parallel(vr, ix, threads)  # noqa: E731
-            else:
-                get = lambda ix: vr._decoder.get_frames_at(ix).data  # noqa: E731
-            reader = FramesReader(len(vr), vr.avg_fps, get)
-        else:
-            from torchcodec.decoders import VideoDecoder
-
-            dec = VideoDecoder(str(path), dimension_order="NHWC")
-            reader = FramesReader(len(dec), dec.metadata.average_fps, lambda ix: dec.get_frames_at(ix).data)
-        resized, meta = asyncio.run(sgl["get_video_tensor"](reader, image_factor=factor, max_size=max_size))
-        out = vp(videos=[resized], return_tensors="pt")
-        return out["pixel_values_videos"].numpy(), tuple(int(v) for v in out["video_grid_thw"][0]), meta["frames_indices"]
-
-    return run
+        dec = VideoDecoder(str(path), dimension_order="NHWC")
+        return len(dec), dec.metadata.average_fps, lambda ix: dec.get_frames_at(ix).data
+    vr = VideoDecoderWrapper(str(path), num_decode_threads=threads)
+    if PIN_OK:
+        get = vr.get_frames_as_tensor  # SGLang's own call, pinned output included
+    elif threads > 1:
+        get = lambda ix: _unpinned_parallel(vr, ix, threads)  # noqa: E731
+    else:
+        get = lambda ix: vr._decoder.get_frames_at(ix).data  # noqa: E731
+    return len(vr), vr.avg_fps, get
 
 
 def pyav_reader(path: Path, threads: int):
@@ -138,8 +119,8 @@ def decord_reader(path: Path, threads: int):
     return len(vr), float(vr.get_avg_fps()), lambda ix: torch.from_numpy(vr.get_batch(list(ix)).asnumpy())
 
 
-def alt_decoder_path_factory(reader_fn):
-    """SGLang's sampling/resize and the HF processor, with another decoder feeding them."""
+def decoder_path_factory(reader_fn):
+    """SGLang's sampling/resize (`get_video_tensor`) and the HF processor, fed by `reader_fn`."""
     import torch
 
     from test_smg_rs import FramesReader, _load_sglang_minimax, sglang_resize_config
@@ -159,6 +140,11 @@ def alt_decoder_path_factory(reader_fn):
     return run
 
 
+def python_path_factory():
+    """SGLang's whole Python path: its decoder wrapper, its sampling/resize, the HF processor."""
+    return decoder_path_factory(sglang_reader)
+
+
 def alt_paths() -> dict:
     """Decoders other than SGLang's that are installed here: name -> path function."""
     import importlib.util
@@ -166,7 +152,7 @@ def alt_paths() -> dict:
     found = {}
     for name, module, reader in (("pyav", "av", pyav_reader), ("decord", "decord", decord_reader)):
         if importlib.util.find_spec(module) is not None:
-            found[name] = alt_decoder_path_factory(reader)
+            found[name] = decoder_path_factory(reader)
     return found
 
 

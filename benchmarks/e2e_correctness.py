@@ -15,13 +15,12 @@ import argparse
 import json
 import random
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.servers import Server, generate, start_all_or_exit  # noqa: E402
+from benchmarks.servers import Server, generate, start_all_or_exit, stop_and_record  # noqa: E402
 
 
 def card_name() -> str:
@@ -67,6 +66,16 @@ def greedy_divergence(tokens_a: list, tokens_b: list, logprobs_a: list, logprobs
         "first_divergence": first_diff,
         "max_logprob_abs_diff": max(diffs) if diffs else None,
         "tokens_a": tokens_a, "tokens_b": tokens_b,
+    }
+
+
+def agreement(rows: list[dict]) -> dict:
+    """The summary's agreement figures over the prompts that got both answers."""
+    ok_rows = [r for r in rows if "error" not in r]
+    diffs = [r["max_logprob_abs_diff"] for r in ok_rows if r["max_logprob_abs_diff"] is not None]
+    return {
+        "greedy_exact_match_fraction": (sum(r["exact_match"] for r in ok_rows) / len(ok_rows)) if ok_rows else 0.0,
+        "max_logprob_abs_diff": max(diffs) if diffs else None,
     }
 
 
@@ -135,18 +144,11 @@ def main(argv=None) -> int:
             print(f"{name:>22} len={len(ids):>6} exact={row['exact_match']!s:>5} "
                   f"first_div={row['first_divergence']} max|dlogp|={row['max_logprob_abs_diff']}", flush=True)
     finally:
-        for s in (a, b):
-            s.stop()
-        for s in (a, b):
-            entry = results["servers"].setdefault(s.name, {})
-            entry["log_tail"], entry["sglang_msa_log"] = s.tail(60), s.plugin_lines()
+        stop_and_record((a, b), results["servers"])
 
-    ok_rows = [r for r in results["prompts"] if "error" not in r]
-    diffs = [r["max_logprob_abs_diff"] for r in ok_rows if r["max_logprob_abs_diff"] is not None]
     results["summary"] = {
         "card": results["card"],
-        "greedy_exact_match_fraction": (sum(r["exact_match"] for r in ok_rows) / len(ok_rows)) if ok_rows else 0.0,
-        "max_logprob_abs_diff": max(diffs) if diffs else None,
+        **agreement(results["prompts"]),
         "cuda_graph": args.cuda_graph == "on",
         "failed_requests": failed,
         "prompt_tokens": [r["len"] for r in results["prompts"]],

@@ -27,8 +27,8 @@ from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.e2e_correctness import card_name, greedy_divergence, versions  # noqa: E402
-from benchmarks.servers import Server, start_all_or_exit  # noqa: E402
+from benchmarks.e2e_correctness import agreement, card_name, greedy_divergence, versions  # noqa: E402
+from benchmarks.servers import Server, start_all_or_exit, stop_and_record  # noqa: E402
 
 FILLER_WORDS = ("sparse", "block", "index", "query", "token", "cache", "page", "layer", "video", "frame")
 
@@ -140,16 +140,10 @@ def main(argv=None) -> int:
             print(f"{name:>22} prompt={row['prompt_tokens_a']}/{row['prompt_tokens_b']} exact={row['exact_match']} "
                   f"first_div={row['first_divergence']} max|dlogp|={row['max_logprob_abs_diff']}", flush=True)
     finally:
-        for s in (a, b):
-            s.stop()
-            entry = results["servers"].setdefault(s.name, {})
-            entry["log_tail"], entry["sglang_msa_log"] = s.tail(60), s.plugin_lines()
-    ok_rows = [r for r in results["prompts"] if "error" not in r]
-    diffs = [r["max_logprob_abs_diff"] for r in ok_rows if r["max_logprob_abs_diff"] is not None]
+        stop_and_record((a, b), results["servers"])
     results["summary"] = {
         "card": results["card"],
-        "greedy_exact_match_fraction": sum(r["exact_match"] for r in ok_rows) / len(ok_rows) if ok_rows else 0.0,
-        "max_logprob_abs_diff": max(diffs) if diffs else None,
+        **agreement(results["prompts"]),
         "failed_requests": failed,
         "prompts": [r["name"] for r in results["prompts"]],
     }

@@ -103,6 +103,15 @@ def start_all_or_exit(servers, log_dir: Path, timeout_s: float, record: dict) ->
             raise SystemExit(2)
 
 
+def stop_and_record(servers, record: dict, tail_lines: int = 60) -> None:
+    """Stop every server, then keep each one's log tail and ``sglang-msa:`` lines in ``record[name]``."""
+    for s in servers:
+        s.stop()
+    for s in servers:
+        entry = record.setdefault(s.name, {})
+        entry["log_tail"], entry["sglang_msa_log"] = s.tail(tail_lines), s.plugin_lines()
+
+
 def post_json(url: str, payload: dict, timeout: float = 600.0) -> dict:
     req = urllib.request.Request(url, data=json.dumps(payload).encode(),
                                  headers={"Content-Type": "application/json"})

@@ -142,13 +142,7 @@ def h264_gop12_dead_tail(d: Path, dead: int = 3) -> Path:
     """h264_gop12 whose last `dead` packets are zeroed: the scan counts 150 frames, the decoder
     produces 147, so the last indices are served by the last decoded frame."""
     path = h264_gop12(d)
-    ffprobe = shutil.which("ffprobe")
-    if ffprobe is None:
-        raise RuntimeError("needs ffprobe")
-    out = subprocess.run(
-        [ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pos,size", "-of", "json", str(path)],
-        capture_output=True, text=True, check=True,
-    ).stdout
+    out = probe_packets(path, "pos,size", "json")
     packets = sorted((int(p["pos"]), int(p["size"])) for p in json.loads(out)["packets"])
     data = bytearray(path.read_bytes())
     for pos, size in packets[-dead:]:
@@ -158,15 +152,20 @@ def h264_gop12_dead_tail(d: Path, dead: int = 3) -> Path:
     return dead_path
 
 
-def keyframe_indices(path: Path) -> list[int]:
-    """Presentation indices of the video packets flagged as keyframes (ffprobe)."""
+def probe_packets(path: Path, entries: str, of: str) -> str:
+    """ffprobe's listing of the first video stream's packets: ``entries`` fields in format ``of``."""
     ffprobe = shutil.which("ffprobe")
     if ffprobe is None:
         raise RuntimeError("needs ffprobe")
-    out = subprocess.run(
-        [ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pts,flags", "-of", "csv=p=0", str(path)],
+    return subprocess.run(
+        [ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries", f"packet={entries}", "-of", of, str(path)],
         capture_output=True, text=True, check=True,
     ).stdout
+
+
+def keyframe_indices(path: Path) -> list[int]:
+    """Presentation indices of the video packets flagged as keyframes (ffprobe)."""
+    out = probe_packets(path, "pts,flags", "csv=p=0")
     rows = [line.split(",") for line in out.splitlines() if line.strip()]
     order = sorted(int(pts) for pts, _ in rows)
     return sorted(order.index(int(pts)) for pts, flags in rows if "K" in flags)

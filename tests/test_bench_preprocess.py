@@ -39,7 +39,7 @@ def test_pyav_baseline_matches_sglang_path_and_smg_rs(clip):
 
     ref_pv, ref_grid, ref_idx = bp.python_path_factory()(clip, 1)
     for threads in (1, 2):
-        pv, grid, idx = bp.alt_decoder_path_factory(bp.pyav_reader)(clip, threads)
+        pv, grid, idx = bp.decoder_path_factory(bp.pyav_reader)(clip, threads)
         assert grid == ref_grid and list(idx) == list(ref_idx)
         assert pv.shape == ref_pv.shape
         # The same FFmpeg decoder underneath; RGB conversion may round differently by a level.

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 
@@ -40,6 +39,7 @@ from sglang_msa import tiny_m3  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+from checkpoint_match import match_params, tensors_for  # noqa: E402
 from importable import has_module as _has  # noqa: E402
 
 
@@ -283,19 +283,15 @@ def _entry_classes(package: str) -> dict:
     return found
 
 
-def _registry_check() -> dict:
-    """The plugin's model switch, off then on. SGLang builds its registry from the in-tree models plus
-    ``SGLANG_EXTERNAL_MODEL_PACKAGE`` (overriding same-named archs) when the registry module is first
-    imported; that import pulls in every SGLang model (minutes here), so it is not imported: the check
-    reads the variable the plugin sets and the package's entry classes, which is what the registry
-    would read."""
-    from sglang.srt.models import minimax_m3 as in_tree
-
+def _registry_states(arch: str, in_tree_cls, our_cls) -> dict:
+    """The plugin's model switch, off / on / unset: which class ``arch`` resolves to. SGLang builds its
+    registry from the in-tree models plus ``SGLANG_EXTERNAL_MODEL_PACKAGE`` (overriding same-named
+    archs) when the registry module is first imported; that import pulls in every SGLang model
+    (minutes here), so it is not imported: the check reads the variable the plugin sets and the
+    package's entry classes, which is what the registry would read."""
     from sglang_msa import plugin
-    from sglang_msa.models import minimax_m3 as ours
 
     assert "sglang.srt.models.registry" not in sys.modules
-    arch = "MiniMaxM3SparseForCausalLM"
     out = {}
     for state, value in (("off", "0"), ("on", "1"), ("default", None)):
         os.environ.pop("SGLANG_EXTERNAL_MODEL_PACKAGE", None)
@@ -306,11 +302,20 @@ def _registry_check() -> dict:
         plugin._registered = False
         plugin.register()
         package = os.environ.get("SGLANG_EXTERNAL_MODEL_PACKAGE")
-        resolved = (_entry_classes(package).get(arch) if package else None) or in_tree.MiniMaxM3SparseForCausalLM
+        resolved = (_entry_classes(package).get(arch) if package else None) or in_tree_cls
         out[f"{state}_package"] = package
         out[f"{state}_class"] = resolved.__module__
-        out[f"{state}_is_ours"] = resolved is ours.MiniMaxM3SparseForCausalLM
+        out[f"{state}_is_ours"] = resolved is our_cls
     return out
+
+
+def _registry_check() -> dict:
+    from sglang.srt.models import minimax_m3 as in_tree
+
+    from sglang_msa.models import minimax_m3 as ours
+
+    return _registry_states("MiniMaxM3SparseForCausalLM", in_tree.MiniMaxM3SparseForCausalLM,
+                            ours.MiniMaxM3SparseForCausalLM)
 
 
 # ----------------------------------------------------------------------------- subprocess: weights
@@ -328,38 +333,12 @@ _RULES = [
 
 
 def _expected(param: str, ck: dict):
-    for pattern, how, sources in _RULES:
-        m = re.match(pattern, param)
-        if not m:
-            continue
-        names = [m.expand(s.rstrip("?")) for s in sources]
-        if how == "same":
-            return ck[names[0]], names
-        if how == "cat":
-            used = [n for n, s in zip(names, sources) if n in ck or not s.endswith("?")]
-            return torch.cat([ck[n] for n in used]), used
-        base = names[0] + "."
-        n_experts = len({k for k in ck if k.startswith(base) and k.endswith(".w2.weight")})
-        per_expert = ("w1", "w3") if how == "experts13" else ("w2",)
-        parts = [[f"{base}{j}.{w}.weight" for w in per_expert] for j in range(n_experts)]
-        return torch.stack([torch.cat([ck[n] for n in p]) for p in parts]), [n for p in parts for n in p]
-    raise AssertionError(param)
+    return tensors_for(param, ck, _RULES)
 
 
 def _compare(model, ck: dict, values: bool) -> dict:
-    mismatched, used, missing = [], set(), []
     params = dict(model.named_parameters())
-    for name, param in params.items():
-        try:
-            want, names = _expected(name, ck)
-        except KeyError as e:
-            missing.append(f"{name}: {e}")
-            continue
-        used.update(names)
-        if tuple(want.shape) != tuple(param.shape):
-            mismatched.append(f"{name}: {tuple(param.shape)} vs checkpoint {tuple(want.shape)}")
-        elif values and not torch.equal(param.detach().float(), want.float()):
-            mismatched.append(name)
+    mismatched, used, missing = match_params(params, ck, _expected, values=values)
     return {"num_params": len(params), "mismatched": mismatched, "missing": missing,
             "unused_checkpoint": sorted(set(ck) - used)}
 

@@ -40,6 +40,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
 import fixtures_video as fv  # noqa: E402
+from checkpoint_match import match_params  # noqa: E402
 import test_m3_model as m3  # noqa: E402  (its subprocess helpers; its tests are not re-collected)
 
 from sglang_msa import tiny_m3  # noqa: E402
@@ -211,7 +212,8 @@ def test_chunked_prefill_cut_inside_the_video_gives_the_same_embeddings(report):
 
 
 def _registry_check() -> dict:
-    """The plugin switch, off then on, for the VL arch (see ``test_m3_model._registry_check``)."""
+    """The plugin switch, off then on, for the VL arch (see ``test_m3_model._registry_states``), and
+    which of our modules export each class."""
     import importlib
     import pkgutil
 
@@ -220,22 +222,8 @@ def _registry_check() -> dict:
     from sglang_msa import plugin
     from sglang_msa.models import minimax_m3_vl as ours
 
-    assert "sglang.srt.models.registry" not in sys.modules
-    out = {}
-    for state, value in (("off", "0"), ("on", "1"), ("default", None)):
-        os.environ.pop("SGLANG_EXTERNAL_MODEL_PACKAGE", None)
-        if value is None:
-            os.environ.pop(plugin.MODELS_ENV, None)
-        else:
-            os.environ[plugin.MODELS_ENV] = value
-        plugin._registered = False
-        plugin.register()
-        package = os.environ.get("SGLANG_EXTERNAL_MODEL_PACKAGE")
-        resolved = ((m3._entry_classes(package).get(ARCH) if package else None)
-                    or in_tree.MiniMaxM3SparseForConditionalGeneration)
-        out[f"{state}_package"] = package
-        out[f"{state}_class"] = resolved.__module__
-        out[f"{state}_is_ours"] = resolved is ours.MiniMaxM3SparseForConditionalGeneration
+    out = m3._registry_states(ARCH, in_tree.MiniMaxM3SparseForConditionalGeneration,
+                              ours.MiniMaxM3SparseForConditionalGeneration)
     exporters: dict[str, list[str]] = {}
     os.environ[plugin.MODELS_ENV] = "1"  # every class exported
     pkg = importlib.import_module("sglang_msa.models")
@@ -295,7 +283,7 @@ def _load_check(path: str):
     returned = model.load_weights(iter(ck.items()))
     stop()
     params = dict(model.named_parameters())
-    mismatched, used, missing = _match_params(params, ck, values=True)
+    mismatched, used, missing = match_params(params, ck, _expected, values=True)
     info = {
         "num_params": len(params), "num_vision_params": sum(not n.startswith("language_model.") for n in params),
         "mismatched": mismatched, "missing": missing, "unused_checkpoint": sorted(set(ck) - used),
@@ -318,24 +306,6 @@ def _load_check(path: str):
     return model, ck, info, extra_info
 
 
-def _match_params(params: dict, ck: dict, *, values: bool):
-    """Each parameter against the checkpoint tensors it comes from: (mismatched, used tensors, missing).
-    ``values``: compare contents too (else shapes only, for meta-device models)."""
-    mismatched, used, missing = [], set(), []
-    for name, param in params.items():
-        try:
-            want, names = _expected(name, ck)
-        except KeyError as e:
-            missing.append(f"{name}: {e}")
-            continue
-        used.update(names)
-        if tuple(want.shape) != tuple(param.shape):
-            mismatched.append(f"{name}: {tuple(param.shape)} vs checkpoint {tuple(want.shape)}")
-        elif values and not torch.equal(param.detach().float(), want.float()):
-            mismatched.append(name)
-    return mismatched, used, missing
-
-
 def _meta_check(path: str) -> dict:
     """The real M3-VL widths, built on the meta device: every shape fits the checkpoint's."""
     from sglang.srt.configs.model_config import ModelConfig
@@ -348,7 +318,7 @@ def _meta_check(path: str) -> dict:
         model = cls(ModelConfig(path).hf_config)
         ck = {n: torch.empty(shape) for n, (shape, _) in tiny_m3.checkpoint_specs(cfg).items()}
     params = dict(model.named_parameters())
-    mismatched, used, missing = _match_params(params, ck, values=False)
+    mismatched, used, missing = match_params(params, ck, _expected, values=False)
     tower = "vision_tower.vision_model."
     return {"mismatched": mismatched, "missing": missing, "unused_checkpoint": sorted(set(ck) - used),
             "qkv": list(params[tower + "encoder.layers.0.self_attn.qkv_proj.weight"].shape),

@@ -28,6 +28,7 @@ from sglang_msa import tiny_m3_tokenizer as tok  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+from checkpoint_match import match_params, tensors_for  # noqa: E402
 from importable import has_module as _has  # noqa: E402
 
 
@@ -390,41 +391,13 @@ _UNUSED_PARAMS = re.compile(r"^vision_tower\.vision_model\.post_layernorm\.")
 def _expected(param: str, ck: dict, vl: bool):
     """The tensor (or meta tensor) a SGLang parameter should hold, and the checkpoint names used."""
     is_text = param.startswith(("model.", "lm_head."))
-    prefix = "language_model." if vl and is_text else ""
-    for pattern, how, sources in _RULES:
-        m = re.match(pattern, param)
-        if not m:
-            continue
-        names = [prefix + m.expand(s.rstrip("?")) for s in sources]
-        if how == "same":
-            return ck[names[0]], names
-        if how == "cat":
-            used = [n for n, s in zip(names, sources) if n in ck or not s.endswith("?")]
-            return torch.cat([ck[n] for n in used]), used
-        base = names[0] + "."  # experts: stack the per-expert tensors (w13 = [gate; up])
-        n_experts = len({k for k in ck if k.startswith(base) and k.endswith(".w2.weight")})
-        per_expert = ("w1", "w3") if how == "experts13" else ("w2",)
-        parts = [[f"{base}{j}.{w}.weight" for w in per_expert] for j in range(n_experts)]
-        return torch.stack([torch.cat([ck[n] for n in p]) for p in parts]), [n for p in parts for n in p]
-    raise AssertionError(param)
+    return tensors_for(param, ck, _RULES, prefix="language_model." if vl and is_text else "")
 
 
 def _compare(model, ck: dict, vl: bool, values: bool) -> dict:
-    mismatched, used, missing = [], set(), []
     params = dict(model.named_parameters())
-    for name, param in params.items():
-        if _UNUSED_PARAMS.match(name):
-            continue
-        try:
-            want, names = _expected(name, ck, vl)
-        except KeyError as e:
-            missing.append(f"{name}: {e}")
-            continue
-        used.update(names)
-        if tuple(want.shape) != tuple(param.shape):
-            mismatched.append(f"{name}: {tuple(param.shape)} vs checkpoint {tuple(want.shape)}")
-        elif values and not torch.equal(param.detach().float(), want.float()):
-            mismatched.append(name)
+    mismatched, used, missing = match_params(params, ck, lambda name, c: _expected(name, c, vl), values=values,
+                                             skip=_UNUSED_PARAMS.match)
     return {"num_params": len(params), "mismatched": mismatched, "missing": missing,
             "unused_checkpoint": sorted(set(ck) - used)}
 
