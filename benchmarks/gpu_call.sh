@@ -11,6 +11,9 @@
 #   bash benchmarks/gpu_call.sh vl        GPU0: e2e_vl.py (tiny M3-VL: SGLang's VL path vs ours + msa;
 #                                               E2E_VL_VIDEO=clip.mp4 adds a video request)
 #                                         GPU1: bench_prefill.py --sweep (kernel configs, query segments)
+#   bash benchmarks/gpu_call.sh default   one GPU: ab_default.py, A/A2 (SGLang's default deployment of
+#                                         MiniMax-M3) vs B (msa) on the rank8 proxy of --tp 8, with
+#                                         AB_WORKLOADS, AB_LENS, AB_CONC, AB_SERVERS, AB_REPEATS, AB_PROFILE
 #   bash benchmarks/gpu_call.sh quad      four GPUs (kind nvidia-h200-x4), two A/B pairs at once:
 #                                         GPU0/1: A at page 128 vs B (QUAD_LENS1, default 32768,65536),
 #                                                 after e2e_correctness.py (E2E_MODELS) on GPU0;
@@ -19,9 +22,11 @@
 #                                                 this B an extra setting), after e2e_vl.py on GPU2;
 #                                         QUAD_PYTEST="tests/a.py ..." runs those GPU tests on GPU2 first
 #
+# Every mode first checks the bundle's pruned FlashAttention-3 (.gpu/test_fa3_pruned.py, also under
+# CUDA_MODULE_LOADING=EAGER): SGLang's default backend for MiniMax-M3 on Hopper, so every baseline needs it.
 # Everything lands in /tmp/gpu-out; $OUT gets results.tar.gz (all logs and JSON) plus the summaries.
 set -u
-MODE=${1:?usage: gpu_call.sh check|serving|vl|quad}
+MODE=${1:?usage: gpu_call.sh check|serving|vl|quad|default}
 LIMIT=${GPU_CALL_LIMIT_S:-560}  # leave the call's last ~40 s for packing up
 T0=$(date +%s)
 left() { echo $((LIMIT - ($(date +%s) - T0))); }
@@ -33,6 +38,8 @@ W=/tmp/gpu-out
 mkdir -p "$W"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$W/gpus.txt"
 python3 -c 'import sglang, torch, triton, sglang_msa; print(sglang.__version__, torch.__version__, triton.__version__, sglang_msa.__file__)' > "$W/versions.txt" 2>&1
+EAGER=1 timeout 180 python3 .gpu/test_fa3_pruned.py > "$W/fa3.log" 2>&1
+echo "fa3-pruned rc=$?" >> "$W/status.txt"
 
 # e2e_correctness.py on the tiny checkpoint, on GPU $1 with small pools (shares the GPU with an A server).
 e2e_tiny() {
@@ -131,16 +138,25 @@ vl)
     echo "prefill-sweep rc=$?" >> "$W/status.txt"
   ) &
   ;;
-*) echo "unknown mode $MODE (check|serving|vl|quad)"; exit 2 ;;
+default)
+  (
+    timeout $(( $(left) - 10 )) python3 benchmarks/ab_default.py --out-dir "$W/default" \
+      --workloads "${AB_WORKLOADS:-cookbook,agentic,long,max-context}" --lens "${AB_LENS:-}" \
+      --concurrency "${AB_CONC:-}" --servers "${AB_SERVERS:-A,A2,B}" --repeats "${AB_REPEATS:-2}" \
+      --profile "${AB_PROFILE:-}" --deadline-s $(( $(left) - 25 )) > "$W/default.log" 2>&1
+    echo "ab_default rc=$?" >> "$W/status.txt"
+  ) &
+  ;;
+*) echo "unknown mode $MODE (check|serving|vl|quad|default)"; exit 2 ;;
 esac
 wait
-tar czf "$OUT/results.tar.gz" -C "$W" . 2>/dev/null
+tar czf "$OUT/results.tar.gz" --exclude=rank8-model --exclude="prof-*" --exclude="*.pt.trace.json*" -C "$W" . 2>/dev/null
 cp "$W"/*.json "$OUT"/ 2>/dev/null
 find "$W" -maxdepth 2 \( -name 'kernels-*.json' -o -name 'e2e-correctness-*.json' -o -name 'serving-NVIDIA*.json' \
-  -o -name 'e2e-vl-*.json' \) \
+  -o -name 'e2e-vl-*.json' -o -name 'serving-*-rank8.json' -o -name 'serving-*-rank8.png' \) \
   | head -6 | xargs -r cp -t "$OUT"
 echo "== status"; cat "$W/status.txt"; cat "$W/gpus.txt" "$W/versions.txt"
-for f in "$W/kernels.log" "$W/pytest-gpu.log" "$W/e2e.log" "$W"/ab*.log "$W/e2e-vl.log" "$W/prefill-sweep.log"; do
+for f in "$W/fa3.log" "$W/default.log" "$W/kernels.log" "$W/pytest-gpu.log" "$W/e2e.log" "$W"/ab*.log "$W/e2e-vl.log" "$W/prefill-sweep.log"; do
   [ -f "$f" ] && { echo "== $(basename "$f")"; tail -n 25 "$f"; }
 done
 exit 0

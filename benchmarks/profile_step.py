@@ -31,7 +31,7 @@ CATEGORIES: list[tuple[str, re.Pattern]] = [
                                     r"|sparse_decode_split|build_block_table|_gqa_share_sparse"
                                     r"|_merge_attn_out|_merge_topk_attn_out")),
     ("dense_attention", re.compile(r"^_fwd_kernel|_fwd_grouped_kernel_stage|_copy_unified_indices"
-                                   r"|flash_fwd|fmha|attention", re.IGNORECASE)),
+                                   r"|flash_fwd|FlashAttnFwd|flash::|fmha|attention", re.IGNORECASE)),
     ("moe", re.compile(r"moe|expert|topk_softmax|grouped_topk|count_and_sort", re.IGNORECASE)),
     ("norm_rope", re.compile(r"norm|rope|rotary", re.IGNORECASE)),
     ("gemm", re.compile(r"gemm(?!a)|gemv|cutlass|xmma|nvjet|cublas|splitk|sm90_|wgmma", re.IGNORECASE)),

@@ -7,6 +7,10 @@ What ``register()`` does, and nothing else:
 
 * adds ``msa`` to ``--attention-backend`` choices (``add_attention_backend_choices``, public API);
 * registers the backend factory under ``ATTENTION_BACKENDS["msa"]`` (``register_attention_backend``);
+* registers one model-override provider (``register_model_override_predicate``, public API) that gives
+  ``--attention-backend msa`` without ``--page-size`` the page size of SGLang's default deployment of
+  the model (128 for MiniMax-M3 on Hopper); it returns nothing for servers that did not pick ``msa``
+  (:mod:`sglang_msa.backend.dense`);
 * registers one AROUND hook with SGLang's ``HookRegistry`` so MiniMax sparse layers use our sparse
   backend when ``msa`` is selected (why, how and when it can go: :mod:`sglang_msa.backend.hooks`);
 * makes SGLang's model registry see ``sglang_msa.models`` when our models are enabled (see
@@ -72,6 +76,16 @@ def _register_backend() -> None:
     from sglang_msa.backend.hooks import register_hooks
 
     register_hooks()
+    _register_page_size_override()
+
+
+def _register_page_size_override() -> None:
+    from sglang.srt.arg_groups import overrides
+
+    from sglang_msa.backend.dense import msa_page_size_override
+
+    if not any(fn is msa_page_size_override for _, fn in overrides._PREDICATE_OVERRIDE_FNS):
+        overrides.register_model_override_predicate(lambda _arch: True)(msa_page_size_override)
 
 
 def _register_models() -> None:

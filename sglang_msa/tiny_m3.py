@@ -16,8 +16,9 @@ transformers' ``minimax_m3_vl`` conversion mapping read:
   ``vision_tower.vision_model.``, and ``multi_modal_projector`` + ``patch_merge_mlp``.
 
 Presets: ``tiny`` (default, < 50 MB; keeps M3's 64 q / 4 kv heads of dim 128 that the sparse kernels
-assume) and ``slice`` (the real M3 widths on 1 dense + 3 sparse layers; ~50 GB of weights, so it
-writes only the config + tokenizer for ``--load-format dummy`` unless ``--force`` is given).
+assume), ``slice`` (the real M3 widths on 1 dense + 3 sparse layers; ~50 GB of weights) and ``rank8``
+(what one GPU computes in MiniMax-M3 served with ``--tp 8``, see :data:`RANK8`). ``slice`` and
+``rank8`` write only the config + tokenizer for ``--load-format dummy`` unless ``--force`` is given.
 Weights are seeded per tensor name, so a run is reproducible byte for byte and the language model of a
 ``--vision`` checkpoint equals the text checkpoint made with the same seed and sizes.
 """
@@ -87,6 +88,33 @@ PRESETS = {
     },
 }
 
+# MiniMax-M3 as one GPU of a `--tp 8` deployment computes it, served at TP1. SGLang's M3 at attn TP 8
+# (sglang/srt/models/minimax_m3.py): 64/8 = 8 query heads; 4 KV heads < 8 ranks, so each rank holds
+# one KV head (replicated on 2 ranks); the index projection has 4 query heads over one shared key
+# head, split over min(8, 4) ranks, so 1 index query head + the index key head per rank; experts,
+# shared expert and dense MLP are TP-sharded (3072/8, 12288/8); vocabulary and hidden size are whole.
+# The released model's first 3 of 60 layers are dense (attention and MLP): RANK8_DENSE_FRACTION.
+TP_DEGREE = 8
+RANK8_DENSE_FRACTION = 3 / 60
+PRESETS["rank8"] = {
+    **PRESETS["slice"],
+    "num_hidden_layers": 20,
+    "num_attention_heads": 64 // TP_DEGREE,
+    "num_key_value_heads": 1,
+    "intermediate_size": 3072 // TP_DEGREE,
+    "dense_intermediate_size": 12288 // TP_DEGREE,
+    "max_position_embeddings": 1048576,
+}
+INDEX_HEADS = {"rank8": 1}  # per preset; the released model's 4 otherwise (SPARSE_COMMON)
+CONFIG_ONLY_PRESETS = ("slice", "rank8")
+
+
+def default_dense_layers(preset: str, layers: int) -> int:
+    """Leading dense layers: rank8 keeps the released model's fraction (at least one), others 1."""
+    if preset == "rank8":
+        return max(1, round(layers * RANK8_DENSE_FRACTION))
+    return 1
+
 # The MSA settings of the released model (identical for both presets).
 SPARSE_COMMON = {
     "sparse_num_index_heads": 4,
@@ -113,6 +141,8 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 # Pixel budgets: the real processor defaults for slice, a few dozen vision tokens for tiny.
 MAX_PIXELS = {"tiny": 64 * 28 * 28, "slice": 451584}
 VIDEO_MAX_PIXELS = {"tiny": 16 * 28 * 28, "slice": 768 * 28 * 28}
+for _table in (VISION_PRESETS, MAX_PIXELS, VIDEO_MAX_PIXELS):  # rank8's vision side is the real one
+    _table["rank8"] = _table["slice"]
 
 WEIGHT_STD = 0.02
 NORM_JITTER = 0.02  # small noise on norm weights so that swapped norms are detectable
@@ -125,7 +155,7 @@ SHARD_BYTES = 4 << 30
 
 def text_config(preset: str = "tiny", layers: int | None = None, hidden: int | None = None,
                 experts: int | None = None, heads: int | None = None, kv_heads: int | None = None,
-                dense_layers: int = 1, index_value: bool = False, dtype: str = "bfloat16") -> dict:
+                dense_layers: int | None = None, index_value: bool = False, dtype: str = "bfloat16") -> dict:
     """The text-model config.json contents (also the ``text_config`` of a VL checkpoint)."""
     cfg = dict(PRESETS[preset])
     if layers is not None:
@@ -140,6 +170,8 @@ def text_config(preset: str = "tiny", layers: int | None = None, hidden: int | N
     if kv_heads is not None:
         cfg["num_key_value_heads"] = kv_heads
     n = cfg["num_hidden_layers"]
+    if dense_layers is None:
+        dense_layers = default_dense_layers(preset, n)
     if not 0 <= dense_layers <= n:
         raise ValueError(f"--dense-layers {dense_layers} must be in [0, {n}]")
     if cfg["num_attention_heads"] % cfg["num_key_value_heads"]:
@@ -154,6 +186,7 @@ def text_config(preset: str = "tiny", layers: int | None = None, hidden: int | N
     out["sparse_attention_config"] = {
         "sparse_attention_freq": list(is_sparse),
         **SPARSE_COMMON,
+        "sparse_num_index_heads": INDEX_HEADS.get(preset, SPARSE_COMMON["sparse_num_index_heads"]),
         # transformers' indexer has no value path, like the released checkpoint.
         "sparse_disable_index_value": [0] * n if index_value else list(is_sparse),
     }
@@ -497,13 +530,13 @@ def _write_json(path: str, obj: dict) -> None:
 
 def write_checkpoint(out_dir: str, preset: str = "tiny", *, layers: int | None = None,
                      hidden: int | None = None, experts: int | None = None, heads: int | None = None,
-                     kv_heads: int | None = None, dense_layers: int = 1, index_value: bool = False,
+                     kv_heads: int | None = None, dense_layers: int | None = None, index_value: bool = False,
                      vision: bool = False, seed: int = 0, dtype: str = "bfloat16",
                      config_only: bool | None = None, force: bool = False) -> dict:
     """Write the checkpoint directory and return its config dict.
 
-    ``config_only`` defaults to True for ``slice`` (serve it with ``--load-format dummy``); writing
-    slice weights needs ``force=True``.
+    ``config_only`` defaults to True for ``slice`` and ``rank8`` (serve them with ``--load-format
+    dummy``); writing their weights needs ``force=True``.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
@@ -511,12 +544,12 @@ def write_checkpoint(out_dir: str, preset: str = "tiny", *, layers: int | None =
     config = vl_config(text, vision_config(preset)) if vision else text
 
     if config_only is None:
-        config_only = preset == "slice" and not force
-    if not config_only and preset == "slice" and not force:
+        config_only = preset in CONFIG_ONLY_PRESETS and not force
+    if not config_only and preset in CONFIG_ONLY_PRESETS and not force:
         gb = checkpoint_bytes(config, dtype) / 1e9
         raise SystemExit(
-            f"refusing to write the slice weights: about {gb:.0f} GB of random {dtype} tensors. "
-            "Use --config-only (the default for slice) and serve with --load-format dummy, "
+            f"refusing to write the {preset} weights: about {gb:.0f} GB of random {dtype} tensors. "
+            f"Use --config-only (the default for {preset}) and serve with --load-format dummy, "
             "or pass --force to write them anyway.")
 
     os.makedirs(out_dir, exist_ok=True)
@@ -539,7 +572,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("out_dir")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     ap.add_argument("--layers", type=int, help="number of decoder layers")
-    ap.add_argument("--dense-layers", type=int, default=1, help="leading dense-attention + dense-MLP layers")
+    ap.add_argument("--dense-layers", type=int, default=None,
+                    help="leading dense-attention + dense-MLP layers (default 1; rank8: 3/60 of --layers)")
     ap.add_argument("--hidden", type=int, help="hidden size")
     ap.add_argument("--experts", type=int, help="routed experts per MoE layer")
     ap.add_argument("--heads", type=int, help="q heads (default 64; the MSA kernels assume 64/4 x 128)")
@@ -551,9 +585,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--config-only", dest="config_only", action="store_true", default=None,
-                      help="config + tokenizer only, for --load-format dummy (default for slice)")
+                      help="config + tokenizer only, for --load-format dummy (default for slice, rank8)")
     mode.add_argument("--weights", dest="config_only", action="store_false", help="also write weights")
-    ap.add_argument("--force", action="store_true", help="allow writing the ~50 GB slice weights")
+    ap.add_argument("--force", action="store_true", help="allow writing the slice / rank8 weights (tens of GB)")
     args = ap.parse_args(argv)
 
     config = write_checkpoint(

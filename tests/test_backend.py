@@ -62,14 +62,17 @@ def fake_runner(hf_config, *, page_size=BLOCK, max_reqs=4, context=256, dtype=to
 
 
 class _Dense:
-    """Stands in for the dense (triton) backend built by our factory."""
+    """Stands in for the dense backend built by our factory."""
 
 
-def test_factory_builds_sglang_triton_for_dense_layers_and_marks_it(monkeypatch, caplog):
+def test_factory_builds_the_chosen_dense_backend_and_marks_it(monkeypatch, caplog):
     from sglang.srt.layers.attention import attention_registry
 
+    from sglang_msa.backend import dense as dense_choice
     from sglang_msa.backend.factory import create_msa_backend
 
+    # Which backend is chosen is tests/test_dense_backend.py's subject; here: it is built and marked.
+    monkeypatch.setattr(dense_choice, "choose_dense_backend", lambda sa, hf: ("triton", "test"))
     monkeypatch.setitem(attention_registry.ATTENTION_BACKENDS, "triton", lambda runner: _Dense())
     dense = create_msa_backend(fake_runner(m3_hf_config()))
     assert isinstance(dense, _Dense) and hooks.is_msa_backend(dense)

@@ -50,6 +50,7 @@ def ckpts(tmp_path_factory):
         "index_value": str(root / "index_value"),
         "slice": str(root / "slice"),
         "slice_vl": str(root / "slice_vl"),
+        "rank8": str(root / "rank8"),
     }
     tiny_m3.write_checkpoint(out["text"], seed=7)
     tiny_m3.write_checkpoint(out["vl"], vision=True, seed=7)
@@ -58,6 +59,7 @@ def ckpts(tmp_path_factory):
                              index_value=True, seed=3)
     tiny_m3.main([out["slice"], "--preset", "slice"])
     tiny_m3.main([out["slice_vl"], "--preset", "slice", "--vision"])
+    tiny_m3.main([out["rank8"], "--preset", "rank8", "--layers", "4"])
     return out
 
 
@@ -68,7 +70,7 @@ class _SglangCheck:
         env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
         env.pop("TRITON_INTERPRET", None)
         args = json.dumps({"load": [ckpts["text"], ckpts["vl"], ckpts["index_value"]],
-                           "meta": [ckpts["slice"], ckpts["slice_vl"]]})
+                           "meta": [ckpts["slice"], ckpts["slice_vl"], ckpts["rank8"]]})
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), args], env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
         self._report = None
@@ -162,6 +164,30 @@ def test_slice_config_has_real_widths(ckpts):
     assert vl["vision_config"]["hidden_size"] == 1280
     # ~50 GB of bf16 weights, which is why slice is config-only unless forced.
     assert 45e9 < tiny_m3.checkpoint_bytes(cfg) < 55e9
+
+
+def test_rank8_is_one_gpu_of_tp8(tmp_path):
+    """What one of 8 GPUs computes in MiniMax-M3: 64/8 q heads, one (replicated) KV head, one of the 4
+    index query heads (SGLang splits them over min(8, 4) ranks), 1/8 of every MLP; whole hidden/vocab."""
+    cfg = tiny_m3.text_config("rank8")
+    expect = {"hidden_size": 6144, "vocab_size": 200064, "head_dim": 128, "num_attention_heads": 8,
+              "num_key_value_heads": 1, "num_local_experts": 128, "num_experts_per_tok": 4,
+              "intermediate_size": 384, "shared_intermediate_size": 384, "dense_intermediate_size": 1536,
+              "num_hidden_layers": 20}
+    assert {k: cfg[k] for k in expect} == expect
+    assert cfg["sparse_attention_config"]["sparse_num_index_heads"] == 1
+    # The released model's first 3 of 60 layers are dense; the default depth keeps that fraction.
+    assert cfg["moe_layer_freq"] == [0] + [1] * 19 == cfg["sparse_attention_config"]["sparse_attention_freq"]
+    deep = tiny_m3.text_config("rank8", layers=60)
+    assert deep["moe_layer_freq"][:4] == [0, 0, 0, 1] and sum(deep["moe_layer_freq"]) == 57
+    assert tiny_m3.text_config("rank8", layers=4, dense_layers=2)["moe_layer_freq"] == [0, 0, 1, 1]
+    assert tiny_m3.text_config("slice")["moe_layer_freq"] == [0, 1, 1, 1]  # other presets: one dense layer
+    # Config-only by default (~40 GB of weights at 20 layers), like slice.
+    tiny_m3.main([str(tmp_path / "r"), "--preset", "rank8"])
+    assert not any(f.endswith(".safetensors") for f in os.listdir(tmp_path / "r"))
+    assert 35e9 < tiny_m3.checkpoint_bytes(cfg) < 45e9
+    with pytest.raises(SystemExit, match=r"rank8 weights.*--force"):
+        tiny_m3.main([str(tmp_path / "w"), "--preset", "rank8", "--weights"])
 
 
 def test_slice_weights_refuse_without_force(tmp_path):
@@ -351,7 +377,7 @@ def test_sglang_loads_every_weight(sglang_check, name):
 
 
 @needs_sglang
-@pytest.mark.parametrize("name", ["slice", "slice_vl"])
+@pytest.mark.parametrize("name", ["slice", "slice_vl", "rank8"])
 def test_sglang_slice_shapes(sglang_check, name):
     info = sglang_check.result()["meta"][name]
     assert info["num_params"] > 20

@@ -197,9 +197,10 @@ class M3MoE(nn.Module):
         self.routed_scaling_factor = float(getattr(config, "routed_scaling_factor", 1.0) or 1.0)
         self.act = GatedActivation(config)
 
-        # The router runs in fp32 (logits decide discrete choices) and is never quantized.
-        self.gate = ReplicatedLinear(config.hidden_size, self.num_experts, bias=False,
-                                     params_dtype=torch.float32, quant_config=None,
+        # The router is never quantized. Its weights are in the model dtype and its logits come out
+        # in fp32 (fp32 accumulation: they decide discrete choices), as SGLang's M3 does by default
+        # (SGLANG_OPT_USE_BF16_ROUTER_GEMM); an fp32 weight copy cost 3x the time per layer.
+        self.gate = ReplicatedLinear(config.hidden_size, self.num_experts, bias=False, quant_config=None,
                                      prefix=add_prefix("gate", prefix))
         if getattr(config, "use_routing_bias", False):
             self.e_score_correction_bias = nn.Parameter(torch.zeros(self.num_experts, dtype=torch.float32),
@@ -224,9 +225,14 @@ class M3MoE(nn.Module):
         else:
             self.shared_experts = None
 
+    def router_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        weight = self.gate.weight
+        if hidden_states.is_cuda and hidden_states.dtype == weight.dtype != torch.float32:
+            return torch.mm(hidden_states, weight.t(), out_dtype=torch.float32)
+        return hidden_states.float() @ weight.float().t()
+
     def route(self, hidden_states: torch.Tensor):
-        router_logits, _ = self.gate(hidden_states.float())
-        return self.topk(hidden_states, router_logits)
+        return self.topk(hidden_states, self.router_logits(hidden_states))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # Everything that reads hidden_states runs before the experts: FusedMoE's default runner

@@ -1,0 +1,105 @@
+"""Named serving workloads, each a list of points run with SGLang's own load generator.
+
+A point is one ``python -m sglang.bench_serving`` run against one server: SGLang's request generator
+(``random-ids`` token prompts or ``generated-shared-prefix``), its ``--max-concurrency`` and its metric
+definitions (TTFT, output throughput, ...), so our figures mean what SGLang's published ones mean.
+
+    cookbook     2048 in / 256 out at concurrency 64 (SGLang's published H200 MiniMax-M3 point)
+    agentic      a 60k-token shared prefix (prefix cache after the first request) + 1-4k new tokens,
+                 up to 256 out, concurrency 8
+    long         32k, 128k and 256k in / 256 out at concurrency 1, 4 and 16
+    max-context  512k in / 128 out at concurrency 1
+
+Requests per point: at least 16 measured (``MIN_REQUESTS``) and twice the concurrency, after one
+warm-up request; fewer where one request takes minutes (``Point.note`` says so).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIN_REQUESTS = 16
+
+
+@dataclass(frozen=True)
+class Point:
+    workload: str
+    input_len: int  # prompt tokens (agentic: shared prefix + the longest question)
+    output_len: int
+    concurrency: int
+    num_prompts: int
+    dataset: str = "random-ids"
+    extra: tuple[str, ...] = ()  # dataset flags beyond the lengths
+    note: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.workload}/{self.input_len}/c{self.concurrency}"
+
+    def bench_args(self, seed: int) -> list[str]:
+        """Arguments of ``sglang.bench_serving`` for this point (server, output file added by the caller)."""
+        args = ["--backend", "sglang", "--dataset-name", self.dataset, "--num-prompts", str(self.num_prompts),
+                "--max-concurrency", str(self.concurrency), "--request-rate", "inf", "--seed", str(seed),
+                "--warmup-requests", "1"]
+        if self.dataset == "random-ids":
+            args += ["--random-input-len", str(self.input_len), "--random-output-len", str(self.output_len),
+                     "--random-range-ratio", "1.0", "--tokenize-prompt"]
+        return args + list(self.extra)
+
+
+def _requests(concurrency: int, cap: int | None = None) -> int:
+    n = max(MIN_REQUESTS, 2 * concurrency)
+    return n if cap is None else min(n, cap)
+
+
+def _long(lens=(32768, 131072, 262144), concurrency=(1, 4, 16)) -> list[Point]:
+    points = []
+    for n in lens:
+        for c in concurrency:
+            # 16 requests of 256k at concurrency 16 are 4M prompt tokens per server: capped, and said.
+            cap = 8 if n >= 262144 else None
+            k = _requests(c, cap)
+            note = f"{k} requests (one takes tens of seconds at this length)" if cap and k < MIN_REQUESTS else ""
+            points.append(Point("long", n, 256, c, k, note=note))
+    return points
+
+
+AGENTIC_PREFIX = 60000
+AGENTIC_QUESTION = 4096  # with range ratio 0.25: 1k-4k new tokens (and 64-256 out: SGLang applies one ratio)
+
+
+def _agentic(concurrency: int = 8) -> list[Point]:
+    n = _requests(concurrency)
+    extra = ("--gsp-num-groups", "1", "--gsp-prompts-per-group", str(n), "--gsp-system-prompt-len",
+             str(AGENTIC_PREFIX), "--gsp-question-len", str(AGENTIC_QUESTION), "--gsp-output-len", "256",
+             "--gsp-range-ratio", "0.25")
+    return [Point("agentic", AGENTIC_PREFIX + AGENTIC_QUESTION, 256, concurrency, n,
+                  dataset="generated-shared-prefix", extra=extra)]
+
+
+WORKLOADS: dict[str, list[Point]] = {
+    "cookbook": [Point("cookbook", 2048, 256, 64, 128)],
+    "agentic": _agentic(),
+    "long": _long(),
+    "max-context": [Point("max-context", 524288, 128, 1, 2,
+                          note="2 requests: one 512k prefill takes tens of seconds per server")],
+}
+
+
+def select(names: list[str], *, lens: list[int] | None = None, concurrency: list[int] | None = None) -> list[Point]:
+    """The points of the named workloads, optionally only some prompt lengths / concurrencies."""
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"unknown workload(s) {unknown}; choose from {sorted(WORKLOADS)}")
+    points = [p for n in names for p in WORKLOADS[n]]
+    if lens:
+        points = [p for p in points if p.workload in ("cookbook", "agentic") or p.input_len in lens]
+    if concurrency:
+        points = [p for p in points if p.concurrency in concurrency or p.workload in ("cookbook", "agentic")]
+    return points
+
+
+def context_length_for(points: list[Point]) -> int:
+    """A context length that fits every point's prompt + output (rounded up to 1k)."""
+    need = max(p.input_len + p.output_len for p in points)
+    return -(-need // 1024) * 1024 + 1024

@@ -1,0 +1,53 @@
+"""Run several ``sglang.benchmark.serving`` points in one process (SGLang's own load generator).
+
+    python -m benchmarks.serving.sglang_client JOBS.json
+
+``JOBS.json``: ``{"deadline": <epoch s>, "jobs": [{"key": ..., "argv": [...], "estimate_s": ...}]}``.
+Each job is SGLang's command line without the program name; its ``--output-file`` receives SGLang's
+JSONL record. Importing SGLang's benchmark takes ~10 s, so one process serves all of a server's points.
+A job whose estimate would end past the deadline is skipped and reported as such on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+
+
+def run_jobs(spec: dict) -> dict[str, str]:
+    from sglang.benchmark import serving
+
+    status = {}
+    for job in spec["jobs"]:
+        if time.time() + float(job.get("estimate_s", 0)) > float(spec["deadline"]):
+            status[job["key"]] = "skipped: deadline"
+            print(f"[sglang_client] {job['key']}: skipped (deadline)", flush=True)
+            continue
+        t0 = time.time()
+        saved = sys.argv
+        sys.argv = ["sglang.benchmark.serving", *job["argv"]]
+        try:
+            serving.cli_main()
+            status[job["key"]] = "ok"
+        except BaseException as exc:  # noqa: BLE001 - SystemExit included: one point must not end the rest
+            status[job["key"]] = f"error: {exc!r}"
+            traceback.print_exc()
+        finally:
+            sys.argv = saved
+        print(f"[sglang_client] {job['key']}: {status[job['key']]} in {time.time() - t0:.1f} s", flush=True)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    with open(argv[0]) as f:
+        spec = json.load(f)
+    status = run_jobs(spec)
+    print("[sglang_client] status " + json.dumps(status), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
