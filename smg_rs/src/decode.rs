@@ -239,7 +239,7 @@ impl<'a> VideoDecoder<'a> {
         let mut packet = ff::Packet::empty();
         loop {
             check_deadline(deadline)?;
-            match packet.read(input.input()) {
+            match read_packet(&mut packet, input.input()) {
                 Ok(()) => {}
                 Err(ff::Error::Eof) => break,
                 Err(ff::Error::Other { errno: 11 }) => continue,
@@ -637,7 +637,7 @@ impl<'a> VideoDecoder<'a> {
                     seeker.jumped(key);
                 }
             }
-            match packet.read(input.input()) {
+            match read_packet(&mut packet, input.input()) {
                 Ok(()) => {}
                 Err(ff::Error::Eof) => break,
                 Err(ff::Error::Other { errno: 11 }) => continue,
@@ -769,6 +769,15 @@ struct DeliverState<'s> {
     /// stand-in for frames the decoder never produced.
     last: LastFrame,
     decode_errors: usize,
+}
+
+/// The next packet of `input` into the reused `packet`. `av_read_frame` overwrites a packet without
+/// releasing the payload it held, so the previous one is unreferenced first: without that every call
+/// leaked all the packets it demuxed (RSS grew by about the input's size per call).
+fn read_packet(packet: &mut ff::Packet, input: &mut ff::format::context::Input) -> std::result::Result<(), ff::Error> {
+    // SAFETY: `packet` owns a valid AVPacket; unreferencing leaves it blank and reusable.
+    unsafe { ffi::av_packet_unref(ff::packet::Mut::as_mut_ptr(packet)) };
+    packet.read(input)
 }
 
 /// A few damaged packets are tolerated (streams cut mid-GOP); a mostly broken stream is not.

@@ -1,0 +1,53 @@
+"""smg_rs frees what it demuxes: repeated calls on one clip do not grow the process (issue #15, bug 1).
+
+Each call used to leak every packet it read (the packet scan and the decode loop both refilled one
+packet with ``av_read_frame`` without unreferencing it), so RSS grew by about the input's size per
+call. Measured in a fresh process, after a warm-up call, over calls whose leak would be ~40x the bound.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import fixtures_video as fv
+
+pytest.importorskip("smg_rs")
+pytestmark = [pytest.mark.cpu, pytest.mark.skipif(not fv.have_ffmpeg(), reason="needs the ffmpeg CLI")]
+
+CALLS = 40
+BOUND_MB = 16.0
+
+_CHILD = textwrap.dedent("""
+    import json, sys
+    import smg_rs
+    path, calls = sys.argv[1], int(sys.argv[2])
+    data = open(path, "rb").read()
+
+    def rss_mb():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 1e6
+
+    for source in (path, data):  # a file path, then bytes in memory
+        smg_rs.decode_frames(source, frame_indices=[0])
+    before = rss_mb()
+    for i in range(calls):
+        smg_rs.decode_frames(path if i % 2 else data, frame_indices=[0])
+    print(json.dumps({"growth_mb": rss_mb() - before, "input_mb": len(data) / 1e6}))
+""")
+
+
+def test_repeated_decode_does_not_leak_the_input(tmp_path):
+    # A high-bitrate clip (~4 MB): a per-call leak of its packets would be ~160 MB over the calls.
+    clip = fv.make(tmp_path / "big.mp4", "1280x720", 30, 4, ["-c:v", "libx264", "-preset", "ultrafast",
+                                                             "-crf", "8", "-g", "30", "-pix_fmt", "yuv420p"])
+    r = subprocess.run([sys.executable, "-c", _CHILD, str(clip), str(CALLS)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["input_mb"] > 2.0, report  # the clip is large enough for a leak to show
+    assert report["growth_mb"] < BOUND_MB, report
