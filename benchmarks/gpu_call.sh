@@ -143,7 +143,7 @@ default)
     timeout $(( $(left) - 10 )) python3 benchmarks/ab_default.py --out-dir "$W/default" \
       --workloads "${AB_WORKLOADS:-cookbook,agentic,long,max-context}" --lens "${AB_LENS:-}" \
       --concurrency "${AB_CONC:-}" --servers "${AB_SERVERS:-A,A2,B}" --repeats "${AB_REPEATS:-2}" \
-      --profile "${AB_PROFILE:-}" --deadline-s $(( $(left) - 25 )) > "$W/default.log" 2>&1
+      --profile "${AB_PROFILE:-}" ${AB_MAX_REQUESTS:+--max-requests $AB_MAX_REQUESTS} --deadline-s $(( $(left) - 25 )) > "$W/default.log" 2>&1
     echo "ab_default rc=$?" >> "$W/status.txt"
   ) &
   ;;

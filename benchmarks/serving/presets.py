@@ -36,11 +36,12 @@ class Point:
     def key(self) -> str:
         return f"{self.workload}/{self.input_len}/c{self.concurrency}"
 
-    def bench_args(self, seed: int) -> list[str]:
-        """Arguments of ``sglang.bench_serving`` for this point (server, output file added by the caller)."""
+    def bench_args(self, seed: int, warmup: int = 1) -> list[str]:
+        """Arguments of ``sglang.bench_serving`` for this point (server, output file added by the caller).
+        ``warmup``: unmeasured requests first (the shared prefix of ``agentic`` is cached by them)."""
         args = ["--backend", "sglang", "--dataset-name", self.dataset, "--num-prompts", str(self.num_prompts),
                 "--max-concurrency", str(self.concurrency), "--request-rate", "inf", "--seed", str(seed),
-                "--warmup-requests", "1"]
+                "--warmup-requests", str(warmup)]
         if self.dataset == "random-ids":
             args += ["--random-input-len", str(self.input_len), "--random-output-len", str(self.output_len),
                      "--random-range-ratio", "1.0", "--tokenize-prompt"]
@@ -97,6 +98,20 @@ def select(names: list[str], *, lens: list[int] | None = None, concurrency: list
     if concurrency:
         points = [p for p in points if p.concurrency in concurrency or p.workload in ("cookbook", "agentic")]
     return points
+
+
+def capped(points: list[Point], cap: int | None) -> list[Point]:
+    """At most ``cap`` requests per point (a device-time budget), said in each capped point's note."""
+    if not cap:
+        return points
+    from dataclasses import replace
+
+    out = []
+    for p in points:
+        if p.num_prompts > cap and p.dataset == "random-ids":
+            p = replace(p, num_prompts=cap, note=f"{cap} of {p.num_prompts} planned requests (device-time budget)")
+        out.append(p)
+    return out
 
 
 def context_length_for(points: list[Point]) -> int:
