@@ -7,16 +7,22 @@ What ``register()`` does, and nothing else:
 
 * adds ``msa`` to ``--attention-backend`` choices (``add_attention_backend_choices``, public API);
 * registers the backend factory under ``ATTENTION_BACKENDS["msa"]`` (``register_attention_backend``);
-* registers one model-override provider (``register_model_override_predicate``, public API) that gives
-  ``--attention-backend msa`` without ``--page-size`` the page size of SGLang's default deployment of
-  the model (128 for MiniMax-M3 on Hopper); it returns nothing for servers that did not pick ``msa``
-  (:mod:`sglang_msa.backend.dense`);
+* registers one model-override provider (``register_model_override_predicate``, public API), which
+  does nothing for servers that did not pick ``msa``. For ``--attention-backend msa`` it gives a server
+  without ``--page-size`` the page size of SGLang's default deployment of the model (128 for
+  MiniMax-M3 on Hopper; :mod:`sglang_msa.backend.dense`) and opts that server in to our MiniMax-M3
+  model package and M3-VL processor (:func:`opt_in`);
 * registers one AROUND hook with SGLang's ``HookRegistry`` so MiniMax sparse layers use our sparse
   backend when ``msa`` is selected (why, how and when it can go: :mod:`sglang_msa.backend.hooks`);
-* makes SGLang's model registry see ``sglang_msa.models`` when our models are enabled (see
-  :func:`_register_models`);
-* points SGLang's multimodal-processor lookup at ``sglang_msa.multimodal`` (MiniMax-M3-VL video and
-  image inputs preprocessed by ``smg_rs``; see :func:`_register_mm_processor`).
+* with ``SGLANG_MSA_MODELS=1`` only (an explicit opt-in for every server): our model package and
+  processor right away.
+
+Opt-in: a server started without ``--attention-backend msa`` (and without ``SGLANG_MSA_MODELS=1``)
+runs exactly as stock SGLang: the same model classes, processors and attention backends. With
+``msa``, the launcher's server-args resolution points ``SGLANG_EXTERNAL_MODEL_PACKAGE`` and
+``SGLANG_EXTERNAL_MM_PROCESSOR_PACKAGE`` at our packages before SGLang starts its scheduler processes,
+which inherit them and build their model registry from them (``SGLANG_MSA_MODELS=0`` keeps SGLang's
+classes even then).
 
 Apart from that documented hook it patches nothing. It is idempotent, never raises (failures are logged), and can be
 switched off with ``SGLANG_MSA_DISABLE=1``.
@@ -46,16 +52,33 @@ def _env_flag(name: str, default: bool) -> bool:
     return value.strip().lower() not in ("0", "false", "no", "off")
 
 
-def models_enabled() -> bool:
-    """Whether our MiniMax-M3 classes should replace SGLang's in-tree ones.
+def models_switch() -> bool | None:
+    """``SGLANG_MSA_MODELS``: True (our MiniMax-M3 classes for every server), False (never), None
+    (unset: ours for servers started with ``--attention-backend msa`` only)."""
+    value = os.environ.get(MODELS_ENV, "").strip()
+    return None if value == "" else _env_flag(MODELS_ENV, False)
 
-    On by default since the text model was verified on a GPU (``sglang_msa.models.IMPLEMENTED``); the
-    environment variable ``SGLANG_MSA_MODELS=1/0`` forces it either way. The VL class follows its own
-    default (``sglang_msa.models.vl_enabled``).
-    """
-    from sglang_msa import models
 
-    return _env_flag(MODELS_ENV, models.IMPLEMENTED)
+def opt_in() -> None:
+    """Our model package and M3-VL processor for this process and the ones it starts (a server that
+    picked ``msa``, or ``SGLANG_MSA_MODELS=1``); nothing when ``SGLANG_MSA_MODELS=0``."""
+    if models_switch() is False:
+        return
+    _register_models()
+    _register_mm_processor()
+
+
+def on_server_args(server_args, hf_config) -> dict:
+    """Model-override provider, run during every server's argument resolution: nothing unless the
+    server picked ``msa``; then its opt-in and the default deployment's page size."""
+    from sglang_msa import BACKEND_NAME
+
+    if getattr(server_args, "attention_backend", None) != BACKEND_NAME:
+        return {}
+    opt_in()
+    from sglang_msa.backend.dense import msa_page_size_override
+
+    return msa_page_size_override(server_args, hf_config)
 
 
 def _register_backend() -> None:
@@ -82,25 +105,24 @@ def _register_backend() -> None:
 def _register_page_size_override() -> None:
     from sglang.srt.arg_groups import overrides
 
-    from sglang_msa.backend.dense import msa_page_size_override
-
-    if not any(fn is msa_page_size_override for _, fn in overrides._PREDICATE_OVERRIDE_FNS):
-        overrides.register_model_override_predicate(lambda _arch: True)(msa_page_size_override)
+    if not any(fn is on_server_args for _, fn in overrides._PREDICATE_OVERRIDE_FNS):
+        overrides.register_model_override_predicate(lambda _arch: True)(on_server_args)
 
 
 def _register_models() -> None:
     """Point SGLang's model registry at ``sglang_msa.models`` (overriding same-named archs).
 
     SGLang builds ``ModelRegistry`` when ``sglang.srt.models.registry`` is first imported and reads
-    ``SGLANG_EXTERNAL_MODEL_PACKAGE`` at that moment. Plugins load before that import in every
-    SGLang process, so setting the variable is enough and keeps ``register()`` cheap (importing the
-    registry imports every SGLang model). If the registry is already built, or the variable names
-    another package, we register into the live registry instead.
+    ``SGLANG_EXTERNAL_MODEL_PACKAGE`` at that moment, in this process and in the scheduler processes
+    it starts later (they inherit the variable). Setting it is enough where the registry is not built
+    yet and keeps this cheap (importing the registry imports every SGLang model). If the registry is
+    already built here, or the variable names another package, we also register into the live one.
     """
     current = os.environ.get("SGLANG_EXTERNAL_MODEL_PACKAGE", "")
-    if "sglang.srt.models.registry" not in sys.modules and current in ("", MODEL_PACKAGE):
+    if current in ("", MODEL_PACKAGE):
         os.environ["SGLANG_EXTERNAL_MODEL_PACKAGE"] = MODEL_PACKAGE
-        return
+        if "sglang.srt.models.registry" not in sys.modules:
+            return
     from sglang.srt.models.registry import ModelRegistry
 
     ModelRegistry.register(MODEL_PACKAGE, overwrite=True)
@@ -112,8 +134,7 @@ def _register_mm_processor() -> None:
     SGLang's tokenizer manager reads ``SGLANG_EXTERNAL_MM_PROCESSOR_PACKAGE`` when it builds the
     processor (after plugins load; child processes inherit it) and imports that package over its
     own processors. Writing into SGLang's processor mapping directly would be undone there. The
-    processor serves SGLang's in-tree M3-VL as well as ours, so this does not depend on
-    :func:`models_enabled`.
+    processor serves SGLang's in-tree M3-VL as well as ours.
     """
     current = os.environ.get(MM_PROCESSOR_ENV, "")
     if current in ("", MM_PROCESSOR_PACKAGE):
@@ -137,13 +158,9 @@ def register() -> None:
         logger.exception("sglang-msa: could not register the 'msa' attention backend")
         return
     try:
-        if models_enabled():
-            _register_models()
+        if models_switch():
+            opt_in()
     except Exception:
         logger.exception("sglang-msa: could not register the MiniMax-M3 models")
-    try:
-        _register_mm_processor()
-    except Exception:
-        logger.exception("sglang-msa: could not register the MiniMax-M3-VL processor")
     _registered = True
     logger.info("sglang-msa: registered attention backend 'msa'")

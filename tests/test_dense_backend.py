@@ -38,14 +38,17 @@ from sglang.srt.plugins import load_plugins
 load_plugins()
 from sglang_msa.backend import dense
 out = {}
+import os
+packages = ("SGLANG_EXTERNAL_MODEL_PACKAGE", "SGLANG_EXTERNAL_MM_PROCESSOR_PACKAGE")
 for name, case in cases.items():
-    import os
-    os.environ.pop(dense.DENSE_ENV, None)
+    for var in (dense.DENSE_ENV, *packages):
+        os.environ.pop(var, None)
     os.environ.update(case.get("env", {}))
     try:
         s = sa.ServerArgs(model_path=model, load_format="dummy", device="cuda", **case["args"])
         out[name] = {"backend": s.attention_backend, "page_size": s.page_size,
-                     "dense": dense.choose_dense_backend(s, None)[0]}
+                     "dense": dense.choose_dense_backend(s, None)[0],
+                     "packages": [os.environ.get(var) for var in packages]}
     except Exception as exc:
         out[name] = {"error": type(exc).__name__, "message": str(exc)}
 print("PROBE " + json.dumps(out))
@@ -88,6 +91,14 @@ def hopper(rank8):
 def test_hopper_default_is_fa3_page128_and_msa_keeps_both(hopper):
     assert (hopper["default"]["backend"], hopper["default"]["page_size"]) == ("fa3", 128)
     assert (hopper["msa"]["backend"], hopper["msa"]["page_size"], hopper["msa"]["dense"]) == ("msa", 128, "fa3")
+
+
+def test_only_msa_servers_opt_in_to_our_models_and_processor(hopper):
+    """What the scheduler processes inherit from the launcher's resolution (plugin loaded in both)."""
+    assert hopper["msa"]["packages"] == ["sglang_msa.models", "sglang_msa.multimodal"]
+    assert hopper["msa_page64"]["packages"] == ["sglang_msa.models", "sglang_msa.multimodal"]
+    for case in ("default", "triton"):
+        assert hopper[case]["packages"] == [None, None], case
 
 
 def test_explicit_page_size_and_dense_override_win(hopper):

@@ -110,13 +110,15 @@ def tp_report(report, tmp_path_factory):
 # ----------------------------------------------------------------------------- tests
 
 
-def test_sglang_resolves_our_class_only_when_enabled(report):
+def test_sglang_resolves_our_class_only_when_opted_in(report):
     reg = report["registry"]
     assert reg["off_package"] is None and reg["off_class"] == "sglang.srt.models.minimax_m3", reg
     assert not reg["off_is_ours"]
     assert reg["on_package"] == "sglang_msa.models" and reg["on_is_ours"], reg
-    # Unset: ours (the text model is GPU-verified, sglang_msa.models.IMPLEMENTED).
-    assert reg["default_package"] == "sglang_msa.models" and reg["default_is_ours"], reg
+    # Unset: SGLang's class unless the server picked msa (opt-in), then ours.
+    assert reg["default_package"] is None and not reg["default_is_ours"], reg
+    assert reg["msa_package"] == "sglang_msa.models" and reg["msa_is_ours"], reg
+    assert reg["msa_off_package"] is None and not reg["msa_off_is_ours"], reg
 
 
 @pytest.mark.parametrize("name", ["text", "index_value"])
@@ -292,8 +294,11 @@ def _registry_states(arch: str, in_tree_cls, our_cls) -> dict:
     from sglang_msa import plugin
 
     assert "sglang.srt.models.registry" not in sys.modules
+    from types import SimpleNamespace
+
     out = {}
-    for state, value in (("off", "0"), ("on", "1"), ("default", None)):
+    # default: plugin loaded, server without msa; msa: the launcher resolved --attention-backend msa.
+    for state, value in (("off", "0"), ("on", "1"), ("default", None), ("msa", None), ("msa_off", "0")):
         os.environ.pop("SGLANG_EXTERNAL_MODEL_PACKAGE", None)
         if value is None:
             os.environ.pop(plugin.MODELS_ENV, None)
@@ -301,6 +306,8 @@ def _registry_states(arch: str, in_tree_cls, our_cls) -> dict:
             os.environ[plugin.MODELS_ENV] = value
         plugin._registered = False
         plugin.register()
+        if state.startswith("msa"):
+            plugin.on_server_args(SimpleNamespace(attention_backend="msa", page_size=128), None)
         package = os.environ.get("SGLANG_EXTERNAL_MODEL_PACKAGE")
         resolved = (_entry_classes(package).get(arch) if package else None) or in_tree_cls
         out[f"{state}_package"] = package

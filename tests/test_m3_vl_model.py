@@ -106,13 +106,14 @@ def _close(m: dict, what: str) -> bool:
 # ----------------------------------------------------------------------------- tests
 
 
-def test_sglang_resolves_our_vl_class_only_when_enabled(report):
+def test_sglang_resolves_our_vl_class_only_when_opted_in(report):
     reg = report["registry"]
     assert reg["off_package"] is None and reg["off_class"] == "sglang.srt.models.minimax_m3_vl", reg
     assert not reg["off_is_ours"]
     assert reg["on_package"] == "sglang_msa.models" and reg["on_is_ours"], reg
-    # Unset: ours, like the text model, since the GPU check (sglang_msa.models.VL_BY_DEFAULT).
-    assert reg["default_package"] == "sglang_msa.models" and reg["default_is_ours"], reg
+    # Unset: SGLang's class unless the server picked msa (opt-in), then ours (VL_BY_DEFAULT).
+    assert reg["default_package"] is None and not reg["default_is_ours"], reg
+    assert reg["msa_package"] == "sglang_msa.models" and reg["msa_is_ours"], reg
     assert reg["exporters"] == {"MiniMaxM3SparseForCausalLM": ["sglang_msa.models.minimax_m3"],
                                 ARCH: ["sglang_msa.models.minimax_m3_vl"]}
 

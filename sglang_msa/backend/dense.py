@@ -10,8 +10,8 @@ of the server arguments with the attention backend and page size unset.
 
 Two moments use it:
 
-* server-args resolution (:func:`msa_page_size_override`, a model-override provider registered with
-  SGLang's public ``register_model_override_predicate``): with ``--attention-backend msa`` and no
+* server-args resolution (:func:`msa_page_size_override`, called by the plugin's model-override
+  provider, ``sglang_msa.plugin.on_server_args``): with ``--attention-backend msa`` and no
   ``--page-size``, the page size becomes the one SGLang's default deployment uses (128 for M3 on
   Hopper/Blackwell, which is also one MSA block per page). Inert for every server that did not pick
   ``msa``;

@@ -2,13 +2,16 @@
 
 SGLang imports every module of this package and collects each module's ``EntryClass``.
 
-What the plugin puts in charge (``SGLANG_MSA_MODELS``):
+When SGLang uses this package (``sglang_msa.plugin``, ``SGLANG_MSA_MODELS``):
 
-* unset or ``1``: ours for both architectures, ``MiniMaxM3SparseForCausalLM`` (``IMPLEMENTED``) and
-  ``MiniMaxM3SparseForConditionalGeneration`` (``VL_BY_DEFAULT``). Both were served on an H200 with the
-  ``msa`` backend against SGLang's in-tree classes on its own sparse backend, greedy-identical (see
-  ``benchmarks/results/e2e-correctness-*.json`` and ``e2e-vl-*.json``);
-* ``0``: SGLang's in-tree classes for both.
+* unset: for servers started with ``--attention-backend msa`` only; every other server keeps SGLang's
+  in-tree classes;
+* ``1``: for every server; ``0``: never.
+
+Then it exports ours for both architectures, ``MiniMaxM3SparseForCausalLM`` (``IMPLEMENTED``) and
+``MiniMaxM3SparseForConditionalGeneration`` (``VL_BY_DEFAULT``). Both were served on an H200 with the
+``msa`` backend against SGLang's in-tree classes on its own sparse backend, greedy-identical (see
+``benchmarks/results/e2e-correctness-*.json`` and ``e2e-vl-*.json``).
 """
 
 import os
