@@ -228,16 +228,15 @@ def run_points(server, points: list[Point], out_dir: Path, seed: int, deadline: 
 def estimate_s(point: Point) -> float:
     """Rough seconds one server needs for ``point`` (to skip what cannot finish before the deadline)."""
     prefill_tok_s = 60000.0 if point.input_len <= 65536 else 25000.0 if point.input_len <= 262144 else 12000.0
-    new_tokens = point.num_prompts * (point.input_len if point.workload != "agentic" else 4096)
+    new_tokens = point.num_prompts * point.max_new_tokens
     steps = point.num_prompts * point.output_len / point.concurrency
     return 8 + new_tokens / prefill_tok_s + steps * 0.025
 
 
 def point_record(p: Point) -> dict:
-    new = p.num_prompts * (p.input_len if p.workload != "agentic" else 2560) + (60000 if p.workload == "agentic" else 0)
     return {"key": p.key, "workload": p.workload, "input_len": p.input_len, "output_len": p.output_len,
             "concurrency": p.concurrency, "num_prompts": p.num_prompts, "dataset": p.dataset,
-            "new_prompt_tokens": new, "note": p.note}
+            "new_prompt_tokens": p.new_prompt_tokens, "note": p.note}
 
 
 # ------------------------------------------------------------------------------------------ main

@@ -99,10 +99,10 @@ def _register_backend() -> None:
     from sglang_msa.backend.hooks import register_hooks
 
     register_hooks()
-    _register_page_size_override()
+    _register_server_args_provider()
 
 
-def _register_page_size_override() -> None:
+def _register_server_args_provider() -> None:
     from sglang.srt.arg_groups import overrides
 
     if not any(fn is on_server_args for _, fn in overrides._PREDICATE_OVERRIDE_FNS):

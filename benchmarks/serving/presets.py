@@ -31,6 +31,18 @@ class Point:
     dataset: str = "random-ids"
     extra: tuple[str, ...] = ()  # dataset flags beyond the lengths
     note: str = ""
+    shared_prefix: int = 0  # tokens every request shares (prefilled once, then cached)
+    range_ratio: float = 1.0  # new tokens per request uniform in [ratio, 1] x (input_len - shared_prefix)
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.input_len - self.shared_prefix
+
+    @property
+    def new_prompt_tokens(self) -> int:
+        """Prompt tokens the server prefills over the whole point (on average)."""
+        mean_new = self.max_new_tokens * (1 + self.range_ratio) / 2
+        return int(self.num_prompts * mean_new) + self.shared_prefix
 
     @property
     def key(self) -> str:
@@ -66,16 +78,18 @@ def _long(lens=(32768, 131072, 262144), concurrency=(1, 4, 16)) -> list[Point]:
 
 
 AGENTIC_PREFIX = 60000
-AGENTIC_QUESTION = 4096  # with range ratio 0.25: 1k-4k new tokens (and 64-256 out: SGLang applies one ratio)
+AGENTIC_QUESTION = 4096
+AGENTIC_RANGE = 0.25  # 1k-4k new tokens (and 64-256 out: SGLang applies one ratio to both)
 
 
 def _agentic(concurrency: int = 8) -> list[Point]:
     n = _requests(concurrency)
     extra = ("--gsp-num-groups", "1", "--gsp-prompts-per-group", str(n), "--gsp-system-prompt-len",
              str(AGENTIC_PREFIX), "--gsp-question-len", str(AGENTIC_QUESTION), "--gsp-output-len", "256",
-             "--gsp-range-ratio", "0.25")
+             "--gsp-range-ratio", str(AGENTIC_RANGE))
     return [Point("agentic", AGENTIC_PREFIX + AGENTIC_QUESTION, 256, concurrency, n,
-                  dataset="generated-shared-prefix", extra=extra)]
+                  dataset="generated-shared-prefix", extra=extra, shared_prefix=AGENTIC_PREFIX,
+                  range_ratio=AGENTIC_RANGE)]
 
 
 WORKLOADS: dict[str, list[Point]] = {

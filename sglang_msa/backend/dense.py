@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import threading
 from contextlib import contextmanager
 
 from sglang_msa import BACKEND_NAME
@@ -37,7 +36,6 @@ logger = logging.getLogger("sglang_msa")
 DENSE_ENV = "SGLANG_MSA_DENSE_BACKEND"
 FALLBACK_BACKEND = "triton"
 _BACKEND_FIELDS = ("attention_backend", "prefill_attention_backend", "decode_attention_backend")
-_probing = threading.local()
 
 
 class DenseBackendError(ValueError):
@@ -71,17 +69,13 @@ def sglang_default_choice(server_args, hf_config=None) -> tuple[str, int | None]
         hf_config = pristine.get_model_config().hf_config
     arch = (getattr(hf_config, "architectures", None) or ["?"])[0]
     declared: dict = {}
-    _probing.active = True
-    try:
-        with _quiet_sglang_overrides():
-            for _source, decl in collect_model_override_declarations(arch, pristine, hf_config):
-                declared.update(decl)
-            backend = declared.get("attention_backend")
-            if backend is None:
-                backend = pristine._get_default_attn_backend(pristine.use_mla_backend(),
-                                                             pristine.get_model_config())
-    finally:
-        _probing.active = False
+    # The plugin's own provider sees the copy's unset backend and declares nothing (no recursion).
+    with _quiet_sglang_overrides():
+        for _source, decl in collect_model_override_declarations(arch, pristine, hf_config):
+            declared.update(decl)
+        backend = declared.get("attention_backend")
+        if backend is None:
+            backend = pristine._get_default_attn_backend(pristine.use_mla_backend(), pristine.get_model_config())
     return backend, declared.get("page_size")
 
 
@@ -100,12 +94,8 @@ def requested_dense_backend() -> str | None:
 
 
 def msa_page_size_override(server_args, hf_config) -> dict:
-    """Model-override provider: ``--attention-backend msa`` without ``--page-size`` gets the page size
-    of SGLang's default deployment of this model on this GPU. Returns ``{}`` for every other server."""
-    if getattr(_probing, "active", False):  # our own probe of SGLang's providers
-        return {}
-    if getattr(server_args, "attention_backend", None) != BACKEND_NAME:
-        return {}
+    """For a server that picked msa (``sglang_msa.plugin.on_server_args`` checks): without
+    ``--page-size`` it gets the page size of SGLang's default deployment of this model on this GPU."""
     if server_args.page_size is not None:
         return {}
     backend = requested_dense_backend()

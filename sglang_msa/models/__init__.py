@@ -8,7 +8,7 @@ When SGLang uses this package (``sglang_msa.plugin``, ``SGLANG_MSA_MODELS``):
   in-tree classes;
 * ``1``: for every server; ``0``: never.
 
-Then it exports ours for both architectures, ``MiniMaxM3SparseForCausalLM`` (``IMPLEMENTED``) and
+Then it exports ours for both architectures, ``MiniMaxM3SparseForCausalLM`` and
 ``MiniMaxM3SparseForConditionalGeneration`` (``VL_BY_DEFAULT``). Both were served on an H200 with the
 ``msa`` backend against SGLang's in-tree classes on its own sparse backend, greedy-identical (see
 ``benchmarks/results/e2e-correctness-*.json`` and ``e2e-vl-*.json``).
@@ -16,7 +16,6 @@ Then it exports ours for both architectures, ``MiniMaxM3SparseForCausalLM`` (``I
 
 import os
 
-IMPLEMENTED = True  # the text model: GPU-verified
 VL_BY_DEFAULT = True  # the VL model: CPU-verified against transformers and served on an H200
 
 
