@@ -296,7 +296,11 @@ def main(argv=None) -> int:
     try:
         for rep in range(args.repeats):
             order = names if rep % 2 == 0 else names[::-1]
-            for name in order:
+            for i, name in enumerate(order):
+                # Each server of the remaining ones gets an equal share of the time left, so one slow start
+                # or a long point cannot leave the other servers of a repeat unmeasured.
+                runs_left = len(order) - i + (args.repeats - rep - 1) * len(order)
+                share_end = time.time() + (t_end - time.time()) / runs_left
                 if time.time() > t_end - 60:
                     results.setdefault("skipped", []).append(f"rep {rep} {name}: deadline")
                     continue
@@ -310,7 +314,7 @@ def main(argv=None) -> int:
                     server.stop()
                     continue
                 measured = run_points(server, points, args.out_dir / "bench", seed=1 + rep,
-                                      deadline=t_end - 30 - (90 if name in profile else 0), tokenizer=model)
+                                      deadline=share_end - 30 - (90 if name in profile else 0), tokenizer=model)
                 for p in points:
                     m = measured.get(p.key)
                     results["rows"].append({"server": name, "rep": rep, "point": p.key, "num_prompts": p.num_prompts,

@@ -13,6 +13,12 @@ Example (two SGLang servers, random 1k/8k-token prompts, 128 output tokens):
 Backends: ``sglang`` (native ``/generate`` with token ids), ``openai`` (``/v1/completions``, token-id
 prompts) and ``openai-chat`` (``/v1/chat/completions``; ``--video-url`` adds a video content part).
 Ratios are oriented so that > 1 means the second server (B) is better than the first (A).
+
+Text-only serving A/Bs use SGLang's own load generator instead (``benchmarks/ab_default.py`` runs
+``sglang.benchmark.serving``), so their figures share its request generator and metric definitions.
+This client is kept for what SGLang's lacks: M3-VL video chat requests (``openai-chat`` with
+``--video-url``, one clip per request, seeded interleaving of two servers) and A/Bs of servers that are
+already running elsewhere (``--server NAME=URL``).
 Exit status: 0 when every request succeeded (or ``--allow-failures``), 1 when any failed, 2 on bad usage.
 """
 

@@ -144,3 +144,13 @@ def test_sglang_load_generator_against_fake_server(tmp_path):
     assert res["long/10000000/c1"] is None  # cannot finish before the deadline: skipped, not failed
     assert all(len(b["input_ids"]) == 64 for b in sent)  # the warm-up request included
     assert len(sent) == 9
+
+
+def test_request_cap_keeps_each_point_at_its_concurrency():
+    from benchmarks.serving.presets import capped, select
+
+    points = capped(select(["cookbook", "long"], lens=[131072]), 8)
+    by_key = {p.key: p for p in points}
+    assert by_key["cookbook/2048/c64"].num_prompts == 64  # capped to its concurrency, not to 8
+    assert by_key["long/131072/c16"].num_prompts == 16
+    assert by_key["long/131072/c1"].num_prompts == 8 and "device-time budget" in by_key["long/131072/c1"].note

@@ -115,15 +115,17 @@ def select(names: list[str], *, lens: list[int] | None = None, concurrency: list
 
 
 def capped(points: list[Point], cap: int | None) -> list[Point]:
-    """At most ``cap`` requests per point (a device-time budget), said in each capped point's note."""
+    """At most ``cap`` requests per point (a device-time budget), said in each capped point's note; never
+    fewer than the point's concurrency, so the concurrency it is named for is still reached."""
     if not cap:
         return points
     from dataclasses import replace
 
     out = []
     for p in points:
-        if p.num_prompts > cap and p.dataset == "random-ids":
-            p = replace(p, num_prompts=cap, note=f"{cap} of {p.num_prompts} planned requests (device-time budget)")
+        n = max(cap, p.concurrency)
+        if p.num_prompts > n and p.dataset == "random-ids":
+            p = replace(p, num_prompts=n, note=f"{n} of {p.num_prompts} planned requests (device-time budget)")
         out.append(p)
     return out
 
