@@ -11,7 +11,8 @@ What ``register()`` does, and nothing else:
   does nothing for servers that did not pick ``msa``. For ``--attention-backend msa`` it gives a server
   without ``--page-size`` the page size of SGLang's default deployment of the model (128 for
   MiniMax-M3 on Hopper; :mod:`sglang_msa.backend.dense`) and opts that server in to our MiniMax-M3
-  model package and M3-VL processor (:func:`opt_in`);
+  model package and M3-VL processor (:func:`opt_in`), after rejecting the serving features msa
+  does not handle (:mod:`sglang_msa.backend.features`: a clear error at startup);
 * registers one AROUND hook with SGLang's ``HookRegistry`` so MiniMax sparse layers use our sparse
   backend when ``msa`` is selected (why, how and when it can go: :mod:`sglang_msa.backend.hooks`);
 * with ``SGLANG_MSA_MODELS=1`` only (an explicit opt-in for every server): our model package and
@@ -70,11 +71,16 @@ def opt_in() -> None:
 
 def on_server_args(server_args, hf_config) -> dict:
     """Model-override provider, run during every server's argument resolution: nothing unless the
-    server picked ``msa``; then its opt-in and the default deployment's page size."""
+    server picked ``msa``; then the feature checks (:mod:`sglang_msa.backend.features`: a rejected
+    flag raises ``MSAUnsupportedFeature`` out of ``ServerArgs(...)``, before anything starts), the
+    opt-in and the default deployment's page size."""
     from sglang_msa import BACKEND_NAME
 
     if getattr(server_args, "attention_backend", None) != BACKEND_NAME:
         return {}
+    from sglang_msa.backend.features import check_server_args
+
+    check_server_args(server_args, hf_config)
     opt_in()
     from sglang_msa.backend.dense import msa_page_size_override
 

@@ -69,6 +69,12 @@ class MSASparseAttnBackend(AttentionBackend):
             raise MSAConfigError("msa does not support speculative decoding yet")
         if pool.main_pool.dtype not in (torch.bfloat16, torch.float16, torch.float32):
             raise MSAConfigError(f"msa serves bf16/fp16/fp32 KV caches (no fp8 yet), got {pool.main_pool.dtype}")
+        # Second line of defence (the first: server-args resolution, sglang_msa.plugin.on_server_args).
+        from sglang_msa.backend.features import check_server_args
+
+        model = getattr(runner, "model", None)
+        check_server_args(server_args, runner.model_config.hf_config,
+                          our_model=None if model is None else type(model).__module__.startswith("sglang_msa."))
 
         cfg = get_minimax_sparse_attention_config(runner.model_config.hf_config)
         self.dense_layer_ids, self.sparse_layer_ids = get_minimax_sparse_layer_ids(cfg)
