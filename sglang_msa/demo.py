@@ -2,6 +2,9 @@
 
     python -m sglang_msa.demo [--video PATH] [--workdir DIR] [--tokens N]
 
+Without ``--workdir`` the sample video and the checkpoint go to a temporary folder that is removed at
+the end; with it they stay there.
+
 1. video: makes a sample clip with the ``ffmpeg`` CLI (or takes ``--video``) and preprocesses it
    with ``smg_rs`` (MiniMax-M3 preset) -> ``pixel_values``, ``grid_thw``, sampled frames, timing;
 2. model: writes a tiny random MiniMax-M3 checkpoint (``sglang_msa.tiny_m3``);
@@ -22,6 +25,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+# The one launch command the README shows too; each flag is explained in LAUNCH_NOTE.
+LAUNCH_COMMAND = "python -m sglang.launch_server --model-path <checkpoint dir> --attention-backend msa"
+LAUNCH_NOTE = ("  --model-path: a MiniMax-M3 checkpoint (e.g. the one step 2 wrote, with --workdir)\n"
+               "  --attention-backend msa: sparse layers on sglang-msa's kernels, dense layers on the backend "
+               "SGLang picks\n    for the model and GPU (fa3 on Hopper), page size 128 unless --page-size "
+               "is given; add --tp 8 for the real model")
 
 
 def _header(title: str) -> None:
@@ -74,9 +85,7 @@ def step_kernels(tokens: int) -> float:
     from sglang_msa.pipeline_check import run_pipeline_check
 
     _header("3. MSA kernels: indexer -> sparse prefill (KV-block-major) -> sparse decode")
-    report = run_pipeline_check(tokens=tokens)
-    for line in report["lines"]:
-        print(line)
+    report = run_pipeline_check(tokens=tokens, progress=lambda line: print(line, flush=True))
     return report["max_rel_err"]
 
 
@@ -102,9 +111,8 @@ def step_sglang() -> None:
     except ImportError:
         gpu = False
     if not gpu:
-        print("no GPU here: serving needs one (see benchmarks/e2e_correctness.py); on a GPU machine:\n"
-              "  python -m sglang.launch_server --model-path <dir> --attention-backend msa --page-size 128 "
-              "--sampling-backend pytorch --skip-tokenizer-init")
+        print(f"no GPU here: serving needs one. On a Hopper machine with SGLang 0.5.17 and this package:\n"
+              f"  {LAUNCH_COMMAND}\n{LAUNCH_NOTE}")
 
 
 def main(argv=None) -> int:
@@ -114,6 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=None,
                     help="sequence length of the kernel check (default: 300 on CPU, 8192 on GPU)")
     args = ap.parse_args(argv)
+    keep = args.workdir is not None
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="sglang-msa-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     failures = []
@@ -130,7 +139,11 @@ def main(argv=None) -> int:
             failures.append(name)
             print(f"!! step {name} failed: {type(exc).__name__}: {exc}", flush=True)
     _header("summary")
-    print(f"workdir: {workdir}")
+    if keep:
+        print(f"files kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+        print("temporary files removed (pass --workdir DIR to keep the video and checkpoint)")
     print("all steps passed" if not failures else f"failed steps: {', '.join(failures)}")
     return 1 if failures else 0
 

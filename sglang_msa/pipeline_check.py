@@ -48,7 +48,9 @@ def _rel_err(out, ref) -> float:
     return float((out - ref).norm() / ref.norm().clamp_min(1e-12))
 
 
-def run_pipeline_check(tokens: int | None = None, seed: int = 0) -> dict:
+def run_pipeline_check(tokens: int | None = None, seed: int = 0, progress=None) -> dict:
+    """``progress``: called with each report line as soon as its stage finishes (the CPU run takes
+    seconds per stage under the Triton interpreter)."""
     gpu = _setup_env()
     import torch
 
@@ -77,8 +79,15 @@ def run_pipeline_check(tokens: int | None = None, seed: int = 0) -> dict:
     prefix_lens = torch.tensor(prefix, dtype=torch.int32, device=device)
     req_idx = torch.arange(2, dtype=torch.int32, device=device)
     sel = dict(block_size=block, topk=topk, init_blocks=init_blocks, local_blocks=local_blocks)
-    lines = [f"device={device} dtype={str(dtype).replace('torch.', '')} heads={hq}/{hkv} dim={dim} "
-             f"block={block} top-{topk} tokens={extend} prefixes={prefix}"]
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if progress is not None:
+            progress(line)
+
+    say(f"device={device} dtype={str(dtype).replace('torch.', '')} heads={hq}/{hkv} dim={dim} "
+        f"block={block} top-{topk} tokens={extend} prefixes={prefix}")
 
     def timed(fn):
         if gpu:
@@ -94,7 +103,7 @@ def run_pipeline_check(tokens: int | None = None, seed: int = 0) -> dict:
     ref_idx = msa_indexer.naive_indexer_prefill(idx_q.float(), idx_k_cache.float(), req_to_token, req_idx, cu,
                                                 seq_lens, prefix_lens, **sel)
     same = float((topk_idx.cpu() == ref_idx).all(-1).float().mean())
-    lines.append(f"prefill indexer: {same * 100:.2f}% of (token, head) rows select exactly the reference "
+    say(f"prefill indexer: {same * 100:.2f}% of (token, head) rows select exactly the reference "
                  f"blocks ({t_idx:.1f} ms incl. compile)")
 
     out, t_pre = timed(lambda: msa_prefill.sparse_prefill(
@@ -103,7 +112,7 @@ def run_pipeline_check(tokens: int | None = None, seed: int = 0) -> dict:
     ref = msa_prefill.naive_sparse_prefill(q.float(), k_cache.float(), v_cache.float(), ref_idx.to(device),
                                            req_to_token, req_idx, cu, seq_lens, prefix_lens, block_size=block)
     err_pre = _rel_err(out, ref)
-    lines.append(f"sparse prefill (KV-block-major): rel. error {err_pre:.2e} vs fp32 reference "
+    say(f"sparse prefill (KV-block-major): rel. error {err_pre:.2e} vs fp32 reference "
                  f"({t_pre:.1f} ms incl. compile)")
 
     # One decode step: each request's next token at position seq_len.
@@ -120,11 +129,11 @@ def run_pipeline_check(tokens: int | None = None, seed: int = 0) -> dict:
     d_ref = msa_decode.naive_sparse_decode(dq.float(), k_cache.float(), v_cache.float(), d_ref_idx.to(device),
                                            req_to_token, req_idx, dec_lens, block_size=block)
     err_dec = _rel_err(d_out, d_ref)
-    lines.append(f"decode indexer: {same_d * 100:.2f}% rows exact; sparse decode (stride-paged): "
+    say(f"decode indexer: {same_d * 100:.2f}% rows exact; sparse decode (stride-paged): "
                  f"rel. error {err_dec:.2e}")
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-3
     ok = err_pre < tol and err_dec < tol and same > 0.97 and same_d > 0.97
-    lines.append(f"{'PASS' if ok else 'FAIL'} (tolerance {tol:g}; selections may differ only on exact score ties)")
+    say(f"{'PASS' if ok else 'FAIL'} (tolerance {tol:g}; selections may differ only on exact score ties)")
     if not ok:
         raise RuntimeError("\n".join(lines))
     return {"lines": lines, "max_rel_err": max(err_pre, err_dec), "selection_match": min(same, same_d)}
