@@ -11,7 +11,7 @@ GB/s counts the selected K/V bytes read. Dense = SDPA over the whole context (sa
 ``cpu`` = host microseconds per call (launch overhead alone).
 
     python benchmarks/bench_decode.py [--quick] [--out DIR] [--budget-s 200] [--sweep 8:131072:4,...]
-Upstream needs SGLang importable (on the device machine: the .gpu bundle on PYTHONPATH).
+Upstream needs SGLang importable (installed, or an unpacked SGLang bundle on PYTHONPATH).
 """
 
 from __future__ import annotations

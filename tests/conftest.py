@@ -25,7 +25,7 @@ if not HAS_CUDA:
 
 
 def pytest_collection_modifyitems(config, items):
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run through the device tool)")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (run `pytest -m gpu` on a Hopper machine with SGLang 0.5.17 installed)")
     for item in items:
         if "gpu" in item.keywords:
             if not HAS_CUDA:
