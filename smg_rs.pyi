@@ -16,7 +16,9 @@ class SmgError(ValueError):
     """Base class of every smg_rs error."""
 
 class VideoDecodeError(SmgError):
-    """The input could not be demuxed or decoded (corrupt, truncated, empty)."""
+    """The input could not be demuxed or decoded (corrupt, truncated, empty), or a requested
+    frame is damaged: flagged by the decoder, lost, or predicted from a damaged frame of its GOP
+    (smg_rs/README.md, "Damaged streams")."""
 
 class UnsupportedFormatError(SmgError):
     """Container, codec or stream kind outside the allow-list, or not a video."""

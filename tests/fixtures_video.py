@@ -140,7 +140,7 @@ def mpeg4_gop12_avi(d: Path) -> Path:
 
 def h264_gop12_dead_tail(d: Path, dead: int = 3) -> Path:
     """h264_gop12 whose last `dead` packets are zeroed: the scan counts 150 frames, the decoder
-    produces 147, so the last indices are served by the last decoded frame."""
+    rejects the last `dead` packets (a damaged stream: asking for those frames raises)."""
     path = h264_gop12(d)
     out = probe_packets(path, "pos,size", "json")
     packets = sorted((int(p["pos"]), int(p["size"])) for p in json.loads(out)["packets"])
@@ -169,3 +169,84 @@ def keyframe_indices(path: Path) -> list[int]:
     rows = [line.split(",") for line in out.splitlines() if line.strip()]
     order = sorted(int(pts) for pts, _ in rows)
     return sorted(order.index(int(pts)) for pts, flags in rows if "K" in flags)
+
+
+# ----------------------------------------------------------------- edge inputs (issue #15)
+
+
+def damaged_mp4(d: Path) -> tuple[Path, Path]:
+    """(clean, damaged): 320x240 H.264 in MP4, 25 fps, 6 s, keyframes every 50 frames, no
+    B-frames; in the damaged copy a run of 1% of the file's bytes, starting in the packet of
+    frame 77 (inside the second GOP), is inverted. Frames before it and the whole third GOP
+    are intact."""
+    clean = make(d / "damage_clean.mp4", "320x240", 25, 6.0, ["-c:v", "libx264", "-preset", "ultrafast", "-g", "50", "-pix_fmt", "yuv420p"])
+    packets = json.loads(probe_packets(clean, "pts,pos,size", "json"))["packets"]
+    by_pts = sorted((int(p["pts"]), int(p["pos"]), int(p["size"])) for p in packets)
+    _, start, size = by_pts[77]
+    data = bytearray(clean.read_bytes())
+    run = len(data) // 100
+    assert start + size // 2 + run < by_pts[100][1], "the damage must end before the third GOP"
+    for i in range(start + size // 2, start + size // 2 + run):
+        data[i] ^= 0xFF
+    damaged = d / "damage_flipped.mp4"
+    damaged.write_bytes(bytes(data))
+    return clean, damaged
+
+
+def two_video_streams_mp4(d: Path) -> Path:
+    """Two video streams: the first (default disposition) 96x64 testsrc2, the second a larger
+    160x120 smptebars. FFmpeg's best stream is the first."""
+    out = d / "two_streams.mp4"
+    run_ffmpeg([
+        *lavfi_source("96x64", 10, 1.0), *lavfi_source("160x120", 10, 1.0, "smptebars"),
+        "-map", "0", "-map", "1", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(out),
+    ])
+    return out
+
+
+def vp9_odd_420(d: Path) -> Path:
+    """203x117 (odd sides) 4:2:0 VP9 in WebM (testsrc: testsrc2 rounds sizes to even)."""
+    return make(d / "vp9_odd420.webm", "203x117", 10, 1.0, ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-pix_fmt", "yuv420p"], pattern="testsrc")
+
+
+def with_display_matrix(src: Path, out: Path, a: int, b: int, c: int, d: int) -> Path:
+    """`src` (an MP4 with one track) with its track header's matrix set to [a b; c d] (the
+    translation as muxers write it). The FFmpeg 5.1 CLI cannot write flips (-display_hflip
+    came with 6.0), so the tkhd box is patched in place."""
+    import struct
+
+    data = bytearray(src.read_bytes())
+    i = data.find(b"tkhd")
+    version = data[i + 4]
+    # version/flags, creation/modification times, track id, reserved, duration, reserved(8),
+    # layer, alternate group, volume, reserved: then the 3x3 matrix
+    off = i + 4 + 4 + (32 if version == 1 else 20) + 8 + 8
+    old = struct.unpack(">9i", data[off:off + 36])
+    assert old[8] == 1 << 30, old
+    width, height = struct.unpack(">II", data[off + 36:off + 44])
+    tx = (width if a < 0 or b < 0 else 0)
+    ty = (height if d < 0 or c < 0 else 0)
+    struct.pack_into(">9i", data, off, a << 16, b << 16, 0, c << 16, d << 16, 0, tx, ty, 1 << 30)
+    out.write_bytes(bytes(data))
+    return out
+
+
+def lost_timestamp_mkv(d: Path) -> Path:
+    """150 frames at 25 fps (6 s) with packets 60..110 dropped and one early block's timestamp
+    made unreadable (a relative time that would fall before its cluster): FFmpeg demuxes that
+    packet without a timestamp. The last frame is at 5.96 s."""
+    base = make(d / "lost_base.mkv", "128x72", 25, 6.0, ["-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-pix_fmt", "yuv420p"])
+    dropped = d / "lost_dropped.mkv"
+    run_ffmpeg(["-i", str(base), "-c", "copy", "-bsf:v", "noise=drop=between(n\\,60\\,110)", str(dropped)])
+    data = bytearray(dropped.read_bytes())
+    cluster = data.find(b"\x1f\x43\xb6\x75")
+    blocks, i = [], cluster
+    while len(blocks) < 4:  # SimpleBlocks of track 1 in the first cluster
+        i = data.find(b"\xa3", i + 1)
+        size_len = next(k for k in range(8) if data[i + 1] & (0x80 >> k)) + 1
+        if data[i + 1 + size_len] == 0x81:
+            blocks.append(i + 1 + size_len + 1)
+    data[blocks[-1]:blocks[-1] + 2] = b"\x80\x00"  # int16 -32768 before a cluster at 0
+    out = d / "lost_timestamp.mkv"
+    out.write_bytes(bytes(data))
+    return out

@@ -8,6 +8,7 @@ use ff::ffi;
 use std::ffi::{c_int, c_void, CString};
 use std::path::Path;
 use std::ptr;
+use std::sync::Once;
 use std::time::Instant;
 
 /// Demuxers accepted after probing (FFmpeg names; a probed format must match one of them).
@@ -111,6 +112,17 @@ impl OpenInput<'_> {
     }
 }
 
+static INIT: Once = Once::new();
+
+/// Initializes FFmpeg once per process (quiet logging: malformed inputs are an expected case,
+/// and their errors come back typed, not on stderr).
+pub(crate) fn init_ffmpeg() {
+    INIT.call_once(|| {
+        let _ = ff::init();
+        ff::util::log::set_level(ff::util::log::Level::Fatal);
+    });
+}
+
 pub(crate) fn ff_err(e: ff::Error) -> String {
     e.to_string()
 }
@@ -118,7 +130,7 @@ pub(crate) fn ff_err(e: ff::Error) -> String {
 /// Opens `source`, enforcing the input-size limit, the format allow-list, the header frame
 /// size limits (before FFmpeg decodes anything while probing streams) and the deadline.
 pub fn open<'a>(source: &Source<'a>, limits: &Limits, deadline: Instant, formats: &str) -> Result<OpenInput<'a>> {
-    crate::decode::init_ffmpeg();
+    init_ffmpeg();
     let size = source.len()?;
     if size == 0 {
         return Err(SmgError::VideoDecode("input is empty (0 bytes)".into()));

@@ -13,7 +13,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 use std::path::PathBuf;
 
 create_exception!(smg_rs, SmgError, PyValueError, "Base class of every smg_rs error (a ValueError).");
-create_exception!(smg_rs, VideoDecodeError, SmgError, "The input could not be demuxed or decoded (corrupt, truncated, empty).");
+create_exception!(smg_rs, VideoDecodeError, SmgError, "The input could not be demuxed or decoded (corrupt, truncated, empty), or a requested frame is damaged (smg_rs/README.md, Damaged streams).");
 create_exception!(smg_rs, UnsupportedFormatError, SmgError, "Container, codec or stream kind outside the allow-list, or not a video.");
 create_exception!(smg_rs, LimitExceededError, SmgError, "A documented resource limit was hit (size, pixels, frames, duration, aspect, time).");
 create_exception!(smg_rs, InvalidArgumentError, SmgError, "An argument is out of range or inconsistent.");

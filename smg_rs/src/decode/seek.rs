@@ -192,3 +192,130 @@ pub(super) fn accept_landing(seeker: Option<&mut Seeker<'_>>, frame: &ff::frame:
         Landing::Missed => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn keys() -> KeyframeIndex {
+        // 30 frames at pts 0, 10, 20, ...; keyframes at frames 0, 12, 24 (listed in decode order, repeated)
+        let pts: Vec<i64> = (0..30).map(|i| i * 10).collect();
+        KeyframeIndex::new(&pts, vec![240, 0, 120, 120]).unwrap()
+    }
+
+    #[test]
+    fn keyframe_governing_each_frame() {
+        let k = keys();
+        assert_eq!(k.keys.iter().map(|k| k.index).collect::<Vec<_>>(), vec![0, 12, 24]);
+        assert_eq!(k.governing(0), Some(Keyframe { index: 0, pts: 0 }));
+        assert_eq!(k.governing(11).unwrap().index, 0); // just before a keyframe
+        assert_eq!(k.governing(12), Some(Keyframe { index: 12, pts: 120 }));
+        assert_eq!(k.governing(23).unwrap().index, 12);
+        assert_eq!(k.governing(29).unwrap().index, 24);
+        // a stream that starts before its first keyframe: nothing to seek to
+        let late = KeyframeIndex::new(&[0, 10, 20, 30], vec![20]).unwrap();
+        assert_eq!(late.governing(1), None);
+        assert_eq!(late.governing(3).unwrap().index, 2);
+    }
+
+    #[test]
+    fn keyframe_index_needs_distinct_timestamps_and_known_keys() {
+        assert!(KeyframeIndex::new(&[0, 10, 10, 20], vec![0]).is_none());
+        assert!(KeyframeIndex::new(&[0, 10, 20], vec![]).is_none());
+        // a key timestamp no frame has is ignored rather than trusted
+        let k = KeyframeIndex::new(&[0, 10, 20], vec![0, 15]).unwrap();
+        assert_eq!(k.keys, vec![Keyframe { index: 0, pts: 0 }]);
+    }
+
+    #[test]
+    fn seek_only_over_unsent_frames() {
+        let k = keys();
+        // at the start, a wanted frame in the first GOP is decoded in order
+        assert_eq!(k.jump_target(5, 0), None);
+        // a later GOP: jump to its keyframe, also for a frame exactly on it
+        assert_eq!(k.jump_target(13, 0).unwrap().index, 12);
+        assert_eq!(k.jump_target(12, 3).unwrap().index, 12);
+        assert_eq!(k.jump_target(29, 13).unwrap().index, 24);
+        // just before a keyframe: its GOP's keyframe, which was already sent
+        assert_eq!(k.jump_target(23, 13), None);
+        assert_eq!(k.jump_target(11, 5), None);
+        // the keyframe is the next frame to send: nothing to skip
+        assert_eq!(k.jump_target(20, 12), None);
+        // the decoder already has the wanted frame's packet (B-frame order): never seek
+        assert_eq!(k.jump_target(14, 16), None);
+    }
+
+    #[test]
+    fn seek_landing_is_checked() {
+        assert_eq!(landing(120, Some(90), false), Landing::Before);
+        assert_eq!(landing(120, Some(120), true), Landing::OnKey);
+        assert_eq!(landing(120, Some(120), false), Landing::Missed); // not decoded as a key picture
+        assert_eq!(landing(120, Some(130), true), Landing::Missed); // landed after the keyframe
+        assert_eq!(landing(120, None, true), Landing::Missed);
+        let k = keys();
+        let pts: Vec<i64> = (0..30).map(|i| i * 10).collect();
+        let mut s = Seeker::new(&k, &pts);
+        s.sent(Some(30));
+        s.sent(Some(10)); // decode order is not presentation order
+        assert_eq!(s.next_unsent, 4);
+        let key = k.jump_target(20, s.next_unsent).unwrap();
+        s.jumped(key);
+        assert_eq!((s.next_unsent, s.unconfirmed), (12, Some(120)));
+        assert_eq!(k.jump_target(20, s.next_unsent), None); // no second seek to the same keyframe
+    }
+
+    #[test]
+    fn gop_runs_split_into_contiguous_groups() {
+        let k = keys(); // keyframes at 0, 12, 24
+        let wanted = |ix: &[usize]| ix.iter().enumerate().map(|(s, &i)| (i, vec![s])).collect::<BTreeMap<_, _>>();
+        let firsts = |groups: &[BTreeMap<usize, Vec<usize>>]| {
+            groups.iter().map(|g| g.keys().copied().collect::<Vec<_>>()).collect::<Vec<_>>()
+        };
+        // one GOP run: nothing to split
+        assert!(split_by_gop(&k, &wanted(&[1, 5, 11]), 4).is_empty());
+        assert!(split_by_gop(&k, &wanted(&[1, 13]), 1).is_empty());
+        // never more groups than GOP runs; whole runs stay together
+        let w = wanted(&[0, 3, 11, 12, 20, 29]);
+        assert_eq!(firsts(&split_by_gop(&k, &w, 8)), vec![vec![0, 3, 11], vec![12, 20], vec![29]]);
+        assert_eq!(firsts(&split_by_gop(&k, &w, 2)), vec![vec![0, 3, 11], vec![12, 20, 29]]);
+        // a heavy first run takes one group, the rest share the other
+        let w = wanted(&[0, 1, 2, 3, 4, 5, 6, 12, 24]);
+        assert_eq!(firsts(&split_by_gop(&k, &w, 2)), vec![vec![0, 1, 2, 3, 4, 5, 6], vec![12, 24]]);
+        let w = wanted(&[0, 12, 13, 14, 15, 16, 17, 24]);
+        assert_eq!(firsts(&split_by_gop(&k, &w, 2)), vec![vec![0, 12, 13, 14, 15, 16, 17], vec![24]]);
+        // many runs: roughly equal shares
+        let pts: Vec<i64> = (0..120).map(|i| i * 10).collect();
+        let k10 = KeyframeIndex::new(&pts, (0..12).map(|g| g * 100).collect()).unwrap();
+        let every5: Vec<usize> = (0..120).step_by(5).collect();
+        let sizes = |parts| split_by_gop(&k10, &wanted(&every5), parts).iter().map(|g| g.len()).collect::<Vec<_>>();
+        assert_eq!(sizes(2), vec![12, 12]);
+        assert_eq!(sizes(3), vec![8, 8, 8]);
+        assert_eq!(sizes(5), vec![4, 6, 4, 6, 4]);
+        // slots travel with their index
+        let mut w = wanted(&[13, 2]);
+        w.get_mut(&13).unwrap().push(7);
+        assert_eq!(split_by_gop(&k, &w, 2)[1][&13], vec![0, 7]);
+    }
+
+    #[test]
+    fn parallel_decoding_only_when_the_split_is_balanced_enough() {
+        let k = keys(); // keyframes at 0, 12, 24
+        let wanted = |ix: &[usize]| ix.iter().enumerate().map(|(s, &i)| (i, vec![s])).collect::<BTreeMap<_, _>>();
+        // each GOP run costs from its keyframe to its last wanted frame; gaps between runs are free
+        assert_eq!(decode_cost(&k, &wanted(&[3, 5])), 6);
+        assert_eq!(decode_cost(&k, &wanted(&[3, 13, 29])), 4 + 2 + 6);
+        assert_eq!(decode_cost(&k, &wanted(&[])), 0);
+        let early = KeyframeIndex::new(&(0..30).map(|i| i * 10).collect::<Vec<_>>(), vec![50, 120]).unwrap();
+        assert_eq!(decode_cost(&early, &wanted(&[2])), 3); // before the first keyframe: from the start
+        // 2 threads: parallel while the slowest group is under total / 1.45
+        assert!(parallel_pays_off(&[100, 100], 2));
+        assert!(parallel_pays_off(&[130, 70], 2));
+        assert!(!parallel_pays_off(&[241, 50], 2)); // a 250-frame GOP and a 50-frame one
+        assert!(!parallel_pays_off(&[300], 2));
+        assert!(!parallel_pays_off(&[10, 10], 1));
+        // more threads make the single decoder faster, so the split must be more even
+        assert!(parallel_pays_off(&[40, 30, 30], 3) && !parallel_pays_off(&[60, 20, 20], 3));
+    }
+
+}

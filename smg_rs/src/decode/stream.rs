@@ -1,0 +1,120 @@
+//! Which stream of an opened input is decoded, and what its header says: codec (checked
+//! against the allow-list), coded size, display orientation, time base, header rate, frame
+//! count and duration.
+use super::orient::Orientation;
+use crate::error::{Result, SmgError};
+use ffmpeg_next as ff;
+use ff::ffi;
+use std::ptr;
+
+/// Codecs accepted for the video stream.
+pub const ALLOWED_CODECS: &[ffi::AVCodecID] = &[
+    ffi::AVCodecID::AV_CODEC_ID_H264,
+    ffi::AVCodecID::AV_CODEC_ID_HEVC,
+    ffi::AVCodecID::AV_CODEC_ID_VP8,
+    ffi::AVCodecID::AV_CODEC_ID_VP9,
+    ffi::AVCodecID::AV_CODEC_ID_AV1,
+    ffi::AVCodecID::AV_CODEC_ID_MPEG4,
+    ffi::AVCodecID::AV_CODEC_ID_MPEG2VIDEO,
+    ffi::AVCodecID::AV_CODEC_ID_MPEG1VIDEO,
+    ffi::AVCodecID::AV_CODEC_ID_MJPEG,
+];
+
+/// Codecs accepted for still images.
+pub const IMAGE_CODECS: &[ffi::AVCodecID] = &[
+    ffi::AVCodecID::AV_CODEC_ID_PNG,
+    ffi::AVCodecID::AV_CODEC_ID_MJPEG,
+    ffi::AVCodecID::AV_CODEC_ID_WEBP,
+    ffi::AVCodecID::AV_CODEC_ID_BMP,
+];
+
+/// The chosen video stream, as its headers describe it.
+pub(super) struct StreamHeader {
+    pub index: usize,
+    pub codec_id: ffi::AVCodecID,
+    /// Lower-case codec name, for `VideoInfo::codec`.
+    pub codec: String,
+    /// Coded frame size (before the display orientation).
+    pub width: u32,
+    pub height: u32,
+    pub orientation: Orientation,
+    /// Seconds per time-base tick (0 when the stream has none).
+    pub time_base: f64,
+    pub header_fps: f64,
+    pub header_frames: u64,
+    pub header_duration: f64,
+}
+
+/// The stream FFmpeg itself would pick for video (`av_find_best_stream`, as the FFmpeg CLI,
+/// TorchCodec and so SGLang do: default disposition first, then streams with several frames,
+/// then bit rate), never a cover picture. Errors when there is none or its codec is not in
+/// `codecs`.
+pub(super) fn select(input: &mut ff::format::context::Input, codecs: &[ffi::AVCodecID]) -> Result<StreamHeader> {
+    let is_cover = |s: &ff::format::stream::Stream| s.disposition().contains(ff::format::stream::Disposition::ATTACHED_PIC);
+    let is_video = |s: &ff::format::stream::Stream| s.parameters().medium() == ff::media::Type::Video;
+    // SAFETY: the context is open; FFmpeg only reads it here.
+    let best = unsafe {
+        ffi::av_find_best_stream(input.as_mut_ptr(), ffi::AVMediaType::AVMEDIA_TYPE_VIDEO, -1, -1, ptr::null_mut(), 0)
+    };
+    let inp: &ff::format::context::Input = input;
+    let chosen = usize::try_from(best)
+        .ok()
+        .and_then(|i| inp.stream(i))
+        .filter(|s| is_video(s) && !is_cover(s))
+        // A cover picture can only win when it is the only video: fall back to any other video.
+        .or_else(|| inp.streams().find(|s| is_video(s) && !is_cover(s)))
+        .ok_or_else(|| SmgError::UnsupportedFormat("input has no video stream".into()))?;
+    header(inp, &chosen, codecs)
+}
+
+fn header(inp: &ff::format::context::Input, stream: &ff::format::stream::Stream, codecs: &[ffi::AVCodecID]) -> Result<StreamHeader> {
+    let par = stream.parameters();
+    // SAFETY: codec parameters of an open stream.
+    let (codec_id, w, h) = unsafe {
+        let p = par.as_ptr();
+        ((*p).codec_id, (*p).width.max(0) as u32, (*p).height.max(0) as u32)
+    };
+    let codec = format!("{:?}", par.id()).to_lowercase();
+    if !codecs.contains(&codec_id) {
+        return Err(SmgError::UnsupportedFormat(format!(
+            "codec {codec} is not allowed (videos: h264, hevc, vp8, vp9, av1, mpeg4, mpeg1/2, mjpeg; images: png, jpeg, webp, bmp)"
+        )));
+    }
+    let mut orientation = Orientation::Identity;
+    for sd in stream.side_data() {
+        if sd.kind() == ff::codec::packet::side_data::Type::DisplayMatrix && sd.data().len() >= 36 {
+            let d = sd.data();
+            let mut m = [0i32; 9];
+            for (i, v) in m.iter_mut().enumerate() {
+                *v = i32::from_ne_bytes(d[i * 4..i * 4 + 4].try_into().unwrap());
+            }
+            orientation = Orientation::from_display_matrix(&m);
+        }
+    }
+    let tb = stream.time_base();
+    let time_base = if tb.denominator() != 0 { tb.numerator() as f64 / tb.denominator() as f64 } else { 0.0 };
+    let fps_of = |r: ff::Rational| {
+        if r.denominator() != 0 && r.numerator() > 0 { r.numerator() as f64 / r.denominator() as f64 } else { 0.0 }
+    };
+    let (afr, rfr) = (stream.avg_frame_rate(), stream.rate());
+    let header_fps = if fps_of(afr) > 0.0 { fps_of(afr) } else { fps_of(rfr) };
+    let header_duration = if stream.duration() > 0 && time_base > 0.0 {
+        stream.duration() as f64 * time_base
+    } else if inp.duration() > 0 {
+        inp.duration() as f64 / ffi::AV_TIME_BASE as f64
+    } else {
+        0.0
+    };
+    Ok(StreamHeader {
+        index: stream.index(),
+        codec_id,
+        codec,
+        width: w,
+        height: h,
+        orientation,
+        time_base,
+        header_fps,
+        header_frames: stream.frames().max(0) as u64,
+        header_duration,
+    })
+}
