@@ -262,6 +262,9 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="", help="servers to profile on the first repeat (e.g. A,B): a 128k "
                     "prefill and agentic-like decode (benchmarks/profile_step.py)")
     ap.add_argument("--name", default="rank8", help="suffix of the results file")
+    ap.add_argument("--parallel-start", action="store_true", help="start every server of a repeat at once "
+                    "(ports --port, --port+1, ...; --mem-fraction split between them) and measure them one "
+                    "after the other: a fresh machine's minutes of JIT compiles overlap instead of adding up"),
     args = ap.parse_args(argv)
     t_end = time.time() + args.deadline_s
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -275,8 +278,9 @@ def main(argv=None) -> int:
     cfg = json.loads((model / "config.json").read_text())
     context = context_length_for(points)
     graph_bs = sorted({int(x) for x in args.graph_bs.split(",") if x} or {p.concurrency for p in points})
-    specs = server_specs(model, context, args.mem_fraction, graph_bs, max(64, max(p.concurrency for p in points)))
     names = [n for n in args.servers.split(",") if n]
+    mem_fraction = args.mem_fraction / len(names) if args.parallel_start else args.mem_fraction
+    specs = server_specs(model, context, mem_fraction, graph_bs, max(64, max(p.concurrency for p in points)))
     profile = [n for n in args.profile.split(",") if n]
     import torch
 
@@ -290,29 +294,39 @@ def main(argv=None) -> int:
                          "experts": cfg["num_local_experts"], "expert_intermediate": cfg["intermediate_size"],
                          "vocab": cfg["vocab_size"]},
                "servers": {n: {"args": specs[n][0], "env": specs[n][1]} for n in names},
-               "placement": "one GPU; servers one after the other, order swapped on each repeat",
+               "placement": ("one GPU; all servers of a repeat started at once, measured one after the other "
+                             "(only the measured server gets requests)" if args.parallel_start else
+                             "one GPU; servers one after the other") + ", order swapped on each repeat",
                "load_generator": "python -m sglang.bench_serving (SGLang's own)",
                "points": [point_record(p) for p in points], "rows": [], "logs": {"card": card}}
     try:
         for rep in range(args.repeats):
             order = names if rep % 2 == 0 else names[::-1]
+            started = {}
+            if args.parallel_start:
+                for i, name in enumerate(order):
+                    flags, env = specs[name]
+                    started[name] = Server(name, args.port + i, flags, env=env, tokenizer=True).start(
+                        args.out_dir / "logs" / f"rep{rep}")
             for i, name in enumerate(order):
-                # Each server of the remaining ones gets an equal share of the time left, so one slow start
-                # or a long point cannot leave the other servers of a repeat unmeasured.
-                runs_left = len(order) - i + (args.repeats - rep - 1) * len(order)
-                share_end = time.time() + (t_end - time.time()) / runs_left
                 if time.time() > t_end - 60:
                     results.setdefault("skipped", []).append(f"rep {rep} {name}: deadline")
                     continue
                 flags, env = specs[name]
-                server = Server(name, args.port, flags, env=env, tokenizer=True)
-                server.start(args.out_dir / "logs" / f"rep{rep}")
+                server = started.get(name)
+                if server is None:
+                    server = Server(name, args.port, flags, env=env, tokenizer=True)
+                    server.start(args.out_dir / "logs" / f"rep{rep}")
                 ok = server.wait_healthy(min(args.health_timeout, max(1.0, t_end - time.time())))
                 results["servers"][name].setdefault("ready_s", []).append(server.ready_s)
                 if not ok:
                     results["servers"][name].setdefault("errors", []).append(f"rep {rep}: not healthy\n{server.tail(60)}")
                     server.stop()
                     continue
+                # Each server of the remaining ones gets an equal share of the time left once it is up, so
+                # a long point cannot leave the other servers of a repeat unmeasured.
+                runs_left = len(order) - i + (args.repeats - rep - 1) * len(order)
+                share_end = time.time() + (t_end - time.time()) / runs_left
                 measured = run_points(server, points, args.out_dir / "bench", seed=1 + rep,
                                       deadline=share_end - 30 - (90 if name in profile else 0), tokenizer=model)
                 for p in points:
@@ -332,6 +346,8 @@ def main(argv=None) -> int:
                 results["logs"].setdefault(name, {}).update(read_choices(text))
                 results["servers"][name]["sglang_msa_log"] = server.plugin_lines()
                 results["servers"][name]["log_tail"] = server.tail(25)
+            for server in started.values():
+                server.stop()
     finally:
         results["summary"] = summarize(results["rows"], results["points"], results["logs"], results["model"])
         path = args.out_dir / f"serving-{card.replace(' ', '-')}-{results['date']}-{args.name}.json"

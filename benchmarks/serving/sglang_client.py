@@ -16,7 +16,28 @@ import time
 import traceback
 
 
+def _without_hf_datasets() -> None:
+    """SGLang's benchmark imports Hugging Face ``datasets`` at module level for its dataset loaders
+    (MMMU, ShareGPT ...). Our points use only ``random-ids`` and ``generated-shared-prefix``, which never
+    call it, and a machine without network may lack the package: stand in a module whose
+    ``load_dataset`` says so, instead of failing the import."""
+    import importlib.util
+    import types
+
+    if "datasets" in sys.modules or importlib.util.find_spec("datasets") is not None:
+        return
+    stub = types.ModuleType("datasets")
+
+    def load_dataset(*_a, **_k):
+        raise RuntimeError("the Hugging Face `datasets` package is not installed (needed only for "
+                           "SGLang's downloadable datasets; ab_default's points do not use them)")
+
+    stub.load_dataset = load_dataset
+    sys.modules["datasets"] = stub
+
+
 def run_jobs(spec: dict) -> dict[str, str]:
+    _without_hf_datasets()
     from sglang.benchmark import serving
 
     status = {}
