@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.serving.presets import Point, capped, context_length_for, select  # noqa: E402
-from benchmarks.servers import Server  # noqa: E402
+from benchmarks.servers import Server, post_json  # noqa: E402
 
 BASELINES = ("A", "A2")
 METRICS = ("output_throughput", "request_throughput", "median_ttft_ms", "p99_ttft_ms", "mean_ttft_ms",
@@ -48,6 +48,7 @@ METRICS = ("output_throughput", "request_throughput", "median_ttft_ms", "p99_ttf
 # of SGLang's custom all-reduce for small (decode) messages.
 ALLREDUCE = {"busbw_gb_s": 400.0, "small_latency_us": 12.0, "ranks": 8, "per_layer": 2, "bytes_per_elem": 2}
 
+CHUNK = 16384  # --chunked-prefill-size of every server
 A_LOG = re.compile(r"MiniMax-M3 on (\w+): attention_backend=(\w+), page_size=(\w+)")
 B_LOG = re.compile(r"sglang-msa: dense attention layers on (\w+) \((.*?)\), page size (\w+)")
 
@@ -183,11 +184,22 @@ def read_choices(log_text: str) -> dict:
     return out
 
 
-def server_specs(model: Path, context: int, mem_fraction: float, graph_bs: list[int], max_running: int) -> dict:
+def kv_tokens_for(points: list[Point]) -> int:
+    """A KV pool that holds every point at once with 10% to spare: the largest of the context length and
+    concurrency x (prompt + output), rounded up to 1k. Servers sharing a GPU are capped at it
+    (``--max-total-tokens``) so that each gets the same pool and all fit."""
+    need = max([context_length_for(points)] + [p.concurrency * (p.input_len + p.output_len) for p in points])
+    return -(-int(need * 1.1) // 1024) * 1024
+
+
+def server_specs(model: Path, context: int, mem_fraction: float, graph_bs: list[int], max_running: int,
+                 kv_tokens: int | None = None) -> dict:
     common = ["--model-path", str(model), "--load-format", "dummy", "--context-length", str(context),
-              "--mem-fraction-static", str(mem_fraction), "--chunked-prefill-size", "16384",
+              "--mem-fraction-static", str(mem_fraction), "--chunked-prefill-size", str(CHUNK),
               "--max-running-requests", str(max_running), "--cuda-graph-backend-prefill", "disabled",
               "--cuda-graph-bs-decode", *map(str, graph_bs)]
+    if kv_tokens:
+        common += ["--max-total-tokens", str(kv_tokens)]
     return {"A": (common, {"SGLANG_MSA_DISABLE": "1"}),
             "A2": (common + ["--disable-shared-experts-fusion"], {"SGLANG_MSA_DISABLE": "1"}),
             "B": (common + ["--attention-backend", "msa"], {"SGLANG_MSA_DISABLE": "0"})}
@@ -223,6 +235,56 @@ def run_points(server, points: list[Point], out_dir: Path, seed: int, deadline: 
         lines = [ln for ln in out.read_text().splitlines() if ln.strip()] if out.exists() else []
         results[key] = json.loads(lines[-1]) if lines else None
     return results
+
+
+def free_gpu_gb() -> float | None:
+    """Free memory of GPU 0 from nvidia-smi (this process holds no CUDA context); None without it."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True, timeout=30).stdout
+        return float(out.split()[0]) / 1024
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def start_staggered(order: list[str], specs: dict, port: int, log_dir: Path, timeout_s: float,
+                    free_gb=free_gpu_gb, margin_gb: float = 6.0) -> dict:
+    """Start the servers of a repeat one after another on one GPU, each once the previous one has
+    allocated its KV pool ("Memory pool end" in its log). SGLang sizes a pool from the memory free
+    when it profiles, so servers started at the same instant race for it (the first GPU run: A found
+    none left). Their minutes of JIT compiles and CUDA-graph captures still overlap. A server is not
+    started while less is free than the previous one took plus ``margin_gb`` (activations); the loop
+    in :func:`main` starts it once the GPU is free. ``{name: Server}`` of those started."""
+    started: dict[str, Server] = {}
+    took = None
+    for i, name in enumerate(order):
+        before = free_gb()
+        if started and took is not None and before is not None and before < took + margin_gb:
+            break
+        flags, env = specs[name]
+        server = started[name] = Server(name, port + i, flags, env=env, tokenizer=True).start(log_dir)
+        if not server.wait_log("Memory pool end", timeout_s):
+            break  # it failed or is slow: the measuring loop reports it
+        after = free_gb()
+        took = before - after if before is not None and after is not None else None
+    return started
+
+
+def warm_up(server: Server, vocab_size: int, tokens: int = CHUNK + 4096) -> float | None:
+    """One request of two prefill chunks (the second over a prefix) and a few decode steps, before the
+    measured points: Triton's JIT compiles of the prefix paths happen here, not in a measured request.
+    Returns its seconds, None if it failed."""
+    import random
+
+    rng = random.Random(0)
+    t0 = time.time()
+    try:
+        post_json(server.url + "/generate", {"input_ids": [rng.randrange(100, vocab_size - 100) for _ in range(tokens)],
+                                            "sampling_params": {"max_new_tokens": 8, "ignore_eos": True}},
+                  timeout=600)
+    except Exception:  # noqa: BLE001 - the measured points then report what is wrong
+        return None
+    return time.time() - t0
 
 
 def estimate_s(point: Point) -> float:
@@ -262,9 +324,12 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="", help="servers to profile on the first repeat (e.g. A,B): a 128k "
                     "prefill and agentic-like decode (benchmarks/profile_step.py)")
     ap.add_argument("--name", default="rank8", help="suffix of the results file")
-    ap.add_argument("--parallel-start", action="store_true", help="start every server of a repeat at once "
-                    "(ports --port, --port+1, ...; --mem-fraction split between them) and measure them one "
-                    "after the other: a fresh machine's minutes of JIT compiles overlap instead of adding up"),
+    ap.add_argument("--parallel-start", action="store_true", help="start the servers of a repeat side by side on "
+                    "one GPU (ports --port, --port+1, ...), each once the previous one has its KV pool, every one "
+                    "with the same --max-total-tokens (--kv-tokens), and measure them one after the other: a "
+                    "fresh machine's minutes of JIT compiles overlap instead of adding up")
+    ap.add_argument("--kv-tokens", type=int, default=None, help="--max-total-tokens of every server (default "
+                    "with --parallel-start: every point's tokens at once + 10%%; else SGLang sizes the pool)")
     args = ap.parse_args(argv)
     t_end = time.time() + args.deadline_s
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -279,8 +344,9 @@ def main(argv=None) -> int:
     context = context_length_for(points)
     graph_bs = sorted({int(x) for x in args.graph_bs.split(",") if x} or {p.concurrency for p in points})
     names = [n for n in args.servers.split(",") if n]
-    mem_fraction = args.mem_fraction / len(names) if args.parallel_start else args.mem_fraction
-    specs = server_specs(model, context, mem_fraction, graph_bs, max(64, max(p.concurrency for p in points)))
+    kv_tokens = args.kv_tokens or (kv_tokens_for(points) if args.parallel_start else None)
+    specs = server_specs(model, context, args.mem_fraction, graph_bs, max(64, max(p.concurrency for p in points)),
+                         kv_tokens)
     profile = [n for n in args.profile.split(",") if n]
     import torch
 
@@ -294,8 +360,9 @@ def main(argv=None) -> int:
                          "experts": cfg["num_local_experts"], "expert_intermediate": cfg["intermediate_size"],
                          "vocab": cfg["vocab_size"]},
                "servers": {n: {"args": specs[n][0], "env": specs[n][1]} for n in names},
-               "placement": ("one GPU; all servers of a repeat started at once, measured one after the other "
-                             "(only the measured server gets requests)" if args.parallel_start else
+               "placement": ("one GPU; the servers of a repeat started side by side (each once the previous one "
+                             "had its KV pool, all with the same --max-total-tokens), measured one after the "
+                             "other (only the measured server gets requests)" if args.parallel_start else
                              "one GPU; servers one after the other") + ", order swapped on each repeat",
                "load_generator": "python -m sglang.bench_serving (SGLang's own)",
                "points": [point_record(p) for p in points], "rows": [], "logs": {"card": card}}
@@ -304,10 +371,8 @@ def main(argv=None) -> int:
             order = names if rep % 2 == 0 else names[::-1]
             started = {}
             if args.parallel_start:
-                for i, name in enumerate(order):
-                    flags, env = specs[name]
-                    started[name] = Server(name, args.port + i, flags, env=env, tokenizer=True).start(
-                        args.out_dir / "logs" / f"rep{rep}")
+                started = start_staggered(order, specs, args.port, args.out_dir / "logs" / f"rep{rep}",
+                                          min(args.health_timeout, max(1.0, t_end - time.time())))
             for i, name in enumerate(order):
                 if time.time() > t_end - 60:
                     results.setdefault("skipped", []).append(f"rep {rep} {name}: deadline")
@@ -315,7 +380,7 @@ def main(argv=None) -> int:
                 flags, env = specs[name]
                 server = started.get(name)
                 if server is None:
-                    server = Server(name, args.port, flags, env=env, tokenizer=True)
+                    server = Server(name, args.port + i, flags, env=env, tokenizer=True)
                     server.start(args.out_dir / "logs" / f"rep{rep}")
                 ok = server.wait_healthy(min(args.health_timeout, max(1.0, t_end - time.time())))
                 results["servers"][name].setdefault("ready_s", []).append(server.ready_s)
@@ -325,6 +390,7 @@ def main(argv=None) -> int:
                     continue
                 # Each server of the remaining ones gets an equal share of the time left once it is up, so
                 # a long point cannot leave the other servers of a repeat unmeasured.
+                results["servers"][name].setdefault("warm_up_s", []).append(warm_up(server, cfg["vocab_size"]))
                 runs_left = len(order) - i + (args.repeats - rep - 1) * len(order)
                 share_end = time.time() + (t_end - time.time()) / runs_left
                 measured = run_points(server, points, args.out_dir / "bench", seed=1 + rep,

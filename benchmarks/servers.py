@@ -64,6 +64,18 @@ class Server:
             time.sleep(2)
         return False
 
+    def wait_log(self, marker: str, timeout_s: float) -> bool:
+        """Wait until ``marker`` appears in the server's log; False if it exits or the time runs out."""
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if self.log_path is not None and self.log_path.exists() and \
+                    marker in self.log_path.read_text(errors="replace"):
+                return True
+            if self.proc is not None and self.proc.poll() is not None:
+                return False
+            time.sleep(1)
+        return False
+
     def tail(self, n: int = 40) -> str:
         if self.log_path is None or not self.log_path.exists():
             return ""

@@ -154,3 +154,61 @@ def test_request_cap_keeps_each_point_at_its_concurrency():
     assert by_key["cookbook/2048/c64"].num_prompts == 64  # capped to its concurrency, not to 8
     assert by_key["long/131072/c16"].num_prompts == 16
     assert by_key["long/131072/c1"].num_prompts == 8 and "device-time budget" in by_key["long/131072/c1"].note
+
+
+def test_kv_pool_holds_every_point_at_once():
+    pts = [Point("cookbook", 2048, 256, 64, 128), Point("long", 131072, 256, 1, 4)]
+    n = ab_default.kv_tokens_for(pts)
+    assert n % 1024 == 0 and n >= 1.1 * 64 * (2048 + 256) and n >= ab_default.context_length_for(pts)
+    assert ab_default.kv_tokens_for([Point("long", 524288, 256, 1, 2)]) >= 1.1 * (524288 + 256)
+    specs = ab_default.server_specs(Path("/m"), 140000, 0.85, [1], 64, kv_tokens=n)
+    assert all(flags[flags.index("--max-total-tokens") + 1] == str(n) for flags, _ in specs.values())
+
+
+class _StubServer:
+    """Stands in for benchmarks.servers.Server: records start order; its KV pool 'appears' at once."""
+    log = []
+
+    def __init__(self, name, port, flags, env=None, tokenizer=False):
+        self.name, self.port = name, port
+
+    def start(self, log_dir):
+        _StubServer.log.append((self.name, self.port))
+        return self
+
+    def wait_log(self, marker, timeout_s):
+        assert marker == "Memory pool end"
+        return self.name != "broken"
+
+
+def test_staggered_start_waits_for_each_pool_and_stops_when_memory_runs_short(monkeypatch, tmp_path):
+    monkeypatch.setattr(ab_default, "Server", _StubServer)
+    specs = {n: ([], {}) for n in ("A", "A2", "B", "broken")}
+    free = iter([80.0, 58.0, 58.0, 36.0, 36.0, 14.0])  # each server takes 22 GB
+    _StubServer.log = []
+    started = ab_default.start_staggered(["B", "A", "A2"], specs, 30000, tmp_path, 10, free_gb=lambda: next(free))
+    assert list(started) == ["B", "A", "A2"] and _StubServer.log == [("B", 30000), ("A", 30001), ("A2", 30002)]
+    free = iter([80.0, 58.0, 58.0, 36.0, 20.0])  # 20 GB free < 22 + margin: A2 waits for the measuring loop
+    started = ab_default.start_staggered(["B", "A", "A2"], specs, 30000, tmp_path, 10, free_gb=lambda: next(free))
+    assert list(started) == ["B", "A"]
+    # A server that never allocates its pool (failed, or too slow) stops the staggering there.
+    started = ab_default.start_staggered(["broken", "A"], specs, 30000, tmp_path, 10, free_gb=lambda: 80.0)
+    assert list(started) == ["broken"]
+    # Without nvidia-smi every server is started, each after the previous one's pool.
+    started = ab_default.start_staggered(["A", "B"], specs, 30000, tmp_path, 10, free_gb=lambda: None)
+    assert list(started) == ["A", "B"]
+
+
+def test_server_wait_log_sees_the_marker_and_a_dead_process(tmp_path):
+    import subprocess
+
+    from benchmarks.servers import Server
+
+    s = Server("A", 1, [])
+    s.log_path = tmp_path / "server-A.log"
+    s.log_path.write_text("Load weight end\nMemory pool end. avail mem=44 GB\n")
+    assert s.wait_log("Memory pool end", 5)
+    s.log_path.write_text("Load weight end\n")
+    s.proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    s.proc.wait()
+    assert not s.wait_log("Memory pool end", 5)  # exited without it: no waiting out the timeout
