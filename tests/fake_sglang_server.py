@@ -40,6 +40,13 @@ class Behavior:
     generate_incremental: bool = False  # /generate: incremental output_ids (SGLang's incremental mode)
     generate_meta_tokens: bool = True  # /generate: include meta_info.completion_tokens
     stall_s: float = 5.0
+    # Additions for the reliability checks (defaults keep the behaviour above unchanged):
+    validator: object = None  # callable(path, raw body bytes) -> error message or None (then HTTP 400)
+    generate_json_unless_stream: bool = False  # /generate without "stream": true answers one JSON body
+    kv_total: int = 100_000  # KV pool reported by /v1/loads, /get_load and /server_info
+    kv_leak_per_request: int = 0  # KV tokens each finished request leaves allocated (a simulated leak)
+    vocab_size: int = 50_022
+    context_length: int = 8192
 
 
 def fake_token(prompt_key: int, i: int) -> int:
@@ -62,6 +69,8 @@ class FakeServer:
         self.behavior = behavior or Behavior()
         self.received: list[Received] = []
         self.flushes = 0
+        self.kv_used = 0
+        self.rejected: list[tuple[str, str]] = []
         self._ordinal = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -83,6 +92,10 @@ class FakeServer:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_post("/flush_cache", self._flush)
+        app.router.add_get("/v1/loads", self._loads)
+        app.router.add_get("/get_load", self._get_load)
+        app.router.add_get("/server_info", self._server_info)
+        app.router.add_get("/model_info", self._model_info)
         return app
 
     def start(self) -> "FakeServer":
@@ -138,6 +151,36 @@ class FakeServer:
         self.flushes += 1
         return web.Response(text="Cache flushed.")
 
+    async def _loads(self, request: web.Request) -> web.Response:
+        return web.json_response({"loads": [{"dp_rank": 0, "num_running_reqs": 0, "num_waiting_reqs": 0,
+                                             "num_used_tokens": self.kv_used,
+                                             "num_total_tokens": self.kv_used,
+                                             "max_total_num_tokens": self.behavior.kv_total}]})
+
+    async def _get_load(self, request: web.Request) -> web.Response:
+        return web.json_response([{"dp_rank": 0, "num_reqs": 0, "num_waiting_reqs": 0, "num_tokens": self.kv_used,
+                                   "num_pending_tokens": 0}])
+
+    async def _server_info(self, request: web.Request) -> web.Response:
+        b = self.behavior
+        return web.json_response({"attention_backend": None, "max_total_num_tokens": b.kv_total,
+                                  "context_length": b.context_length, "vocab_size": b.vocab_size})
+
+    async def _model_info(self, request: web.Request) -> web.Response:
+        return web.json_response({"model_path": "fake-model", "is_generation": True})
+
+    async def _body(self, request: web.Request, path: str):
+        """The request's JSON body, or a 400 response when ``Behavior.validator`` rejects it."""
+        if self.behavior.validator is None:
+            return await request.json(), None
+        raw = await request.read()
+        message = self.behavior.validator(path, raw)
+        if message:
+            self.rejected.append((path, message))
+            return None, web.json_response({"object": "error", "message": message, "type": "BadRequest",
+                                            "code": 400}, status=400)
+        return json.loads(raw), None
+
     def _admit(self, path: str, body: dict) -> int:
         with self._lock:
             ordinal = self._ordinal
@@ -146,7 +189,9 @@ class FakeServer:
         return ordinal
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        body, rejection = await self._body(request, "/generate")
+        if rejection is not None:
+            return rejection
         ordinal = self._admit("/generate", body)
         ids = body.get("input_ids")
         key = sum(ids) if ids else len(body.get("text") or "")
@@ -164,6 +209,11 @@ class FakeServer:
             out_ids = tokens if b.generate_incremental else list(emitted)
             return {"text": " ".join(map(str, out_ids)), "output_ids": out_ids, "meta_info": meta}
 
+        if self.behavior.generate_json_unless_stream and not body.get("stream"):
+            await asyncio.sleep(b.ttft)
+            tokens = [fake_token(key, i) for i in range(n)]
+            self.kv_used += b.kv_leak_per_request
+            return web.json_response(event(tokens, True))
         return await self._stream(request, ordinal, key, n, event)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
@@ -173,7 +223,9 @@ class FakeServer:
         return await self._openai(request, "/v1/chat/completions")
 
     async def _openai(self, request: web.Request, path: str) -> web.StreamResponse:
-        body = await request.json()
+        body, rejection = await self._body(request, path)
+        if rejection is not None:
+            return rejection
         ordinal = self._admit(path, body)
         chat = path.endswith("chat/completions")
         if chat:
@@ -262,6 +314,7 @@ class FakeServer:
         if failure != "no_done":
             await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
+        self.kv_used += b.kv_leak_per_request
         return resp
 
 
