@@ -36,7 +36,12 @@ if [ "${SKIP_FA3_CHECK:-0}" = 1 ]; then  # already checked on this kind of card 
   echo "fa3-pruned skipped (SKIP_FA3_CHECK=1)" >> "$W/status.txt"
 else
   EAGER=1 timeout 180 python3 .gpu/test_fa3_pruned.py > "$W/fa3.log" 2>&1
-  echo "fa3-pruned rc=$?" >> "$W/status.txt"
+  rc=$?
+  # Its last step calls a pruned-away variant (fp16), which FA3 answers with exit(1) after a CUDA
+  # error instead of a Python exception (seen on an H100): rc 1 after both loading modes passed every
+  # kept variant means SGLang's bf16 fa3 path works.
+  ok=$(grep -c "all checks passed" "$W/fa3.log")
+  echo "fa3-pruned rc=$rc, loading modes with every kept (bf16, head dim 128) variant correct: $ok of 2" >> "$W/status.txt"
 fi
 
 # e2e_vl.py on the tiny --vision checkpoint, on GPU $1.
