@@ -34,7 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.serving.presets import Point, capped, context_length_for, select  # noqa: E402
+from benchmarks.serving.presets import (  # noqa: E402
+    Point, calibrated, capped, context_length_for, select, text_tokens_per_token)
 from benchmarks.servers import Server, post_json  # noqa: E402
 
 BASELINES = ("A", "A2")
@@ -341,6 +342,8 @@ def main(argv=None) -> int:
     subprocess.run([sys.executable, "-m", "sglang_msa.tiny_m3", str(model), "--preset", "rank8",
                     "--layers", str(args.layers)], check=True)
     cfg = json.loads((model / "config.json").read_text())
+    text_ratio = text_tokens_per_token(str(model)) if any(p.dataset != "random-ids" for p in points) else 1.0
+    points = calibrated(points, text_ratio)
     context = context_length_for(points)
     graph_bs = sorted({int(x) for x in args.graph_bs.split(",") if x} or {p.concurrency for p in points})
     names = [n for n in args.servers.split(",") if n]
@@ -365,6 +368,7 @@ def main(argv=None) -> int:
                              "other (only the measured server gets requests)" if args.parallel_start else
                              "one GPU; servers one after the other") + ", order swapped on each repeat",
                "load_generator": "python -m sglang.bench_serving (SGLang's own)",
+               "text_tokens_per_generated_token": text_ratio,
                "points": [point_record(p) for p in points], "rows": [], "logs": {"card": card}}
     try:
         for rep in range(args.repeats):

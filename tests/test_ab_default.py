@@ -212,3 +212,34 @@ def test_server_wait_log_sees_the_marker_and_a_dead_process(tmp_path):
     s.proc = subprocess.Popen([sys.executable, "-c", "pass"])
     s.proc.wait()
     assert not s.wait_log("Memory pool end", 5)  # exited without it: no waiting out the timeout
+
+
+@pytest.mark.sglang
+def test_shared_prefix_prompts_reach_their_token_lengths_with_the_proxy_tokenizer(tmp_path):
+    """SGLang's generated-shared-prefix generator writes text from random vocabulary ids; the proxy
+    checkpoints' tokenizer makes ~13-16 tokens of each (the first GPU run sent 788k-token 'agentic'
+    prompts). The calibrated point's generator lengths give prompts of the intended token count."""
+    pytest.importorskip("sglang")
+    import random
+
+    from sglang.benchmark.datasets.common import gen_prompt
+    from transformers import AutoTokenizer
+
+    from sglang_msa import tiny_m3
+
+    model = tmp_path / "m"
+    tiny_m3.write_checkpoint(str(model))
+    ratio = presets.text_tokens_per_token(str(model), sample=4000)
+    assert ratio > 2, ratio  # this is the case that needs calibrating
+    (p,) = presets.calibrated(presets.select(["agentic"]), ratio)
+    args = dict(zip(p.extra[::2], p.extra[1::2]))
+    prefix = int(args["--gsp-system-prompt-len"])
+    assert prefix == round(presets.AGENTIC_PREFIX / ratio) and "generator lengths" in p.note
+    tok = AutoTokenizer.from_pretrained(str(model))
+    random.seed(1)
+    n = len(tok.encode(gen_prompt(tok, prefix), add_special_tokens=False))
+    assert abs(n - presets.AGENTIC_PREFIX) < 0.1 * presets.AGENTIC_PREFIX, n
+    # random-ids points send token ids: untouched; a tokenizer that round-trips changes nothing
+    (c,) = presets.calibrated(presets.select(["cookbook"]), ratio)
+    assert c == presets.select(["cookbook"])[0]
+    assert presets.calibrated(presets.select(["agentic"]), 1.02) == presets.select(["agentic"])
