@@ -126,3 +126,17 @@ def test_split_k_env_and_rule(monkeypatch, device):
     assert prefill_mod.auto_split_k(1, 132) == prefill_mod.MAX_SPLIT_K
     assert prefill_mod.split_workspace_bytes(16384, 1, 16, 5) == 16384 * 5 * 16 * 8
     assert prefill_mod.split_workspace_bytes(16384, 1, 16, 1) == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("heads,page", [(1, 128), (1, 1), (4, 128)])
+def test_gpu_split_bf16_equals_unsplit(heads, page):
+    """bf16, block 128, top-16 over a long prefix: the automatic split (and S = 7) select exactly the
+    unsplit kernel's blocks (same tile config, so the same per-row dot products)."""
+    ext, pre = [4000, 300], [60000, 9000]
+    b = make_batch(ext, pre, num_heads=heads, page_size=page, dtype=torch.bfloat16, seed=0, device="cuda")
+    kw = dict(block_size=128, topk=16, init_blocks=0, local_blocks=1, page_size=page, max_seqlen_q=max(ext),
+              block_m=128, num_warps=8, maxnreg=128)
+    unsplit = indexer_prefill(**b, split_k=1, **kw)
+    for s in (None, 7):
+        assert torch.equal(indexer_prefill(**b, split_k=s, **kw), unsplit), s
