@@ -141,10 +141,13 @@ def _indexer_merge_kernel(
     b_list = tl.where(o_j < TOPK, INT64_MIN + o_j.to(tl.int64), INT64_MAX)
     b_list = tl.broadcast_to(b_list[None, :], (BLOCK_R, TOPK_PAD))
     m_ld = m_row[:, None] & (o_j[None, :] < TOPK)
-    for i_s in range(0, num_splits):
-        p_ws = i_s * stride_ws_s + o_r64[:, None] * TOPK + o_j[None, :]
-        b_score = tl.load(ws_score_ptr + p_ws, mask=m_ld, other=0.0)
-        b_id = tl.load(ws_id_ptr + p_ws, mask=m_ld, other=-1)
+    p_score = ws_score_ptr + o_r64[:, None] * TOPK + o_j[None, :]
+    p_id = ws_id_ptr + o_r64[:, None] * TOPK + o_j[None, :]
+    for _ in range(0, num_splits):
+        b_score = tl.load(p_score, mask=m_ld, other=0.0)
+        b_id = tl.load(p_id, mask=m_ld, other=-1)
+        p_score += stride_ws_s  # pointer steps: no int32 overflow of split * stride
+        p_id += stride_ws_s
         # an empty slot gets INT64_MIN, which never beats any list entry (all are >= INT64_MIN)
         b_key = tl.where(b_id >= 0, order_key(b_score, b_id), INT64_MIN)
         for j in tl.static_range(TOPK):
