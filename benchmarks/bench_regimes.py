@@ -12,6 +12,9 @@ Matrix (issue #13):
   index keys/queries). The layer = indexer + plan + reverse map + main kernel + combine (ours) and
   indexer + top-k + main (upstream), timed together (``layer_ms``, plan() from scratch every call) and
   by part. Upstream's main is also timed on our indexer's selection (same blocks for both mains).
+  At 1 index head our indexer is also timed unsplit (``indexer_unsplit_ms``, split_k=1) and split-K
+  (``indexer_split_ms`` at ``indexer_split_k`` ranges, the automatic rule; 2 on CPU), with
+  ``indexer_split_speedup`` and ``indexer_split_matches_unsplit`` (the selections are equal);
   Mean union of the blocks selected per 64/128-row query tile and the neighbour Jaccard are reported
   from the selection actually used;
 - decode: one sparse layer's step (indexer + sparse attention) at 128k, 512k, 1M, B = 1, 8, 32,
@@ -61,6 +64,7 @@ import triton  # noqa: E402
 from selections import random_index_qk, selection_stats, smooth_index_qk  # noqa: E402
 from sglang_msa.kernels.msa_decode import SparseDecodeWrapper  # noqa: E402
 from sglang_msa.kernels.msa_indexer import IndexerDecode, indexer_prefill  # noqa: E402
+from sglang_msa.kernels.msa_indexer.prefill import choose_split_k  # noqa: E402
 from sglang_msa.kernels.msa_prefill import bind_topk, plan, run  # noqa: E402
 from sglang_msa.kernels.msa_prefill.block_major import launch_block_major  # noqa: E402
 from sglang_msa.kernels.msa_prefill.combine import launch_combine  # noqa: E402
@@ -353,6 +357,17 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
     pt["ours_layer_peak_extra_gib"] = peak_extra_gib(ours_layer)
     pt["ours_layer_ms"] = bench_ms(ours_layer)
     pt["ours_indexer_ms"] = bench_ms(ours_indexer)
+    if hi == 1:  # split-K indexer (#13) beside the unsplit one: same inputs, one measurement each
+        sk = max(2, choose_split_k(None, triton.cdiv(T, 128), torch.device(DEV)))  # 2 on CPU (smoke)
+        held = {}
+        pt["indexer_split_k"] = sk
+        pt["indexer_unsplit_ms"] = bench_ms(lambda: held.__setitem__(1, indexer_prefill(
+            iq, idx_k, r2t, pool, cu, seq, pre, split_k=1, **ikw)))
+        pt["indexer_split_ms"] = bench_ms(lambda: held.__setitem__(sk, indexer_prefill(
+            iq, idx_k, r2t, pool, cu, seq, pre, split_k=sk, **ikw)))
+        pt["indexer_split_speedup"] = pt["indexer_unsplit_ms"] / pt["indexer_split_ms"]
+        pt["indexer_split_matches_unsplit"] = bool(torch.equal(held[1], held[sk]))
+        del held
     pt["ours_main_ms"] = bench_ms(lambda: ours_main(topk))  # plan + reverse map + main + combine
     pt["ours_plan_ms"] = bench_ms(lambda: plan(cu, seq, pre, pool, **pkw))
     pbm = plan(cu, seq, pre, pool, **{**pkw, "method": "block_major"})  # the parts, on a block-major plan
