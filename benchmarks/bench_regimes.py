@@ -64,7 +64,7 @@ import triton  # noqa: E402
 from selections import random_index_qk, selection_stats, smooth_index_qk  # noqa: E402
 from sglang_msa.kernels.msa_decode import SparseDecodeWrapper  # noqa: E402
 from sglang_msa.kernels.msa_indexer import IndexerDecode, indexer_prefill  # noqa: E402
-from sglang_msa.kernels.msa_indexer.prefill import choose_split_k  # noqa: E402
+from sglang_msa.kernels.msa_indexer.prefill import auto_split_k  # noqa: E402
 from sglang_msa.kernels.msa_prefill import bind_topk, plan, run  # noqa: E402
 from sglang_msa.kernels.msa_prefill.block_major import launch_block_major  # noqa: E402
 from sglang_msa.kernels.msa_prefill.combine import launch_combine  # noqa: E402
@@ -358,7 +358,8 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
     pt["ours_layer_ms"] = bench_ms(ours_layer)
     pt["ours_indexer_ms"] = bench_ms(ours_indexer)
     if hi == 1:  # split-K indexer (#13) beside the unsplit one: same inputs, one measurement each
-        sk = max(2, choose_split_k(None, triton.cdiv(T, 128), torch.device(DEV)))  # 2 on CPU (smoke)
+        sms = torch.cuda.get_device_properties(0).multi_processor_count if DEV == "cuda" else 1
+        sk = max(2, auto_split_k(triton.cdiv(T, 128), sms))  # the automatic rule's S (>= 2: CPU smoke)
         held = {}
         pt["indexer_split_k"] = sk
         pt["indexer_unsplit_ms"] = bench_ms(lambda: held.__setitem__(1, indexer_prefill(

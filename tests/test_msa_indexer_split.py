@@ -119,6 +119,10 @@ def test_split_k_env_and_rule(monkeypatch, device):
     monkeypatch.setenv(prefill_mod.SPLIT_K_ENV, "auto")
     indexer_prefill(**b, **kw)
     assert seen == [3] if device == "cpu" else True  # the automatic rule gives 1 off CUDA
+    monkeypatch.delenv(prefill_mod.SPLIT_K_ENV)  # unset: no split (the default until measured on GPUs)
+    assert prefill_mod.choose_split_k(None, 1, torch.device("cuda")) == 1
+    monkeypatch.setenv(prefill_mod.SPLIT_K_ENV, "auto")
+    assert prefill_mod.choose_split_k(None, 128, torch.device("cpu")) == 1
     # the rule: 1 when the grid already has >= 3 programs per SM, else >= 4 per SM, capped
     assert prefill_mod.auto_split_k(128, 132) == 5  # 16k tokens, 1 index head, 128-row tiles
     assert prefill_mod.auto_split_k(64, 132) == 9   # 8k chunk

@@ -207,14 +207,17 @@ def auto_split_k(programs: int, num_sms: int) -> int:
 
 
 def choose_split_k(split_k: Optional[int], programs: int, device: torch.device) -> int:
-    """split_k argument > SGLANG_MSA_INDEXER_SPLIT_K (an int >= 1; unset/0/auto = automatic) >
-    auto_split_k on CUDA; 1 elsewhere (the interpreter). Clamped to [1, MAX_SPLIT_K]."""
+    """split_k argument > SGLANG_MSA_INDEXER_SPLIT_K (an int >= 1 forces S; ``auto`` = auto_split_k on
+    CUDA; unset/0 = 1, no split). Off by default until GPU figures show the split pays; 1 off CUDA (the
+    interpreter) for ``auto``. Clamped to [1, MAX_SPLIT_K]."""
     if split_k is None:
         env = os.environ.get(SPLIT_K_ENV, "").strip().lower()
-        if env not in ("", "0", "auto"):
+        if env == "auto":
+            split_k = auto_split_k(programs, _sm_count(device)) if device.type == "cuda" else 1
+        elif env not in ("", "0"):
             split_k = int(env)
     if split_k is None:
-        split_k = auto_split_k(programs, _sm_count(device)) if device.type == "cuda" else 1
+        split_k = 1
     return max(1, min(MAX_SPLIT_K, int(split_k)))
 
 
