@@ -25,27 +25,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 from benchmarks.reliability import corpus as C  # noqa: E402
 from benchmarks.reliability import results  # noqa: E402
 
-# Findings: what SGLang 0.5.17's HTTP layer + request validation answer with other than a 4xx.
+# Findings: what SGLang 0.5.17's HTTP layer + request validation answer with other than a 4xx. The
+# reasons and who owns each live in the corpus (corpus.KNOWN): all are SGLang's own behaviour.
 NOT_4XX = {
-    # Unknown fields are ignored (pydantic's default extra="ignore"), OpenAI rejects them with a 400.
-    "gen_unknown_top_field": 200,
-    "cmp_unknown_field": 200,
-    "chat_unknown_field": 200,
-    # SamplingParams(**sampling_params) raises TypeError (unexpected keyword), /generate catches only
-    # ValueError -> 500.
-    "gen_unknown_sampling_param": 500,
-    # SamplingParams.verify compares the string with 0 -> TypeError -> 500.
-    "gen_max_new_tokens_string": 500,
-    # No input-id range check before the model: TokenizerManager._validate_input_ids_in_vocab exists
-    # but nothing calls it. On a GPU these reach the embedding (out-of-bounds gather).
-    "gen_token_id_eq_vocab": 200,
-    "gen_token_id_negative": 200,
-    "gen_token_id_2e40": 200,
-    "cmp_prompt_id_over_vocab": 200,
-    "gen_batch_with_bad_ids": 200,
-    # A PNG posing as video/mp4: smg_rs refuses it (UnsupportedFormatError), our processor then falls
-    # back to SGLang's TorchCodec decoder, which reads the PNG as a one-frame video -> 200.
-    "vl_video_png_as_video": 200,
+    "gen_unknown_top_field": 200, "cmp_unknown_field": 200, "chat_unknown_field": 200,  # ignored fields
+    "gen_unknown_sampling_param": 500, "gen_max_new_tokens_string": 500,  # TypeError -> 500
+    # no input-id range check before the model (the vocab helper is never called)
+    "gen_token_id_eq_vocab": 200, "gen_token_id_negative": 200, "gen_token_id_2e40": 200,
+    "cmp_prompt_id_over_vocab": 200, "gen_batch_with_bad_ids": 200,
 }
 
 
@@ -163,6 +150,27 @@ def test_sglang_answers_the_corpus_with_4xx_except_the_findings(cpu_outcomes):
     assert "max_duration_s" in cpu_outcomes["vl_video_too_long"].message
     assert "max_input_bytes" in cpu_outcomes["vl_video_payload_over_cap"].message
     assert "context length" in cpu_outcomes["gen_ids_over_context"].message
+    # ours: non-video bytes are refused by smg_rs, never decoded by SGLang's fallback decoder
+    assert cpu_outcomes["vl_video_png_as_video"].status == 400
+    assert "unsupported video" in cpu_outcomes["vl_video_png_as_video"].message
+    assert "no video stream" in cpu_outcomes["vl_video_truncated_head"].message
+    missing = cpu_outcomes["vl_video_missing_file"].message
+    assert "not found" in missing and "/nonexistent/dir/clip.mp4" in missing and "base64" not in missing
+
+
+def test_corpus_records_expected_status_and_owner(media):
+    cases = {c.name: c for c in C.build_corpus(C.Context(1024, 4096, media))}
+    assert {n: c.known_status for n, c in cases.items() if c.known_status is not None} == NOT_4XX
+    for name in NOT_4XX:
+        assert cases[name].verdict.startswith("sglang"), name
+    assert cases["vl_video_png_as_video"].known_status is None  # a 4xx now (ours, fixed)
+    assert cases["vl_video_png_as_video"].verdict.startswith("ours")
+    s = cases["gen_token_id_negative"].summary()
+    assert s["expected_status"] == 200 and "never" not in s["verdict"] and s["verdict"]
+    summary = results.summarize({"corpus": [{**cases["gen_token_id_negative"].summary(), "status": 200, "message": ""},
+                                            {**cases["cmp_n_zero"].summary(), "status": 500, "message": "x"}]})
+    assert summary["malformed_unexpected"] == ["cmp_n_zero"]
+    assert summary["malformed_not_4xx_by_owner"]["sglang"] == ["cmp_n_zero", "gen_token_id_negative"]
 
 
 # -------------------------------------------------------------------------- results on a fake run
