@@ -107,11 +107,32 @@ def cpu_outcomes(tmp_path_factory, media):
     text_ckpt, vl_ckpt = str(d / "tiny"), str(d / "tiny-vl")
     write_checkpoint(text_ckpt, "tiny", config_only=True)
     write_checkpoint(vl_ckpt, "tiny", vision=True, config_only=True)
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    from sglang_msa.request_checks import register_request_hooks
+
+    register_request_hooks()  # what the plugin's register() does in every server process
+    HookRegistry.apply_hooks()  # what SGLang's load_plugins() does next
     out, dispatched = {}, {}
     with sglang_app(text_ckpt, 4096) as (app, tm):
         cases = [c for c in C.build_corpus(C.Context(tm.model_config.vocab_size, tm.context_len, None))]
-        out.update(answer_corpus(app, cases))
+        out.update(answer_corpus(app, cases))  # a server without msa: SGLang's answers, hook installed
         dispatched["text"] = [t.rid for t in tm.dispatched]
+        # the same server opted in (the hook reads server_args per request): ours for the token ids
+        real_args = tm.server_args  # resolved server args are read-only: a view with msa picked
+
+        class _MsaArgs:
+            attention_backend = "msa"
+
+            def __getattr__(self, name):
+                return getattr(real_args, name)
+
+        tm.server_args = _MsaArgs()
+        try:
+            msa = [c for c in cases if c.exercises in ("token_ids", "context_length")]
+            out.update({f"msa:{k}": v for k, v in answer_corpus(app, msa).items()})
+        finally:
+            tm.server_args = real_args
     old = os.environ.get("SGLANG_MSA_SMG_LIMITS")
     os.environ["SGLANG_MSA_SMG_LIMITS"] = C.SMG_LIMITS_ENV
     try:
@@ -139,7 +160,7 @@ def test_sglang_keeps_serving_after_every_case(cpu_outcomes):
 
 @pytest.mark.sglang
 def test_sglang_answers_the_corpus_with_4xx_except_the_findings(cpu_outcomes):
-    got = {name: a.status for name, a in cpu_outcomes.items() if name != "vl_valid_clip"}
+    got = {name: a.status for name, a in cpu_outcomes.items() if name != "vl_valid_clip" and ":" not in name}
     measured_not_4xx = {n: s for n, s in got.items() if not 400 <= s < 500}
     assert measured_not_4xx == NOT_4XX
     for name, a in cpu_outcomes.items():
@@ -156,6 +177,50 @@ def test_sglang_answers_the_corpus_with_4xx_except_the_findings(cpu_outcomes):
     assert "no video stream" in cpu_outcomes["vl_video_truncated_head"].message
     missing = cpu_outcomes["vl_video_missing_file"].message
     assert "not found" in missing and "/nonexistent/dir/clip.mp4" in missing and "base64" not in missing
+
+
+@pytest.mark.sglang
+def test_msa_servers_reject_out_of_vocab_input_ids(cpu_outcomes):
+    """The plugin's opted-in hook: every token-id case is a 4xx on an msa server (SGLang's 200 above
+    is for the same server without msa), with the offending id and the range; valid ids still 200."""
+    msa = {k[4:]: a for k, a in cpu_outcomes.items() if k.startswith("msa:")}
+    for name in ("gen_token_id_eq_vocab", "gen_token_id_negative", "gen_token_id_2e40", "cmp_prompt_id_over_vocab",
+                 "gen_batch_with_bad_ids"):
+        assert msa[name].status == 400, (name, msa[name])
+        assert "out-of-vocabulary token id" in msa[name].message and "valid range is [0, " in msa[name].message
+        assert msa[name].probe_status == 200
+    assert "token id -1;" in msa["gen_token_id_negative"].message
+    # everything else in those classes answers as without the hook
+    for name, a in msa.items():
+        assert 400 <= a.status < 500, (name, a)
+        if "token_id" not in name and "over_vocab" not in name and "bad_ids" not in name:
+            assert a.message == cpu_outcomes[name].message
+
+
+def test_input_id_hook_leaves_other_servers_alone():
+    from types import SimpleNamespace
+
+    from sglang_msa.request_checks import check_input_ids_in_vocab
+
+    calls = []
+
+    def original(self, obj, ids):
+        calls.append(ids)
+
+    def tm(backend):
+        return SimpleNamespace(server_args=SimpleNamespace(attention_backend=backend),
+                               model_config=SimpleNamespace(vocab_size=10))
+
+    for backend in (None, "fa3", "triton"):
+        check_input_ids_in_vocab(original, tm(backend), SimpleNamespace(input_ids=[-1, 99]), [-1, 99])
+    assert len(calls) == 3
+    check_input_ids_in_vocab(original, tm("msa"), SimpleNamespace(input_ids=[0, 9]), [0, 9])
+    check_input_ids_in_vocab(original, tm("msa"), SimpleNamespace(input_ids=None), [5, 6])  # text prompt
+    assert len(calls) == 5
+    for bad in ([0, 10], [-1], [[1, 2], [3, 2**40]]):
+        with pytest.raises(ValueError, match="out-of-vocabulary"):
+            check_input_ids_in_vocab(original, tm("msa"), SimpleNamespace(input_ids=bad), bad)
+    assert len(calls) == 5
 
 
 def test_corpus_records_expected_status_and_owner(media):

@@ -112,7 +112,8 @@ def _uri(mime: str, data: bytes) -> str:
 # Cases SGLang 0.5.17 answers with other than a 4xx, classified against the live server's code path
 # (the in-process tier runs the same TokenizerManager.generate_request -> _validate_one_request ->
 # _create_tokenized_object -> SamplingParams.verify code; only the scheduler is a stand-in, and the
-# live scheduler has no input-id check either). All are SGLang's behaviour, none the plugin's.
+# live scheduler has no input-id check either). All are SGLang's behaviour, none the plugin's; the
+# statuses are those of a server without msa (the live ``main`` phase runs msa: token ids get a 400).
 _UNKNOWN_FIELD = ("sglang: unknown top-level fields are ignored (pydantic extra='ignore'), as SGLang "
                   "intends for OpenAI-compatible clients; not patched")
 _TYPE_ERROR_500 = ("sglang: SamplingParams(**sampling_params) / verify() raise TypeError, /generate maps "
@@ -121,7 +122,9 @@ _TYPE_ERROR_500 = ("sglang: SamplingParams(**sampling_params) / verify() raise T
 _OOV_IDS = ("sglang (real, live too): no input-id range check before the model; the helper "
             "TokenizerManager._validate_input_ids_in_vocab exists but nothing calls it (and it misses "
             "negative ids); the scheduler only checks lengths. With a model, ids past the embedding "
-            "table index out of bounds (CUDA device assert: the scheduler dies). SGLang's to fix")
+            "table index out of bounds (CUDA device assert: the scheduler dies). SGLang's to fix; "
+            "until then the plugin rejects them with a 400 on msa servers only (sglang_msa/request_checks.py), "
+            "so the 200 is what a server without msa answers")
 KNOWN = {
     "gen_unknown_top_field": (200, _UNKNOWN_FIELD),
     "cmp_unknown_field": (200, _UNKNOWN_FIELD),
