@@ -199,6 +199,18 @@ def test_staggered_start_waits_for_each_pool_and_stops_when_memory_runs_short(mo
     assert list(started) == ["A", "B"]
 
 
+def test_measuring_plan_keeps_live_servers_for_every_repeat_in_swapped_order():
+    plan = ab_default.measuring_plan(["A", "B"], 2, ["A", "B"], tried=["A", "B"])
+    assert plan == [(0, "A", True), (0, "B", True), (1, "B", True), (1, "A", True)]
+    # A2 did not fit beside the others: it runs alone afterwards, once per repeat; a server that was
+    # started side by side but never became healthy ("B") is not tried again.
+    plan = ab_default.measuring_plan(["A", "A2", "B"], 2, ["A"], tried=["A", "B"])
+    assert plan == [(0, "A", True), (1, "A", True), (0, "A2", False), (1, "A2", False)]
+    # Without --parallel-start every server is started per repeat.
+    assert ab_default.measuring_plan(["A", "B"], 2, []) == [(0, "A", False), (0, "B", False), (1, "B", False),
+                                                             (1, "A", False)]
+
+
 def test_server_wait_log_sees_the_marker_and_a_dead_process(tmp_path):
     import subprocess
 
@@ -243,3 +255,125 @@ def test_shared_prefix_prompts_reach_their_token_lengths_with_the_proxy_tokenize
     (c,) = presets.calibrated(presets.select(["cookbook"]), ratio)
     assert c == presets.select(["cookbook"])[0]
     assert presets.calibrated(presets.select(["agentic"]), 1.02) == presets.select(["agentic"])
+
+
+class _LiveStub:
+    """A server that is always healthy and records its life (start, measured repeats, stop)."""
+    events = []
+
+    def __init__(self, name, port, flags, env=None, tokenizer=False):
+        self.name, self.port, self.log_path, self.ready_s, self.started_at = name, port, None, 1.0, 0.0
+        self.url = f"http://stub:{port}"
+        self.proc = None
+
+    def start(self, log_dir):
+        _LiveStub.events.append(("start", self.name))
+        self.proc = type("P", (), {"pid": 1000 + self.port % 100, "poll": lambda _: None})()
+        return self
+
+    def adopt(self, pid, log_path, started_at):
+        _LiveStub.events.append(("adopt", self.name, pid))
+        self.proc = type("P", (), {"pid": pid, "poll": lambda _: None})()
+        return self
+
+    def wait_log(self, marker, timeout_s):
+        return True
+
+    def wait_healthy(self, timeout_s):
+        return True
+
+    def stop(self):
+        if ("stop", self.name, self.port) not in _LiveStub.events:
+            _LiveStub.events.append(("stop", self.name, self.port))
+
+    def tail(self, n=40):
+        return ""
+
+    def plugin_lines(self, limit=20):
+        return []
+
+
+@pytest.mark.sglang
+def test_main_keeps_side_by_side_servers_for_every_repeat(monkeypatch, tmp_path):
+    """ab_default.main with --parallel-start, servers and the load generator stubbed: each server is
+    started once, measured on every repeat in swapped order, stopped once, and the results file holds
+    a row per (server, repeat, point) with the summary's ratio."""
+    pytest.importorskip("sglang")
+    import torch
+
+    monkeypatch.setattr(ab_default, "Server", _LiveStub)
+    monkeypatch.setattr(ab_default, "free_gpu_gb", lambda: None)
+    monkeypatch.setattr(ab_default, "warm_up", lambda server, vocab: 0.5)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Stub GPU")
+    measured = []
+
+    def fake_points(server, points, out_dir, seed, deadline, tokenizer):
+        measured.append((server.name, seed))
+        tput = 200.0 if server.name == "B" else 100.0
+        return {p.key: {"output_throughput": tput, "median_ttft_ms": 50.0, "completed": p.num_prompts,
+                         "duration": 10.0, "total_output_tokens": tput * 10.0,
+                         "total_input_tokens": p.num_prompts * p.input_len} for p in points}
+
+    monkeypatch.setattr(ab_default, "run_points", fake_points)
+    _LiveStub.events = []
+    rc = ab_default.main(["--out-dir", str(tmp_path), "--workloads", "cookbook", "--servers", "A,B",
+                          "--repeats", "2", "--layers", "2", "--parallel-start", "--deadline-s", "600"])
+    assert rc == 0
+    assert measured == [("A", 1), ("B", 1), ("B", 2), ("A", 2)]
+    starts = [e for e in _LiveStub.events if e[0] == "start"]
+    stops = [e for e in _LiveStub.events if e[0] == "stop"]
+    assert starts == [("start", "A"), ("start", "B")] and len(stops) == 2
+    (out,) = tmp_path.glob("serving-Stub-GPU-*-rank8.json")
+    res = json.loads(out.read_text())
+    assert len(res["rows"]) == 4 and res["measuring_plan"][0] == "rep 0 A (live)"
+    assert res["summary"]["min_output_throughput_ratio"] == pytest.approx(2.0)
+
+
+@pytest.mark.sglang
+def test_two_calls_share_live_servers_and_merge(monkeypatch, tmp_path):
+    """A call that keeps its servers running and a second call that attaches to them (the next device
+    call on a warm machine): no server is started twice, the second call's repeat is numbered on and
+    runs in swapped order, and --merge writes one file whose summary has both repeats."""
+    pytest.importorskip("sglang")
+    import torch
+
+    monkeypatch.setattr(ab_default, "Server", _LiveStub)
+    monkeypatch.setattr(ab_default, "free_gpu_gb", lambda: None)
+    monkeypatch.setattr(ab_default, "warm_up", lambda server, vocab: 0.5)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Stub GPU")
+    measured = []
+
+    def fake_points(server, points, out_dir, seed, deadline, tokenizer):
+        measured.append((server.name, seed))
+        tput = 150.0 + 10 * seed if server.name == "B" else 100.0
+        return {p.key: {"output_throughput": tput, "median_ttft_ms": 50.0, "completed": p.num_prompts,
+                        "duration": 10.0, "total_output_tokens": tput * 10.0} for p in points}
+
+    monkeypatch.setattr(ab_default, "run_points", fake_points)
+    _LiveStub.events = []
+    common = ["--out-dir", str(tmp_path), "--workloads", "cookbook", "--servers", "A,B", "--repeats", "1",
+              "--layers", "2", "--parallel-start", "--deadline-s", "600", "--context-length", "8192",
+              "--kv-tokens", "300000"]
+    assert ab_default.main(common + ["--keep-running", "--name", "call1"]) == 0
+    assert not any(e[0] == "stop" for e in _LiveStub.events)
+    state = json.loads((tmp_path / "live-servers.json").read_text())
+    assert sorted(state) == ["A", "B"] and state["A"]["port"] == 30000
+    assert ab_default.main(common + ["--attach", "--first-rep", "1", "--name", "call2"]) == 0
+    assert [e for e in _LiveStub.events if e[0] == "start"] == [("start", "A"), ("start", "B")]
+    assert [e[1] for e in _LiveStub.events if e[0] == "adopt"] == ["A", "B"]
+    assert measured == [("A", 1), ("B", 1), ("B", 2), ("A", 2)]
+    # Other flags than the running servers': not adopted, started anew.
+    _LiveStub.events = []
+    (tmp_path / "live-servers.json").write_text(json.dumps(state))
+    assert ab_default.main(common[:-1] + ["400000", "--attach", "--name", "call3"]) == 0
+    assert [e[0] for e in _LiveStub.events].count("adopt") == 0
+
+    files = sorted(tmp_path.glob("serving-Stub-GPU-*-call[12].json"))
+    assert ab_default.main(["--out-dir", str(tmp_path), "--merge", *map(str, files), "--name", "rank8"]) == 0
+    (out,) = tmp_path.glob("serving-Stub-GPU-*-rank8.json")
+    res = json.loads(out.read_text())
+    assert sorted((r["server"], r["rep"]) for r in res["rows"]) == [("A", 0), ("A", 1), ("B", 0), ("B", 1)]
+    (pp,) = res["summary"]["per_point"]
+    assert pp["repeats"] == {"baseline": 2, "B": 2}
+    assert res["summary"]["min_output_throughput_ratio"] == pytest.approx(1.65)  # median of 160 and 170
+    assert len(res["merged_from"]) == 2
