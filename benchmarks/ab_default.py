@@ -248,9 +248,9 @@ def free_gpu_gb() -> float | None:
         return None
 
 
-def start_staggered(order: list[str], specs: dict, port: int | dict, log_dir: Path, timeout_s: float,
+def start_staggered(order: list[str], specs: dict, ports: dict, log_dir: Path, timeout_s: float,
                     free_gb=free_gpu_gb, margin_gb: float = 6.0) -> dict:
-    """Start the servers of a repeat one after another on one GPU, each once the previous one has
+    """Start the servers one after another on one GPU (at ``ports[name]``), each once the previous one has
     allocated its KV pool ("Memory pool end" in its log). SGLang sizes a pool from the memory free
     when it profiles, so servers started at the same instant race for it (the first GPU run: A found
     none left). Their minutes of JIT compiles and CUDA-graph captures still overlap. A server is not
@@ -258,13 +258,12 @@ def start_staggered(order: list[str], specs: dict, port: int | dict, log_dir: Pa
     in :func:`main` starts it once the GPU is free. ``{name: Server}`` of those started."""
     started: dict[str, Server] = {}
     took = None
-    for i, name in enumerate(order):
+    for name in order:
         before = free_gb()
         if started and took is not None and before is not None and before < took + margin_gb:
             break
         flags, env = specs[name]
-        server = started[name] = Server(name, port[name] if isinstance(port, dict) else port + i, flags, env=env,
-                                        tokenizer=True).start(log_dir)
+        server = started[name] = Server(name, ports[name], flags, env=env, tokenizer=True).start(log_dir)
         if not server.wait_log("Memory pool end", timeout_s):
             break  # it failed or is slow: the measuring loop reports it
         after = free_gb()
@@ -364,10 +363,17 @@ def merge_results(files: list[Path], out_dir: Path, name: str) -> Path:
         for n, info in p.get("logs", {}).items():
             if isinstance(info, dict):
                 merged["logs"].setdefault(n, {}).update(info)
-    merged["summary"] = _safe(lambda: summarize(merged["rows"], merged["points"], merged["logs"], merged["model"]))
-    path = out_dir / f"serving-{merged['card'].replace(' ', '-')}-{merged['date']}-{name}.json"
-    path.write_text(json.dumps(merged, indent=1))
-    _safe(lambda: _plot(merged, path.with_suffix(".png")))
+    return write_results(merged, out_dir, name)
+
+
+def write_results(results: dict, out_dir: Path, name: str) -> Path:
+    """``results`` with its summary computed from its rows, as OUT/serving-<card>-<date>-NAME.json + PNG.
+    Every measured row reaches the file even if the summary or the plot breaks on something unforeseen."""
+    results["summary"] = _safe(lambda: summarize(results["rows"], results["points"], results["logs"],
+                                                 results["model"]))
+    path = out_dir / f"serving-{results['card'].replace(' ', '-')}-{results['date']}-{name}.json"
+    path.write_text(json.dumps(results, indent=1))
+    _safe(lambda: _plot(results, path.with_suffix(".png")))
     return path
 
 
@@ -489,6 +495,7 @@ def main(argv=None) -> int:
         return ok
 
     live: dict[str, Server] = {}
+    started: dict[str, Server] = {}
     state = args.out_dir / "live-servers.json"
     ports = {n: args.port + i for i, n in enumerate(names)}
     try:
@@ -503,8 +510,7 @@ def main(argv=None) -> int:
             # captures would otherwise run on the GPU during the measured requests.
             live = {n: s for n, s in started.items() if healthy(n, s, "start")}
             results["live_servers"] = list(live)
-        plan = measuring_plan(names, args.repeats, list(live), tried=list(started) if args.parallel_start else [],
-                              first_rep=args.first_rep)
+        plan = measuring_plan(names, args.repeats, list(live), tried=list(started), first_rep=args.first_rep)
         results["measuring_plan"] = [f"rep {r} {n}" + (" (live)" if kept else "") for r, n, kept in plan]
         for k, (rep, name, kept) in enumerate(plan):
             if time.time() > t_end - 60:
@@ -520,9 +526,8 @@ def main(argv=None) -> int:
             if not kept or not results["servers"][name].get("warm_up_s"):  # once per server process
                 results["servers"][name].setdefault("warm_up_s", []).append(warm_up(server, cfg["vocab_size"]))
             # Each measurement left gets an equal share of the time left, so a long point cannot leave
-            # the other servers of a repeat unmeasured.
-            # The profiles still to come (90 s each) are set aside first (the first GPU run gave the
-            # profiled server's share to its profile and measured nothing).
+            # the other servers of a repeat unmeasured; the profiles still to come (90 s each) are set
+            # aside first (the first GPU run gave a profiled server's share to its profile).
             profiles_left = sum(1 for r, n, _ in plan[k:] if n in profile and r == args.first_rep)
             share = (t_end - time.time() - 90 * profiles_left) / (len(plan) - k)
             measured = run_points(server, points, args.out_dir / "bench", seed=1 + rep,
@@ -555,12 +560,7 @@ def main(argv=None) -> int:
                                              "started_at": s.started_at, "args": specs[n][0], "env": specs[n][1]}
                                          for n, s in live.items()}))
             results["left_running"] = list(live)
-        # Every measured row reaches the file even if the summary breaks on something unforeseen.
-        results["summary"] = _safe(lambda: summarize(results["rows"], results["points"], results["logs"],
-                                                     results["model"]))
-        path = args.out_dir / f"serving-{card.replace(' ', '-')}-{results['date']}-{args.name}.json"
-        path.write_text(json.dumps(results, indent=1))
-        _safe(lambda: _plot(results, path.with_suffix(".png")))
+        write_results(results, args.out_dir, args.name)
         print(json.dumps({k: v for k, v in results["summary"].items() if k != "per_point"}, indent=1))
     return 0
 

@@ -184,18 +184,19 @@ class _StubServer:
 def test_staggered_start_waits_for_each_pool_and_stops_when_memory_runs_short(monkeypatch, tmp_path):
     monkeypatch.setattr(ab_default, "Server", _StubServer)
     specs = {n: ([], {}) for n in ("A", "A2", "B", "broken")}
+    ports = {"B": 30000, "A": 30001, "A2": 30002, "broken": 30003}
     free = iter([80.0, 58.0, 58.0, 36.0, 36.0, 14.0])  # each server takes 22 GB
     _StubServer.log = []
-    started = ab_default.start_staggered(["B", "A", "A2"], specs, 30000, tmp_path, 10, free_gb=lambda: next(free))
+    started = ab_default.start_staggered(["B", "A", "A2"], specs, ports, tmp_path, 10, free_gb=lambda: next(free))
     assert list(started) == ["B", "A", "A2"] and _StubServer.log == [("B", 30000), ("A", 30001), ("A2", 30002)]
     free = iter([80.0, 58.0, 58.0, 36.0, 20.0])  # 20 GB free < 22 + margin: A2 waits for the measuring loop
-    started = ab_default.start_staggered(["B", "A", "A2"], specs, 30000, tmp_path, 10, free_gb=lambda: next(free))
+    started = ab_default.start_staggered(["B", "A", "A2"], specs, ports, tmp_path, 10, free_gb=lambda: next(free))
     assert list(started) == ["B", "A"]
     # A server that never allocates its pool (failed, or too slow) stops the staggering there.
-    started = ab_default.start_staggered(["broken", "A"], specs, 30000, tmp_path, 10, free_gb=lambda: 80.0)
+    started = ab_default.start_staggered(["broken", "A"], specs, ports, tmp_path, 10, free_gb=lambda: 80.0)
     assert list(started) == ["broken"]
     # Without nvidia-smi every server is started, each after the previous one's pool.
-    started = ab_default.start_staggered(["A", "B"], specs, 30000, tmp_path, 10, free_gb=lambda: None)
+    started = ab_default.start_staggered(["A", "B"], specs, ports, tmp_path, 10, free_gb=lambda: None)
     assert list(started) == ["A", "B"]
 
 
@@ -293,11 +294,8 @@ class _LiveStub:
         return []
 
 
-@pytest.mark.sglang
-def test_main_keeps_side_by_side_servers_for_every_repeat(monkeypatch, tmp_path):
-    """ab_default.main with --parallel-start, servers and the load generator stubbed: each server is
-    started once, measured on every repeat in swapped order, stopped once, and the results file holds
-    a row per (server, repeat, point) with the summary's ratio."""
+def stub_gpu(monkeypatch) -> None:
+    """ab_default.main without a GPU: stub servers, no nvidia-smi, no warm-up, a named card."""
     pytest.importorskip("sglang")
     import torch
 
@@ -305,6 +303,14 @@ def test_main_keeps_side_by_side_servers_for_every_repeat(monkeypatch, tmp_path)
     monkeypatch.setattr(ab_default, "free_gpu_gb", lambda: None)
     monkeypatch.setattr(ab_default, "warm_up", lambda server, vocab: 0.5)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Stub GPU")
+
+
+@pytest.mark.sglang
+def test_main_keeps_side_by_side_servers_for_every_repeat(monkeypatch, tmp_path):
+    """ab_default.main with --parallel-start, servers and the load generator stubbed: each server is
+    started once, measured on every repeat in swapped order, stopped once, and the results file holds
+    a row per (server, repeat, point) with the summary's ratio."""
+    stub_gpu(monkeypatch)
     measured = []
 
     def fake_points(server, points, out_dir, seed, deadline, tokenizer):
@@ -334,13 +340,7 @@ def test_two_calls_share_live_servers_and_merge(monkeypatch, tmp_path):
     """A call that keeps its servers running and a second call that attaches to them (the next device
     call on a warm machine): no server is started twice, the second call's repeat is numbered on and
     runs in swapped order, and --merge writes one file whose summary has both repeats."""
-    pytest.importorskip("sglang")
-    import torch
-
-    monkeypatch.setattr(ab_default, "Server", _LiveStub)
-    monkeypatch.setattr(ab_default, "free_gpu_gb", lambda: None)
-    monkeypatch.setattr(ab_default, "warm_up", lambda server, vocab: 0.5)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Stub GPU")
+    stub_gpu(monkeypatch)
     measured = []
 
     def fake_points(server, points, out_dir, seed, deadline, tokenizer):
