@@ -50,7 +50,7 @@ def _offer(b_list, b_pool, i_blk, n_causal, init_blocks, local_blocks, CAUSAL_MA
     return tl.where(m_take[:, None] & (b_list == b_worst[:, None]), b_key[:, None], b_list)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_o_h", "stride_ws_s"])
 def _indexer_prefill_kernel(
     q_ptr, k_ptr, r2t_ptr, pool_idx_ptr, cu_q_ptr, seq_lens_ptr, prefix_lens_ptr, out_ptr,
     ws_score_ptr, ws_id_ptr,
@@ -128,7 +128,7 @@ def _indexer_prefill_kernel(
         store_sorted_ids(p_out, key_block_id(b_list), m_valid, m_row, TOPK)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows", "num_splits", "stride_ws_s", "stride_o_h"])
 def _indexer_merge_kernel(
     ws_score_ptr, ws_id_ptr, out_ptr, n_rows, num_heads, num_splits, stride_ws_s, stride_o_h, stride_o_t,
     TOPK: tl.constexpr, TOPK_PAD: tl.constexpr, BLOCK_R: tl.constexpr,

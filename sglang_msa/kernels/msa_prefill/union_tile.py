@@ -134,7 +134,7 @@ def prefer_union_tile(mean_union: torch.Tensor, topk: int, max_ratio: float = UN
     return mean_union <= max_ratio * topk
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tiles", "max_union", "stride_tg"])
 def union_tile_fwd_kernel(
     q_ptr,  # [T, HQ, D]
     k_ptr,  # [slots, HK, D]
