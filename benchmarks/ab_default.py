@@ -52,6 +52,10 @@ ALLREDUCE = {"busbw_gb_s": 400.0, "small_latency_us": 12.0, "ranks": 8, "per_lay
 CHUNK = 16384  # --chunked-prefill-size of every server
 A_LOG = re.compile(r"MiniMax-M3 on (\w+): attention_backend=(\w+), page_size=(\w+)")
 B_LOG = re.compile(r"sglang-msa: dense attention layers on (\w+) \((.*?)\), page size (\w+)")
+JIT_TRACE_DIR = ROOT / "benchmarks" / "jit_trace"
+JIT_LINE = re.compile(r"\[jit-trace\] [\d.]+ pid=\d+ compile (\S+) (-?\d+) ms")
+AUTOTUNE_LINE = re.compile(r"Triton autotuning for function ([^,\s]+),\s*with key as .{0,2000}?\s*finished after "
+                           r"([\d.]+)s", re.S)
 
 
 # ------------------------------------------------------------------------------------------ summary
@@ -183,6 +187,20 @@ def read_choices(log_text: str) -> dict:
     if m := B_LOG.search(log_text):
         out.update(dense_backend=m.group(1), dense_reason=m.group(2), page_size=m.group(3))
     return out
+
+
+def jit_events(log_text: str) -> list[dict]:
+    """Triton compiles (``benchmarks/jit_trace``) and autotuning runs found in a stretch of a server's log."""
+    events = [{"kernel": m.group(1), "ms": int(m.group(2))} for m in JIT_LINE.finditer(log_text)]
+    events += [{"kernel": m.group(1), "ms": round(float(m.group(2)) * 1e3), "autotune": True}
+               for m in AUTOTUNE_LINE.finditer(log_text)]
+    return events
+
+
+def trace_jit_env(env: dict) -> dict:
+    """A server's env with the compile trace on (also for SGLang's own kernels, so A and B alike)."""
+    path = os.pathsep.join(x for x in (str(JIT_TRACE_DIR), os.environ.get("PYTHONPATH", "")) if x)
+    return {**env, "PYTHONPATH": path, "SGLANG_MSA_TRACE_JIT": "1", "TRITON_PRINT_AUTOTUNING": "1"}
 
 
 def kv_tokens_for(points: list[Point]) -> int:
@@ -318,23 +336,27 @@ def point_record(p: Point) -> dict:
             "new_prompt_tokens": p.new_prompt_tokens, "note": p.note}
 
 
-def adopt_servers(state: Path, names: list[str], specs: dict, ports: dict) -> dict:
+def adopt_servers(state: Path, names: list[str], specs: dict, ports: dict) -> tuple[dict, list[str]]:
     """Servers that an earlier ``--keep-running`` call on this machine left running: those alive, healthy
-    and started with exactly the flags and environment this call would use ({name: Server})."""
+    and started with exactly the flags and environment this call would use ({name: Server}). The
+    others it left are stopped (their names returned): they would hold GPU memory this call's new
+    servers need (e.g. A2 left by the call before, when this one measures A beside the same B)."""
     try:
         saved = json.loads(state.read_text())
     except (OSError, ValueError):
-        return {}
-    adopted = {}
-    for name in names:
-        e = saved.get(name)
-        if not e or e.get("args") != specs[name][0] or e.get("env") != specs[name][1] or e.get("port") != ports[name]:
-            continue
-        server = Server(name, e["port"], specs[name][0], env=specs[name][1], tokenizer=True)
+        return {}, []
+    adopted, released = {}, []
+    for name, e in saved.items():
+        keep = (name in names and e.get("args") == specs[name][0] and e.get("env") == specs[name][1]
+                and e.get("port") == ports[name])
+        server = Server(name, e["port"], e.get("args", []), env=e.get("env", {}), tokenizer=True)
         server.adopt(e["pid"], Path(e["log"]), e["started_at"])
-        if server.proc.poll() is None and server.wait_healthy(10):
+        if keep and server.proc.poll() is None and server.wait_healthy(10):
             adopted[name] = server
-    return adopted
+        elif server.proc.poll() is None:
+            server.stop()
+            released.append(name)
+    return adopted, released
 
 
 def merge_results(files: list[Path], out_dir: Path, name: str) -> Path:
@@ -429,6 +451,8 @@ def main(argv=None) -> int:
                     "started with exactly this call's flags; start the others")
     ap.add_argument("--merge", nargs="+", type=Path, default=None, help="no GPU: merge these results files of "
                     "one card (e.g. two calls' repeats) into OUT/serving-<card>-<date>-NAME.json with a new summary")
+    ap.add_argument("--trace-jit", action="store_true", help="log every Triton compile and autotuning run of "
+                    "every server (benchmarks/jit_trace) and record those that happen during measured points")
     ap.add_argument("--kv-tokens", type=int, default=None, help="--max-total-tokens of every server (default "
                     "with --parallel-start: every point's tokens at once + 10%%; else SGLang sizes the pool)")
     args = ap.parse_args(argv)
@@ -453,6 +477,8 @@ def main(argv=None) -> int:
     kv_tokens = args.kv_tokens or (kv_tokens_for(points) if args.parallel_start else None)
     specs = server_specs(model, context, args.mem_fraction, graph_bs, max(64, max(p.concurrency for p in points)),
                          kv_tokens)
+    if args.trace_jit:
+        specs = {n: (flags, trace_jit_env(env)) for n, (flags, env) in specs.items()}
     profile = [n for n in args.profile.split(",") if n]
     import torch
 
@@ -500,8 +526,8 @@ def main(argv=None) -> int:
     ports = {n: args.port + i for i, n in enumerate(names)}
     try:
         if args.parallel_start:
-            adopted = adopt_servers(state, names, specs, ports) if args.attach else {}
-            results["adopted_servers"] = list(adopted)
+            adopted, released = adopt_servers(state, names, specs, ports) if args.attach else ({}, [])
+            results["adopted_servers"], results["released_servers"] = list(adopted), released
             started = dict(adopted)
             started.update(start_staggered([n for n in names if n not in adopted], specs, ports, log_root / "live",
                                            min(args.health_timeout, max(1.0, t_end - time.time()))))
@@ -530,8 +556,13 @@ def main(argv=None) -> int:
             # aside first (the first GPU run gave a profiled server's share to its profile).
             profiles_left = sum(1 for r, n, _ in plan[k:] if n in profile and r == args.first_rep)
             share = (t_end - time.time() - 90 * profiles_left) / (len(plan) - k)
+            log_start = server.log_path.stat().st_size if server.log_path and server.log_path.exists() else 0
             measured = run_points(server, points, args.out_dir / "bench", seed=1 + rep,
                                   deadline=time.time() + share - 30, tokenizer=model)
+            if args.trace_jit and server.log_path:
+                with open(server.log_path, errors="replace") as f:
+                    f.seek(log_start)
+                    results["servers"][name].setdefault("jit_during_points", {})[str(rep)] = jit_events(f.read())
             for p in points:
                 m = measured.get(p.key)
                 results["rows"].append({"server": name, "rep": rep, "point": p.key, "num_prompts": p.num_prompts,
@@ -560,6 +591,10 @@ def main(argv=None) -> int:
                                              "started_at": s.started_at, "args": specs[n][0], "env": specs[n][1]}
                                          for n, s in live.items()}))
             results["left_running"] = list(live)
+        if args.trace_jit:
+            results["jit_compiles_during_points"] = {
+                n: sum(len(ev) for ev in v.get("jit_during_points", {}).values())
+                for n, v in results["servers"].items() if "jit_during_points" in v}
         write_results(results, args.out_dir, args.name)
         print(json.dumps({k: v for k, v in results["summary"].items() if k != "per_point"}, indent=1))
     return 0

@@ -15,7 +15,8 @@
 #                                         AB_KEEP=1 (leave the servers running for the next call on this
 #                                         warm machine), AB_ATTACH=1 (take them over), AB_FIRST_REP,
 #                                         AB_CONTEXT, AB_KV_TOKENS, AB_GRAPH_BS (same sizing on both calls),
-#                                         AB_NAME (results file suffix)
+#                                         AB_NAME (results file suffix), AB_SERVERS=auto (A,A2,B
+#                                         where three fit, else A2,B), AB_TRACE_JIT=1 (--trace-jit)
 #   bash benchmarks/gpu_call.sh regimes   one GPU: bench_regimes.py (REGIMES_ARGS)
 #   bash benchmarks/gpu_call.sh reliability  one GPU: reliability.py (REL_PHASES, REL_LOAD, REL_LAYERS)
 #
@@ -100,10 +101,16 @@ vl)
 default)
   # AB_LAYERS=auto: the rank8 proxy at 20 layers (the released dense fraction, 1 in 20) where two servers of
   # ~40 GB fit side by side (H200), else 12 (H100 80 GB; 1 dense layer in 12).
+  mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits -i 0 | head -1)
   if [ "${AB_LAYERS:-}" = auto ]; then
-    mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits -i 0 | head -1)
     AB_LAYERS=$([ "${mem%%.*}" -ge 120000 ] && echo 20 || echo 12)
   fi
+  # AB_SERVERS=auto: A,A2,B side by side where three 12-layer servers fit (H200), else A2,B (H100; a
+  # second call with AB_SERVERS=A,B AB_ATTACH=1 measures A beside the same B and stops A2).
+  if [ "${AB_SERVERS:-}" = auto ]; then
+    AB_SERVERS=$([ "${mem%%.*}" -ge 120000 ] && echo A,A2,B || echo A2,B)
+  fi
+  echo "servers ${AB_SERVERS:-A,A2,B}, layers ${AB_LAYERS:-20}" >> "$W/status.txt"
   (
     timeout $(( $(left) - 10 )) python3 benchmarks/ab_default.py --out-dir "$W/default" \
       --workloads "${AB_WORKLOADS:-cookbook,agentic,long,max-context}" --lens "${AB_LENS:-}" \
@@ -111,7 +118,7 @@ default)
       --profile "${AB_PROFILE:-}" ${AB_MAX_REQUESTS:+--max-requests $AB_MAX_REQUESTS} ${AB_LAYERS:+--layers $AB_LAYERS} \
       ${AB_PARALLEL:+--parallel-start} ${AB_KEEP:+--keep-running} ${AB_ATTACH:+--attach} \
       ${AB_FIRST_REP:+--first-rep $AB_FIRST_REP} ${AB_CONTEXT:+--context-length $AB_CONTEXT} \
-      ${AB_KV_TOKENS:+--kv-tokens $AB_KV_TOKENS} ${AB_GRAPH_BS:+--graph-bs $AB_GRAPH_BS} --name "${AB_NAME:-rank8}" \
+      ${AB_KV_TOKENS:+--kv-tokens $AB_KV_TOKENS} ${AB_GRAPH_BS:+--graph-bs $AB_GRAPH_BS} --name "${AB_NAME:-rank8}" ${AB_TRACE_JIT:+--trace-jit} \
       --deadline-s $(( $(left) - 25 )) > "$W/default.log" 2>&1
     echo "ab_default rc=$?" >> "$W/status.txt"
   ) &

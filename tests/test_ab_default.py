@@ -362,11 +362,18 @@ def test_two_calls_share_live_servers_and_merge(monkeypatch, tmp_path):
     assert [e for e in _LiveStub.events if e[0] == "start"] == [("start", "A"), ("start", "B")]
     assert [e[1] for e in _LiveStub.events if e[0] == "adopt"] == ["A", "B"]
     assert measured == [("A", 1), ("B", 1), ("B", 2), ("A", 2)]
-    # Other flags than the running servers': not adopted, started anew.
     _LiveStub.events = []
     (tmp_path / "live-servers.json").write_text(json.dumps(state))
     assert ab_default.main(common[:-1] + ["400000", "--attach", "--name", "call3"]) == 0
-    assert [e[0] for e in _LiveStub.events].count("adopt") == 0
+    # Other flags than the running servers': not adopted but stopped (their GPU memory), started anew.
+    assert [e[1] for e in _LiveStub.events if e[0] == "stop"][:2] == ["A", "B"]
+    assert [e for e in _LiveStub.events if e[0] == "start"] == [("start", "A"), ("start", "B")]
+    # A call for other servers (A2 beside the same B): B is adopted, A (left running) is stopped.
+    _LiveStub.events = []
+    (tmp_path / "live-servers.json").write_text(json.dumps(state))
+    assert ab_default.main(common + ["--servers", "A2,B", "--attach", "--name", "call4"]) == 0
+    assert ("stop", "A", 30000) == next(e for e in _LiveStub.events if e[0] == "stop")
+    assert [e[1] for e in _LiveStub.events if e[0] == "start"] == ["A2"]
 
     files = sorted(tmp_path.glob("serving-Stub-GPU-*-call[12].json"))
     assert ab_default.main(["--out-dir", str(tmp_path), "--merge", *map(str, files), "--name", "rank8"]) == 0
@@ -377,3 +384,43 @@ def test_two_calls_share_live_servers_and_merge(monkeypatch, tmp_path):
     assert pp["repeats"] == {"baseline": 2, "B": 2}
     assert res["summary"]["min_output_throughput_ratio"] == pytest.approx(1.65)  # median of 160 and 170
     assert len(res["merged_from"]) == 2
+
+
+def test_jit_events_reads_compiles_and_autotuning():
+    log = ("[2026-12-06 00:15:29] Decode batch, #running-req: 8\n"
+           "[jit-trace] 1765000000.123 pid=42 compile sglang_msa.kernels.msa_prefill.block_major:block_major_fwd_kernel "
+           "812 ms block_major_fwd_kernel[num_warps=4](q_ptr: *bf16, num_tokens: i32)\n"
+           "Triton autotuning for function _indexer_prefill_kernel,\nwith key as (1, 128, 128, 16, 'max', True, 1, "
+           "'torch.bfloat16'),\nfinished after 2.35s,\nbest config selected: BLOCK_M: 128;\n")
+    events = ab_default.jit_events(log)
+    assert events == [
+        {"kernel": "sglang_msa.kernels.msa_prefill.block_major:block_major_fwd_kernel", "ms": 812},
+        {"kernel": "_indexer_prefill_kernel", "ms": 2350, "autotune": True},
+    ]
+    assert ab_default.jit_events("Prefill batch, #new-seq: 1\n") == []
+
+
+def test_trace_jit_env_puts_the_hook_first_on_pythonpath(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/tmp/site")
+    env = ab_default.trace_jit_env({"SGLANG_MSA_DISABLE": "1"})
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(ab_default.JIT_TRACE_DIR), "/tmp/site"]
+    assert env["SGLANG_MSA_DISABLE"] == "1" and env["SGLANG_MSA_TRACE_JIT"] == "1"
+    assert (ab_default.JIT_TRACE_DIR / "sitecustomize.py").exists()
+
+
+def test_jit_trace_hook_writes_the_line_jit_events_reads():
+    import subprocess
+    from types import SimpleNamespace  # noqa: F401 - used in the child
+
+    child = ("import time, types, triton.knobs as k\n"
+             "fn = types.SimpleNamespace(module='m', name='kern', jit_function=object())\n"
+             "kw = dict(key=('k',), repr='kern[num_warps=4](n: i32)', fn=fn, compile={}, is_manual_warmup=False, "
+             "already_compiled=False)\n"
+             "assert k.runtime.jit_cache_hook(**kw) is False\n"
+             "time.sleep(0.02)\n"
+             "k.runtime.jit_post_compile_hook(**kw)\n")
+    env = {**ab_default.trace_jit_env({}), "PATH": os.environ.get("PATH", "")}
+    res = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    events = ab_default.jit_events(res.stderr)
+    assert len(events) == 1 and events[0]["kernel"] == "m:kern" and events[0]["ms"] >= 20
