@@ -141,8 +141,9 @@ def summarize(rows: list[dict], points: list[dict], logs: dict, model: dict) -> 
     summary = {
         "card": logs.get("card"),
         "baseline": "sglang-default",
-        "a_attention_backend": logs.get("A", {}).get("attention_backend"),
-        "a_page_size": logs.get("A", {}).get("page_size"),
+        # A's choice, or A2's where only A2 ran (the same command but one MoE flag)
+        "a_attention_backend": (logs.get("A") or logs.get("A2") or {}).get("attention_backend"),
+        "a_page_size": (logs.get("A") or logs.get("A2") or {}).get("page_size"),
         "b_dense_backend": logs.get("B", {}).get("dense_backend"),
         "b_page_size": logs.get("B", {}).get("page_size"),
         "min_output_throughput_ratio": min((e["output_throughput_ratio"] for e in measured), default=None),

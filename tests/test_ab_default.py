@@ -90,6 +90,10 @@ def test_summary_uses_the_faster_baseline_per_workload():
     assert 1.0 < s["allreduce_adjusted_ratio_128k"] < s["output_throughput_ratio_128k"]
     spread = s["per_point"][0]["spread"]
     assert spread["B"] == pytest.approx(0.02, rel=0.05)
+    # Only A2 ran (A beside B in another call): A2's log says what SGLang chose.
+    logs2 = {"card": "H", "A2": {"attention_backend": "fa3", "page_size": "128"}, "B": logs["B"]}
+    s2 = ab_default.summarize(_rows(tp, ttft), _points(), logs2, {"layers": 20, "hidden": 6144})
+    assert (s2["a_attention_backend"], s2["a_page_size"]) == ("fa3", "128")
     t = s["targets"]
     assert t["128k TTFT p50 >= 1.3x lower"]["met"] is True
     assert t["never_slower (min output throughput ratio >= 1.0)"]["met"] is True
