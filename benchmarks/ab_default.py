@@ -333,6 +333,23 @@ def estimate_s(point: Point) -> float:
     return 8 + new_tokens / prefill_tok_s + steps * step_s
 
 
+def client_deadline(now: float, t_end: float, plan_left: list[tuple], points: list[Point], first_rep: int,
+                    overhead_s: float = 30.0) -> float:
+    """When the client measuring ``plan_left[0]`` must stop starting points. The first repeat of every
+    server comes first: it gets the time its points are estimated to need while the first repeats
+    still to come can get theirs too; later repeats split what is left equally. (An equal split of
+    three servers x three repeats left every point of a call unmeasured: its shares were shorter than
+    one agentic point.)"""
+    left = t_end - now
+    need = sum(estimate_s(p) for p in points) + overhead_s
+    equal = left / max(1, len(plan_left))
+    share = equal
+    if plan_left and plan_left[0][0] == first_rep:
+        firsts_after = sum(1 for r, _, _ in plan_left[1:] if r == first_rep)
+        share = max(equal, min(need, left - firsts_after * need))
+    return now + share - overhead_s
+
+
 def warm_points(points: list[Point]) -> list[Point]:
     """The points cheap enough to run once, unmeasured, on each server before its first measurement
     (short prompts and the shared-prefix mix): SGLang's fused MoE kernel compiles a variant per new
@@ -531,8 +548,17 @@ def main(argv=None) -> int:
             server.stop()
         return ok
 
+    def warm(name: str, server: Server) -> None:
+        """warm_up, then one unmeasured pass of the cheap points (warm_points), once per server process."""
+        results["servers"][name].setdefault("warm_up_s", []).append(warm_up(server, cfg["vocab_size"]))
+        t_warm = time.time()
+        run_points(server, warm_points(points), args.out_dir / "warm", seed=0, deadline=time.time() + 90,
+                   tokenizer=model)
+        results["servers"][name].setdefault("warm_pass_s", []).append(round(time.time() - t_warm, 1))
+
     live: dict[str, Server] = {}
     started: dict[str, Server] = {}
+    results["adopted_servers"] = []
     state = args.out_dir / "live-servers.json"
     ports = {n: args.port + i for i, n in enumerate(names)}
     try:
@@ -548,6 +574,11 @@ def main(argv=None) -> int:
             live = {n: s for n, s in started.items() if healthy(n, s, "start")}
             results["live_servers"] = list(live)
         plan = measuring_plan(names, args.repeats, list(live), tried=list(started), first_rep=args.first_rep)
+        # Every live server is warmed before any is measured (an adopted one was warmed by the call
+        # that started it), so no warm-up runs between measurements or eats a measurement's time.
+        for name, server in live.items():
+            if name not in results["adopted_servers"]:
+                warm(name, server)
         results["measuring_plan"] = [f"rep {r} {n}" + (" (live)" if kept else "") for r, n, kept in plan]
         for k, (rep, name, kept) in enumerate(plan):
             if time.time() > t_end - 60:
@@ -560,21 +591,13 @@ def main(argv=None) -> int:
                     continue
             else:
                 server = live[name]
-            # once per server process (an adopted one was warmed by the call that started it)
-            if not kept or not (results["servers"][name].get("warm_up_s") or name in results.get("adopted_servers", [])):
-                results["servers"][name].setdefault("warm_up_s", []).append(warm_up(server, cfg["vocab_size"]))
-                t_warm = time.time()
-                run_points(server, warm_points(points), args.out_dir / "warm", seed=0,
-                           deadline=time.time() + 90, tokenizer=model)
-                results["servers"][name].setdefault("warm_pass_s", []).append(round(time.time() - t_warm, 1))
-            # Each measurement left gets an equal share of the time left, so a long point cannot leave
-            # the other servers of a repeat unmeasured; the profiles still to come (90 s each) are set
-            # aside first (the first GPU run gave a profiled server's share to its profile).
+            if not kept:
+                warm(name, server)
             profiles_left = sum(1 for r, n, _ in plan[k:] if n in profile and r == args.first_rep)
-            share = (t_end - time.time() - 90 * profiles_left) / (len(plan) - k)
+            deadline = client_deadline(time.time(), t_end - 90 * profiles_left, plan[k:], points, args.first_rep)
             log_start = server.log_path.stat().st_size if server.log_path and server.log_path.exists() else 0
-            measured = run_points(server, points, args.out_dir / "bench", seed=1 + rep,
-                                  deadline=time.time() + share - 30, tokenizer=model)
+            measured = run_points(server, points, args.out_dir / "bench", seed=1 + rep, deadline=deadline,
+                                  tokenizer=model)
             if args.trace_jit and server.log_path:
                 with open(server.log_path, errors="replace") as f:
                     f.seek(log_start)

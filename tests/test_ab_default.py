@@ -329,8 +329,8 @@ def test_main_keeps_side_by_side_servers_for_every_repeat(monkeypatch, tmp_path)
     rc = ab_default.main(["--out-dir", str(tmp_path), "--workloads", "cookbook", "--servers", "A,B",
                           "--repeats", "2", "--layers", "2", "--parallel-start", "--deadline-s", "600"])
     assert rc == 0
-    # each server process gets one unmeasured pass (seed 0) of the cheap points before its first repeat
-    assert measured == [("A", 0), ("A", 1), ("B", 0), ("B", 1), ("B", 2), ("A", 2)]
+    # every server process gets one unmeasured pass (seed 0) of the cheap points before any is measured
+    assert measured == [("A", 0), ("B", 0), ("A", 1), ("B", 1), ("B", 2), ("A", 2)]
     starts = [e for e in _LiveStub.events if e[0] == "start"]
     stops = [e for e in _LiveStub.events if e[0] == "stop"]
     assert starts == [("start", "A"), ("start", "B")] and len(stops) == 2
@@ -367,7 +367,7 @@ def test_two_calls_share_live_servers_and_merge(monkeypatch, tmp_path):
     assert [e for e in _LiveStub.events if e[0] == "start"] == [("start", "A"), ("start", "B")]
     assert [e[1] for e in _LiveStub.events if e[0] == "adopt"] == ["A", "B"]
     # the unmeasured warm pass (seed 0) once per server process: by the call that started it
-    assert measured == [("A", 0), ("A", 1), ("B", 0), ("B", 1), ("B", 2), ("A", 2)]
+    assert measured == [("A", 0), ("B", 0), ("A", 1), ("B", 1), ("B", 2), ("A", 2)]
     _LiveStub.events = []
     (tmp_path / "live-servers.json").write_text(json.dumps(state))
     assert ab_default.main(common[:-1] + ["400000", "--attach", "--name", "call3"]) == 0
@@ -430,3 +430,22 @@ def test_jit_trace_hook_writes_the_line_jit_events_reads():
     assert res.returncode == 0, res.stderr
     events = ab_default.jit_events(res.stderr)
     assert len(events) == 1 and events[0]["kernel"] == "m:kern" and events[0]["ms"] >= 20
+
+
+def test_client_deadline_measures_every_first_repeat_before_later_ones():
+    points = [Point("cookbook", 2048, 256, 64, 64)]
+    need = ab_default.estimate_s(points[0]) + 30
+    plan = [(r, n, True) for r in range(3) for n in ("A", "A2", "B")]
+    # 250 s left for 9 measurements: an equal split (28 s each) is shorter than one client's overhead;
+    # the first repeats get what they need, as long as the first repeats after them still can.
+    now = 1000.0
+    d0 = ab_default.client_deadline(now, now + 250, plan, points, first_rep=0)
+    assert d0 - now == pytest.approx(need - 30)
+    # The last first repeat takes what it needs; a later repeat splits the rest equally.
+    d2 = ab_default.client_deadline(now, now + 2 * need, plan[2:], points, first_rep=0)
+    assert d2 - now == pytest.approx(max(2 * need / 7, need) - 30)
+    d3 = ab_default.client_deadline(now, now + 300, plan[3:], points, first_rep=0)
+    assert d3 - now == pytest.approx(300 / 6 - 30)
+    # Too little time for every first repeat: the equal split, never more than is left.
+    d_short = ab_default.client_deadline(now, now + 60, plan, points, first_rep=0)
+    assert d_short - now == pytest.approx(60 / 9 - 30)

@@ -266,8 +266,8 @@ def indexer_prefill(
     num_warps/num_stages/maxnreg) skips the autotuner.
 
     split_k: key-block ranges per query tile (1 = the single fused kernel; > 1 = split-K + merge,
-    same selection bit for bit). None: SGLANG_MSA_INDEXER_SPLIT_K if set, else the automatic rule
-    (auto_split_k on the grid of 128-row tiles; 1 off CUDA).
+    same selection bit for bit). None: SGLANG_MSA_INDEXER_SPLIT_K (an int forces it, ``auto`` =
+    auto_split_k on the grid of 128-row tiles, 1 off CUDA); unset = 1 (see choose_split_k).
     """
     check_common(idx_q, idx_k_cache, topk, init_blocks, local_blocks, score_type)
     total_q, num_heads, head_dim = idx_q.shape
