@@ -128,7 +128,7 @@ def test_sglang_load_generator_against_fake_server(tmp_path):
     pytest.importorskip("sglang")
     from fake_sglang_server import Behavior, FakeServer
 
-    from sglang_msa import tiny_m3
+    from sglang_msa_tools import tiny_m3
 
     model = tmp_path / "m"
     tiny_m3.write_checkpoint(str(model))  # its tokenizer, for SGLang's client
