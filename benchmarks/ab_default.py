@@ -34,7 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.serving.presets import Point, capped, context_length_for, select  # noqa: E402
+from benchmarks.serving.presets import (  # noqa: E402
+    Point, calibrated, capped, context_length_for, select, text_tokens_per_token)
 from benchmarks.servers import Server, post_json  # noqa: E402
 
 BASELINES = ("A", "A2")
@@ -51,6 +52,10 @@ ALLREDUCE = {"busbw_gb_s": 400.0, "small_latency_us": 12.0, "ranks": 8, "per_lay
 CHUNK = 16384  # --chunked-prefill-size of every server
 A_LOG = re.compile(r"MiniMax-M3 on (\w+): attention_backend=(\w+), page_size=(\w+)")
 B_LOG = re.compile(r"sglang-msa: dense attention layers on (\w+) \((.*?)\), page size (\w+)")
+JIT_TRACE_DIR = ROOT / "benchmarks" / "jit_trace"
+JIT_LINE = re.compile(r"\[jit-trace\] [\d.]+ pid=\d+ compile (\S+) (-?\d+) ms")
+AUTOTUNE_LINE = re.compile(r"Triton autotuning for function ([^,\s]+),\s*with key as .{0,2000}?\s*finished after "
+                           r"([\d.]+)s", re.S)
 
 
 # ------------------------------------------------------------------------------------------ summary
@@ -184,6 +189,20 @@ def read_choices(log_text: str) -> dict:
     return out
 
 
+def jit_events(log_text: str) -> list[dict]:
+    """Triton compiles (``benchmarks/jit_trace``) and autotuning runs found in a stretch of a server's log."""
+    events = [{"kernel": m.group(1), "ms": int(m.group(2))} for m in JIT_LINE.finditer(log_text)]
+    events += [{"kernel": m.group(1), "ms": round(float(m.group(2)) * 1e3), "autotune": True}
+               for m in AUTOTUNE_LINE.finditer(log_text)]
+    return events
+
+
+def trace_jit_env(env: dict) -> dict:
+    """A server's env with the compile trace on (also for SGLang's own kernels, so A and B alike)."""
+    path = os.pathsep.join(x for x in (str(JIT_TRACE_DIR), os.environ.get("PYTHONPATH", "")) if x)
+    return {**env, "PYTHONPATH": path, "SGLANG_MSA_TRACE_JIT": "1", "TRITON_PRINT_AUTOTUNING": "1"}
+
+
 def kv_tokens_for(points: list[Point]) -> int:
     """A KV pool that holds every point at once with 10% to spare: the largest of the context length and
     concurrency x (prompt + output), rounded up to 1k. Servers sharing a GPU are capped at it
@@ -247,9 +266,9 @@ def free_gpu_gb() -> float | None:
         return None
 
 
-def start_staggered(order: list[str], specs: dict, port: int, log_dir: Path, timeout_s: float,
+def start_staggered(order: list[str], specs: dict, ports: dict, log_dir: Path, timeout_s: float,
                     free_gb=free_gpu_gb, margin_gb: float = 6.0) -> dict:
-    """Start the servers of a repeat one after another on one GPU, each once the previous one has
+    """Start the servers one after another on one GPU (at ``ports[name]``), each once the previous one has
     allocated its KV pool ("Memory pool end" in its log). SGLang sizes a pool from the memory free
     when it profiles, so servers started at the same instant race for it (the first GPU run: A found
     none left). Their minutes of JIT compiles and CUDA-graph captures still overlap. A server is not
@@ -257,12 +276,12 @@ def start_staggered(order: list[str], specs: dict, port: int, log_dir: Path, tim
     in :func:`main` starts it once the GPU is free. ``{name: Server}`` of those started."""
     started: dict[str, Server] = {}
     took = None
-    for i, name in enumerate(order):
+    for name in order:
         before = free_gb()
         if started and took is not None and before is not None and before < took + margin_gb:
             break
         flags, env = specs[name]
-        server = started[name] = Server(name, port + i, flags, env=env, tokenizer=True).start(log_dir)
+        server = started[name] = Server(name, ports[name], flags, env=env, tokenizer=True).start(log_dir)
         if not server.wait_log("Memory pool end", timeout_s):
             break  # it failed or is slow: the measuring loop reports it
         after = free_gb()
@@ -271,17 +290,31 @@ def start_staggered(order: list[str], specs: dict, port: int, log_dir: Path, tim
 
 
 def warm_up(server: Server, vocab_size: int, tokens: int = CHUNK + 4096) -> float | None:
-    """One request of two prefill chunks (the second over a prefix) and a few decode steps, before the
-    measured points: Triton's JIT compiles of the prefix paths happen here, not in a measured request.
+    """Before the measured points: one request of two prefill chunks (the second over a prefix), then
+    8 concurrent requests that extend a shared cached prefix by 1-4k tokens while others decode (the
+    agentic mix). Triton's JIT compiles of these paths happen here, not in a measured request (the
+    first H100 run: the first agentic point of each server ran at a third of its later speed).
     Returns its seconds, None if it failed."""
     import random
+    from concurrent.futures import ThreadPoolExecutor
 
     rng = random.Random(0)
+
+    def ids(n: int) -> list[int]:
+        return [rng.randrange(100, vocab_size - 100) for _ in range(n)]
+
+    def gen(input_ids: list[int], new: int) -> None:
+        post_json(server.url + "/generate", {"input_ids": input_ids,
+                                            "sampling_params": {"max_new_tokens": new, "ignore_eos": True}},
+                  timeout=600)
+
     t0 = time.time()
     try:
-        post_json(server.url + "/generate", {"input_ids": [rng.randrange(100, vocab_size - 100) for _ in range(tokens)],
-                                            "sampling_params": {"max_new_tokens": 8, "ignore_eos": True}},
-                  timeout=600)
+        gen(ids(tokens), 8)
+        prefix = ids(8192)
+        gen(prefix, 1)  # caches the prefix
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda n: gen(prefix + ids(n), 32), [1024, 1536, 2048, 2560, 3072, 3584, 4096, 1280]))
     except Exception:  # noqa: BLE001 - the measured points then report what is wrong
         return None
     return time.time() - t0
@@ -289,16 +322,94 @@ def warm_up(server: Server, vocab_size: int, tokens: int = CHUNK + 4096) -> floa
 
 def estimate_s(point: Point) -> float:
     """Rough seconds one server needs for ``point`` (to skip what cannot finish before the deadline)."""
-    prefill_tok_s = 60000.0 if point.input_len <= 65536 else 25000.0 if point.input_len <= 262144 else 12000.0
+    # From the first H100 run of the rank8 proxy (12 layers): 2M prompt tokens of 128k in 14 s with their
+    # decode; decode steps ~4-9 ms. Kept ~2x pessimistic.
+    prefill_tok_s = 150000.0 if point.input_len <= 65536 else 80000.0 if point.input_len <= 262144 else 40000.0
     new_tokens = point.num_prompts * point.max_new_tokens
     steps = point.num_prompts * point.output_len / point.concurrency
-    return 8 + new_tokens / prefill_tok_s + steps * 0.025
+    return 8 + new_tokens / prefill_tok_s + steps * 0.015
 
 
 def point_record(p: Point) -> dict:
     return {"key": p.key, "workload": p.workload, "input_len": p.input_len, "output_len": p.output_len,
             "concurrency": p.concurrency, "num_prompts": p.num_prompts, "dataset": p.dataset,
             "new_prompt_tokens": p.new_prompt_tokens, "note": p.note}
+
+
+def adopt_servers(state: Path, names: list[str], specs: dict, ports: dict) -> tuple[dict, list[str]]:
+    """Servers that an earlier ``--keep-running`` call on this machine left running: those alive, healthy
+    and started with exactly the flags and environment this call would use ({name: Server}). The
+    others it left are stopped (their names returned): they would hold GPU memory this call's new
+    servers need (e.g. A2 left by the call before, when this one measures A beside the same B)."""
+    try:
+        saved = json.loads(state.read_text())
+    except (OSError, ValueError):
+        return {}, []
+    adopted, released = {}, []
+    for name, e in saved.items():
+        keep = (name in names and e.get("args") == specs[name][0] and e.get("env") == specs[name][1]
+                and e.get("port") == ports[name])
+        server = Server(name, e["port"], e.get("args", []), env=e.get("env", {}), tokenizer=True)
+        server.adopt(e["pid"], Path(e["log"]), e["started_at"])
+        if keep and server.proc.poll() is None and server.wait_healthy(10):
+            adopted[name] = server
+        elif server.proc.poll() is None:
+            server.stop()
+            released.append(name)
+    return adopted, released
+
+
+def merge_results(files: list[Path], out_dir: Path, name: str) -> Path:
+    """One results file from several of one card (e.g. the repeats of two calls on one warm machine):
+    every row, the union of points, each call's command and placement, and a summary computed anew."""
+    parts = [json.loads(Path(f).read_text()) for f in files]
+    cards = {p["card"] for p in parts}
+    if len(cards) != 1:
+        raise SystemExit(f"--merge: results of different cards {sorted(cards)}")
+    merged = {k: v for k, v in parts[0].items() if k not in ("rows", "summary", "points", "servers", "logs")}
+    merged["merged_from"] = [{"file": Path(f).name, "command": p.get("command"), "date": p.get("date"),
+                              "placement": p.get("placement"), "measuring_plan": p.get("measuring_plan"),
+                              "adopted_servers": p.get("adopted_servers"), "skipped": p.get("skipped")}
+                             for f, p in zip(files, parts)]
+    merged["rows"] = [r for p in parts for r in p["rows"]]
+    merged["points"] = list({pt["key"]: pt for p in parts for pt in p["points"]}.values())
+    merged["servers"], merged["logs"] = {}, {"card": parts[0]["card"]}
+    for p in parts:
+        for n, info in p.get("servers", {}).items():
+            dst = merged["servers"].setdefault(n, {})
+            for k, v in info.items():
+                if isinstance(v, list) and k not in ("args", "sglang_msa_log"):
+                    dst.setdefault(k, []).extend(v)
+                else:
+                    dst[k] = v
+        for n, info in p.get("logs", {}).items():
+            if isinstance(info, dict):
+                merged["logs"].setdefault(n, {}).update(info)
+    return write_results(merged, out_dir, name)
+
+
+def write_results(results: dict, out_dir: Path, name: str) -> Path:
+    """``results`` with its summary computed from its rows, as OUT/serving-<card>-<date>-NAME.json + PNG.
+    Every measured row reaches the file even if the summary or the plot breaks on something unforeseen."""
+    results["summary"] = _safe(lambda: summarize(results["rows"], results["points"], results["logs"],
+                                                 results["model"]))
+    path = out_dir / f"serving-{results['card'].replace(' ', '-')}-{results['date']}-{name}.json"
+    path.write_text(json.dumps(results, indent=1))
+    _safe(lambda: _plot(results, path.with_suffix(".png")))
+    return path
+
+
+def measuring_plan(names: list[str], repeats: int, live: list[str], tried: list[str] = (),
+                   first_rep: int = 0) -> list[tuple]:
+    """``[(repeat, server, kept_alive)]`` in measuring order. Servers started side by side (``live``)
+    serve every repeat, in swapped order on each one; the others are started, measured and stopped one
+    at a time afterwards (each repeat), once the live ones no longer hold the GPU. A server that was
+    started side by side but never became healthy (``tried`` and not ``live``) is not tried again."""
+    reps = range(first_rep, first_rep + repeats)
+    plan = [(rep, n, True) for rep in reps for n in (live if rep % 2 == 0 else live[::-1])]
+    rest = [n for n in names if n not in live and n not in tried]
+    plan += [(rep, n, False) for rep in reps for n in (rest if rep % 2 == 0 else rest[::-1])]
+    return plan
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -324,15 +435,32 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="", help="servers to profile on the first repeat (e.g. A,B): a 128k "
                     "prefill and agentic-like decode (benchmarks/profile_step.py)")
     ap.add_argument("--name", default="rank8", help="suffix of the results file")
-    ap.add_argument("--parallel-start", action="store_true", help="start the servers of a repeat side by side on "
-                    "one GPU (ports --port, --port+1, ...), each once the previous one has its KV pool, every one "
-                    "with the same --max-total-tokens (--kv-tokens), and measure them one after the other: a "
-                    "fresh machine's minutes of JIT compiles overlap instead of adding up")
+    ap.add_argument("--parallel-start", action="store_true", help="start the servers side by side on one GPU "
+                    "(ports --port, --port+1, ...), each once the previous one has its KV pool, every one with the "
+                    "same --max-total-tokens (--kv-tokens), and keep them for every repeat, measured one after the "
+                    "other once all are healthy: a fresh machine's minutes of JIT compiles and graph captures are "
+                    "paid once and overlap")
+    ap.add_argument("--context-length", type=int, default=None, help="--context-length of every server "
+                    "(default: what the points need); give the same sizing on calls that --attach")
+    ap.add_argument("--first-rep", type=int, default=0, help="number of the first repeat (its seed and order), "
+                    "for a call that continues an earlier one's repeats")
+    ap.add_argument("--keep-running", action="store_true", help="leave the side-by-side servers running at the "
+                    "end (their own process sessions outlive this command) and note them in OUT/live-servers.json")
+    ap.add_argument("--attach", action="store_true", help="take over the servers that an earlier --keep-running "
+                    "call on this machine left in OUT/live-servers.json, where each is alive, healthy and was "
+                    "started with exactly this call's flags; start the others")
+    ap.add_argument("--merge", nargs="+", type=Path, default=None, help="no GPU: merge these results files of "
+                    "one card (e.g. two calls' repeats) into OUT/serving-<card>-<date>-NAME.json with a new summary")
+    ap.add_argument("--trace-jit", action="store_true", help="log every Triton compile and autotuning run of "
+                    "every server (benchmarks/jit_trace) and record those that happen during measured points")
     ap.add_argument("--kv-tokens", type=int, default=None, help="--max-total-tokens of every server (default "
                     "with --parallel-start: every point's tokens at once + 10%%; else SGLang sizes the pool)")
     args = ap.parse_args(argv)
     t_end = time.time() + args.deadline_s
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        print(merge_results(args.merge, args.out_dir, args.name))
+        return 0
     lens = [int(x) for x in args.lens.split(",") if x]
     conc = [int(x) for x in args.concurrency.split(",") if x]
     points = capped(select(args.workloads.split(","), lens=lens or None, concurrency=conc or None),
@@ -341,12 +469,16 @@ def main(argv=None) -> int:
     subprocess.run([sys.executable, "-m", "sglang_msa_tools.tiny_m3", str(model), "--preset", "rank8",
                     "--layers", str(args.layers)], check=True, cwd=ROOT)  # the tools package is the clone's
     cfg = json.loads((model / "config.json").read_text())
-    context = context_length_for(points)
+    text_ratio = text_tokens_per_token(str(model)) if any(p.dataset != "random-ids" for p in points) else 1.0
+    points = calibrated(points, text_ratio)
+    context = args.context_length or context_length_for(points)
     graph_bs = sorted({int(x) for x in args.graph_bs.split(",") if x} or {p.concurrency for p in points})
     names = [n for n in args.servers.split(",") if n]
     kv_tokens = args.kv_tokens or (kv_tokens_for(points) if args.parallel_start else None)
     specs = server_specs(model, context, args.mem_fraction, graph_bs, max(64, max(p.concurrency for p in points)),
                          kv_tokens)
+    if args.trace_jit:
+        specs = {n: (flags, trace_jit_env(env)) for n, (flags, env) in specs.items()}
     profile = [n for n in args.profile.split(",") if n]
     import torch
 
@@ -360,65 +492,110 @@ def main(argv=None) -> int:
                          "experts": cfg["num_local_experts"], "expert_intermediate": cfg["intermediate_size"],
                          "vocab": cfg["vocab_size"]},
                "servers": {n: {"args": specs[n][0], "env": specs[n][1]} for n in names},
-               "placement": ("one GPU; the servers of a repeat started side by side (each once the previous one "
-                             "had its KV pool, all with the same --max-total-tokens), measured one after the "
-                             "other (only the measured server gets requests)" if args.parallel_start else
+               "placement": ("one GPU; the servers started side by side once (each once the previous one had "
+                             "its KV pool, all with the same --max-total-tokens), all healthy before the first "
+                             "measurement, kept for every repeat and measured one after the other (only the "
+                             "measured server gets requests)" if args.parallel_start else
                              "one GPU; servers one after the other") + ", order swapped on each repeat",
                "load_generator": "python -m sglang.bench_serving (SGLang's own)",
+               "text_tokens_per_generated_token": text_ratio,
                "points": [point_record(p) for p in points], "rows": [], "logs": {"card": card}}
-    try:
-        for rep in range(args.repeats):
-            order = names if rep % 2 == 0 else names[::-1]
-            started = {}
-            if args.parallel_start:
-                started = start_staggered(order, specs, args.port, args.out_dir / "logs" / f"rep{rep}",
-                                          min(args.health_timeout, max(1.0, t_end - time.time())))
-            for i, name in enumerate(order):
-                if time.time() > t_end - 60:
-                    results.setdefault("skipped", []).append(f"rep {rep} {name}: deadline")
-                    continue
-                flags, env = specs[name]
-                server = started.get(name)
-                if server is None:
-                    server = Server(name, args.port + i, flags, env=env, tokenizer=True)
-                    server.start(args.out_dir / "logs" / f"rep{rep}")
-                ok = server.wait_healthy(min(args.health_timeout, max(1.0, t_end - time.time())))
-                results["servers"][name].setdefault("ready_s", []).append(server.ready_s)
-                if not ok:
-                    results["servers"][name].setdefault("errors", []).append(f"rep {rep}: not healthy\n{server.tail(60)}")
-                    server.stop()
-                    continue
-                # Each server of the remaining ones gets an equal share of the time left once it is up, so
-                # a long point cannot leave the other servers of a repeat unmeasured.
-                results["servers"][name].setdefault("warm_up_s", []).append(warm_up(server, cfg["vocab_size"]))
-                runs_left = len(order) - i + (args.repeats - rep - 1) * len(order)
-                share_end = time.time() + (t_end - time.time()) / runs_left
-                measured = run_points(server, points, args.out_dir / "bench", seed=1 + rep,
-                                      deadline=share_end - 30 - (90 if name in profile else 0), tokenizer=model)
-                for p in points:
-                    m = measured.get(p.key)
-                    results["rows"].append({"server": name, "rep": rep, "point": p.key, "num_prompts": p.num_prompts,
-                                            "metrics": {k: m.get(k) for k in METRICS} if m else None})
-                    print(f"[rep {rep}] {name} {p.key}: " + (f"{m['output_throughput']:.1f} tok/s, TTFT p50 "
-                          f"{m['median_ttft_ms']:.0f} ms" if m else "not measured"), flush=True)
-                if rep == 0 and name in profile and time.time() < t_end - 100:
-                    from benchmarks.profile_step import profile_server
+    log_root = args.out_dir / "logs"
 
-                    results["servers"][name]["profile"] = _safe(lambda: profile_server(
-                        server.url, args.out_dir / f"prof-{name}", vocab_size=cfg["vocab_size"], input_len=131072,
-                        concurrency=8, prefill_steps=8, decode_steps=10, decode_tokens=600))
-                server.stop()
-                text = server.log_path.read_text(errors="replace") if server.log_path else ""
-                results["logs"].setdefault(name, {}).update(read_choices(text))
-                results["servers"][name]["sglang_msa_log"] = server.plugin_lines()
-                results["servers"][name]["log_tail"] = server.tail(25)
-            for server in started.values():
-                server.stop()
+    def record_stop(name: str, server: Server) -> None:
+        server.stop()
+        record_logs(name, server)
+
+    def record_logs(name: str, server: Server) -> None:
+        text = server.log_path.read_text(errors="replace") if server.log_path else ""
+        results["logs"].setdefault(name, {}).update(read_choices(text))
+        results["servers"][name]["sglang_msa_log"] = server.plugin_lines()
+        results["servers"][name]["log_tail"] = server.tail(25)
+
+    def healthy(name: str, server: Server, label: str) -> bool:
+        ok = server.wait_healthy(min(args.health_timeout, max(1.0, t_end - time.time())))
+        results["servers"][name].setdefault("ready_s", []).append(server.ready_s)
+        if not ok:
+            results["servers"][name].setdefault("errors", []).append(f"{label}: not healthy\n{server.tail(60)}")
+            server.stop()
+        return ok
+
+    live: dict[str, Server] = {}
+    started: dict[str, Server] = {}
+    state = args.out_dir / "live-servers.json"
+    ports = {n: args.port + i for i, n in enumerate(names)}
+    try:
+        if args.parallel_start:
+            adopted, released = adopt_servers(state, names, specs, ports) if args.attach else ({}, [])
+            results["adopted_servers"], results["released_servers"] = list(adopted), released
+            started = dict(adopted)
+            started.update(start_staggered([n for n in names if n not in adopted], specs, ports, log_root / "live",
+                                           min(args.health_timeout, max(1.0, t_end - time.time()))))
+            started = {n: started[n] for n in names if n in started}
+            # Every live server is healthy before any is measured: another one's JIT compiles and graph
+            # captures would otherwise run on the GPU during the measured requests.
+            live = {n: s for n, s in started.items() if healthy(n, s, "start")}
+            results["live_servers"] = list(live)
+        plan = measuring_plan(names, args.repeats, list(live), tried=list(started), first_rep=args.first_rep)
+        results["measuring_plan"] = [f"rep {r} {n}" + (" (live)" if kept else "") for r, n, kept in plan]
+        for k, (rep, name, kept) in enumerate(plan):
+            if time.time() > t_end - 60:
+                results.setdefault("skipped", []).append(f"rep {rep} {name}: deadline")
+                continue
+            if not kept:
+                server = Server(name, args.port + len(names) + k, specs[name][0], env=specs[name][1],
+                                tokenizer=True).start(log_root / f"rep{rep}")
+                if not healthy(name, server, f"rep {rep}"):
+                    continue
+            else:
+                server = live[name]
+            if not kept or not results["servers"][name].get("warm_up_s"):  # once per server process
+                results["servers"][name].setdefault("warm_up_s", []).append(warm_up(server, cfg["vocab_size"]))
+            # Each measurement left gets an equal share of the time left, so a long point cannot leave
+            # the other servers of a repeat unmeasured; the profiles still to come (90 s each) are set
+            # aside first (the first GPU run gave a profiled server's share to its profile).
+            profiles_left = sum(1 for r, n, _ in plan[k:] if n in profile and r == args.first_rep)
+            share = (t_end - time.time() - 90 * profiles_left) / (len(plan) - k)
+            log_start = server.log_path.stat().st_size if server.log_path and server.log_path.exists() else 0
+            measured = run_points(server, points, args.out_dir / "bench", seed=1 + rep,
+                                  deadline=time.time() + share - 30, tokenizer=model)
+            if args.trace_jit and server.log_path:
+                with open(server.log_path, errors="replace") as f:
+                    f.seek(log_start)
+                    results["servers"][name].setdefault("jit_during_points", {})[str(rep)] = jit_events(f.read())
+            for p in points:
+                m = measured.get(p.key)
+                results["rows"].append({"server": name, "rep": rep, "point": p.key, "num_prompts": p.num_prompts,
+                                        "metrics": {k2: m.get(k2) for k2 in METRICS} if m else None})
+                print(f"[rep {rep}] {name} {p.key}: " + (f"{m['output_throughput']:.1f} tok/s, TTFT p50 "
+                      f"{m['median_ttft_ms']:.0f} ms" if m else "not measured"), flush=True)
+            if rep == args.first_rep and name in profile and time.time() < t_end - 100:
+                from benchmarks.profile_step import profile_server
+
+                results["servers"][name]["profile"] = _safe(lambda: profile_server(
+                    server.url, args.out_dir / f"prof-{name}", vocab_size=cfg["vocab_size"], input_len=131072,
+                    concurrency=8, prefill_steps=8, decode_steps=10, decode_tokens=600))
+            if not kept:
+                record_stop(name, server)
+            elif all(r != name for _, r, _ in plan[k + 1:]) and not args.keep_running:
+                record_stop(name, server)
+                live.pop(name)
     finally:
-        results["summary"] = summarize(results["rows"], results["points"], results["logs"], results["model"])
-        path = args.out_dir / f"serving-{card.replace(' ', '-')}-{results['date']}-{args.name}.json"
-        path.write_text(json.dumps(results, indent=1))
-        _plot(results, path.with_suffix(".png"))
+        for name, server in live.items():
+            if args.keep_running:
+                record_logs(name, server)
+            else:
+                record_stop(name, server)
+        if args.keep_running and live:
+            state.write_text(json.dumps({n: {"pid": s.proc.pid, "port": s.port, "log": str(s.log_path),
+                                             "started_at": s.started_at, "args": specs[n][0], "env": specs[n][1]}
+                                         for n, s in live.items()}))
+            results["left_running"] = list(live)
+        if args.trace_jit:
+            results["jit_compiles_during_points"] = {
+                n: sum(len(ev) for ev in v.get("jit_during_points", {}).values())
+                for n, v in results["servers"].items() if "jit_during_points" in v}
+        write_results(results, args.out_dir, args.name)
         print(json.dumps({k: v for k, v in results["summary"].items() if k != "per_point"}, indent=1))
     return 0
 

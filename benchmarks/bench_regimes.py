@@ -12,8 +12,12 @@ Matrix (issue #13):
   index keys/queries). The layer = indexer + plan + reverse map + main kernel + combine (ours) and
   indexer + top-k + main (upstream), timed together (``layer_ms``, plan() from scratch every call) and
   by part. Upstream's main is also timed on our indexer's selection (same blocks for both mains).
+  At 1 index head our indexer is also timed unsplit (``indexer_unsplit_ms``, split_k=1) and split-K
+  (``indexer_split_ms`` at ``indexer_split_k`` ranges, the automatic rule; 2 on CPU), with
+  ``indexer_split_speedup`` and ``indexer_split_matches_unsplit`` (the selections are equal);
   Mean union of the blocks selected per 64/128-row query tile and the neighbour Jaccard are reported
-  from the selection actually used;
+  from the selection actually used Ours' main is also timed with plan(method="union_tile") on the same inputs
+  (``ours_union_ms``, plan included; ``union_speedup_vs_block_major`` when the default is block-major);
 - decode: one sparse layer's step (indexer + sparse attention) at 128k, 512k, 1M, B = 1, 8, 32,
   under CUDA-graph replay (and eager), next to the bandwidth floor: bytes that must move (index-K
   scan + selected K/V + q/out) / device copy bandwidth measured in the same run;
@@ -61,9 +65,11 @@ import triton  # noqa: E402
 from selections import random_index_qk, selection_stats, smooth_index_qk  # noqa: E402
 from sglang_msa.kernels.msa_decode import SparseDecodeWrapper  # noqa: E402
 from sglang_msa.kernels.msa_indexer import IndexerDecode, indexer_prefill  # noqa: E402
+from sglang_msa.kernels.msa_indexer.prefill import auto_split_k  # noqa: E402
 from sglang_msa.kernels.msa_prefill import bind_topk, plan, run  # noqa: E402
 from sglang_msa.kernels.msa_prefill.block_major import launch_block_major  # noqa: E402
 from sglang_msa.kernels.msa_prefill.combine import launch_combine  # noqa: E402
+from sglang_msa.kernels.msa_prefill.union_tile import mean_tile_union  # noqa: E402
 from sglang_msa_tools.tiny_m3 import SPARSE_COMMON  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -353,6 +359,18 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
     pt["ours_layer_peak_extra_gib"] = peak_extra_gib(ours_layer)
     pt["ours_layer_ms"] = bench_ms(ours_layer)
     pt["ours_indexer_ms"] = bench_ms(ours_indexer)
+    if hi == 1:  # split-K indexer (#13) beside the unsplit one: same inputs, one measurement each
+        sms = torch.cuda.get_device_properties(0).multi_processor_count if DEV == "cuda" else 1
+        sk = max(2, auto_split_k(triton.cdiv(T, 128), sms))  # the automatic rule's S (>= 2: CPU smoke)
+        held = {}
+        pt["indexer_split_k"] = sk
+        pt["indexer_unsplit_ms"] = bench_ms(lambda: held.__setitem__(1, indexer_prefill(
+            iq, idx_k, r2t, pool, cu, seq, pre, split_k=1, **ikw)))
+        pt["indexer_split_ms"] = bench_ms(lambda: held.__setitem__(sk, indexer_prefill(
+            iq, idx_k, r2t, pool, cu, seq, pre, split_k=sk, **ikw)))
+        pt["indexer_split_speedup"] = pt["indexer_unsplit_ms"] / pt["indexer_split_ms"]
+        pt["indexer_split_matches_unsplit"] = bool(torch.equal(held[1], held[sk]))
+        del held
     pt["ours_main_ms"] = bench_ms(lambda: ours_main(topk))  # plan + reverse map + main + combine
     pt["ours_plan_ms"] = bench_ms(lambda: plan(cu, seq, pre, pool, **pkw))
     pbm = plan(cu, seq, pre, pool, **{**pkw, "method": "block_major"})  # the parts, on a block-major plan
@@ -361,6 +379,24 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
     pt["ours_main_kernel_ms"] = bench_ms(lambda: launch_block_major(pbm, q, k_cache, v_cache, r2t))
     pt["ours_combine_ms"] = bench_ms(lambda: launch_combine(pbm, out, topk))
     del pbm
+    # union-tile variant of ours' main (plan included, same inputs), recorded beside the block-major figures
+    ukw = {**pkw, "method": "union_tile"}
+    try:
+        pu = plan(cu, seq, pre, pool, **ukw)
+        pt["ours_union_tile_tokens"] = pu.tile_tokens
+        pt["ours_union_mean_blocks_per_tile"] = float(mean_tile_union(
+            topk, pu.token_pos, pu.token_req, block_size=B, tile_tokens=pu.tile_tokens))
+        del pu
+        out_u = torch.empty_like(q)
+        pt["ours_union_ms"] = bench_ms(lambda: run(plan(cu, seq, pre, pool, **ukw), q, k_cache, v_cache, r2t, topk,
+                                                   out=out_u))
+        pt["ours_union_max_abs_diff_vs_ours"] = float((out_u.float() - ours_out.float()).abs().max())
+        del out_u
+        if pt.get("method") == "block_major" and pt["ours_union_ms"]:
+            pt["union_speedup_vs_block_major"] = pt["ours_main_ms"] / pt["ours_union_ms"]
+    except Exception as err:  # noqa: BLE001
+        pt["ours_union_error"] = f"{type(err).__name__}: {str(err)[:400]}"
+        traceback.print_exc()
     if CUDA:
         torch.cuda.empty_cache()
     if up is not None:

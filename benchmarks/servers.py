@@ -49,6 +49,12 @@ class Server:
         self.started_at = time.time()
         return self
 
+    def adopt(self, pid: int, log_path: Path, started_at: float) -> "Server":
+        """Take over a server that an earlier command on this machine started and left running (its own
+        process session outlives that command): health, logs and stop() work as if started here."""
+        self.proc, self.log_path, self.started_at = _Adopted(pid), Path(log_path), started_at
+        return self
+
     def wait_healthy(self, timeout_s: float) -> bool:
         deadline = time.time() + timeout_s
         while time.time() < deadline:
@@ -100,6 +106,30 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+class _Adopted:
+    """The part of ``subprocess.Popen`` that Server uses, for a process this one did not start."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def poll(self) -> int | None:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return -1
+        except PermissionError:
+            return None
+        return None
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.time() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.time() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.2)
+        return -1
 
 
 def start_all_or_exit(servers, log_dir: Path, timeout_s: float, record: dict) -> None:

@@ -35,6 +35,7 @@ name="$(basename "$WHEEL")"
 bytes=$(stat -c %s "$WHEEL")
 log "$name: $(( bytes / 1024 )) KiB"
 [[ "$name" == *-abi3-* ]] || fail "not an abi3 wheel: $name"
+[[ "$name" == *-manylinux_* ]] || fail "not a manylinux wheel (PyPI refuses linux_x86_64): $name"
 [ "$bytes" -le $(( MAX_MB * 1000 * 1000 )) ] || fail "wheel is larger than $MAX_MB MB"
 
 mkdir -p "$WORK/unpacked"

@@ -55,15 +55,17 @@ def _with_bundled_ffmpeg(config_settings: Mapping[str, Any] | None) -> dict[str,
     # with the system-FFmpeg build). One subdirectory per FFmpeg build keeps them apart.
     base = os.environ.get("CARGO_TARGET_DIR") or str(ROOT / "target")
     os.environ["CARGO_TARGET_DIR"] = os.path.join(base, "bundled-" + os.path.basename(prefix))
-    return dict(config_settings or {})
-
-
-def _without_bundled_ffmpeg(config_settings: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Drops `bundled-ffmpeg` from the features of pyproject.toml (a `--features` given to
-    maturin replaces that list, it does not add to it)."""
-    features = [f for f in maturin.get_config().get("features", []) if f != "bundled-ffmpeg"]
-    extra = ["--features", ",".join(features)] if features else []
     settings = dict(config_settings or {})
+    # A manylinux tag (maturin checks the symbols against it) instead of `linux_x86_64`, which
+    # PyPI refuses; a --compatibility given by the caller wins.
+    tag = manylinux_tag()
+    if tag and not _build_args_given(settings, "--compatibility"):
+        settings = _add_build_args(settings, ["--compatibility", tag])
+    return settings
+
+
+def _add_build_args(settings: dict[str, Any], extra: list[str]) -> dict[str, Any]:
+    """Appends ``extra`` to maturin's build arguments (config settings, else MATURIN_PEP517_ARGS)."""
     key = "maturin.build-args" if "maturin.build-args" in settings else "build-args"
     if key in settings:
         args = settings[key]
@@ -71,6 +73,30 @@ def _without_bundled_ffmpeg(config_settings: Mapping[str, Any] | None) -> dict[s
     else:
         os.environ["MATURIN_PEP517_ARGS"] = " ".join([os.environ.get("MATURIN_PEP517_ARGS", ""), *extra]).strip()
     return settings
+
+
+def manylinux_tag() -> str | None:
+    """``manylinux_X_Y`` of this machine's glibc: the wheel links only libc/libm/libgcc (FFmpeg is
+    static), and a binary built here needs at most this glibc. None off glibc Linux."""
+    try:
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()  # "glibc 2.36"
+    except (AttributeError, ValueError, OSError):
+        return None
+    major, minor = version.split(".")[:2]
+    return f"manylinux_{major}_{minor}" if name == "glibc" and sys.platform.startswith("linux") else None
+
+
+def _build_args_given(settings: Mapping[str, Any], flag: str) -> bool:
+    given = settings.get("maturin.build-args") or settings.get("build-args") or ""
+    return flag in (" ".join(given) if isinstance(given, list) else given) or \
+        flag in os.environ.get("MATURIN_PEP517_ARGS", "")
+
+
+def _without_bundled_ffmpeg(config_settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Drops `bundled-ffmpeg` from the features of pyproject.toml (a `--features` given to
+    maturin replaces that list, it does not add to it)."""
+    features = [f for f in maturin.get_config().get("features", []) if f != "bundled-ffmpeg"]
+    return _add_build_args(dict(config_settings or {}), ["--features", ",".join(features)] if features else [])
 
 
 def _maturin_settings(config_settings: Mapping[str, Any] | None) -> dict[str, Any] | None:

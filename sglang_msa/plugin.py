@@ -15,6 +15,9 @@ What ``register()`` does, and nothing else:
   does not handle (:mod:`sglang_msa.backend.features`: a clear error at startup);
 * registers one AROUND hook with SGLang's ``HookRegistry`` so MiniMax sparse layers use our sparse
   backend when ``msa`` is selected (why, how and when it can go: :mod:`sglang_msa.backend.hooks`);
+* registers one AROUND hook on ``TokenizerManager._validate_one_request`` that, for ``msa`` servers
+  only, rejects client ``input_ids`` outside ``[0, vocab_size)`` with a 400 (SGLang 0.5.17 has no such
+  check and an out-of-vocabulary id crashes the GPU gather; :mod:`sglang_msa.request_checks`);
 * with ``SGLANG_MSA_MODELS=1`` only (an explicit opt-in for every server): our model package and
   processor right away.
 
@@ -25,7 +28,7 @@ runs exactly as stock SGLang: the same model classes, processors and attention b
 which inherit them and build their model registry from them (``SGLANG_MSA_MODELS=0`` keeps SGLang's
 classes even then).
 
-Apart from that documented hook it patches nothing. It is idempotent, never raises (failures are logged), and can be
+Apart from those two documented hooks it patches nothing. It is idempotent, never raises (failures are logged), and can be
 switched off with ``SGLANG_MSA_DISABLE=1``.
 """
 
@@ -105,6 +108,9 @@ def _register_backend() -> None:
     from sglang_msa.backend.hooks import register_hooks
 
     register_hooks()
+    from sglang_msa.request_checks import register_request_hooks
+
+    register_request_hooks()
     _register_server_args_provider()
 
 

@@ -105,6 +105,16 @@ def h264_gop12_bframes(d: Path) -> Path:
     return make(d / "h264_g12_b2.mp4", "128x72", 25, 6.0, GOP12_B2_H264)
 
 
+def h264_ts(d: Path) -> Path:
+    """160x120 H.264 with B-frames in MPEG-TS (90 kHz timestamps that start at 1.4 s, no index), 25 fps, 3 s."""
+    return make(d / "h264_b.ts", "160x120", 25, 3.0, ["-c:v", "libx264", "-preset", "veryfast", "-bf", "2", "-pix_fmt", "yuv420p", "-f", "mpegts"])
+
+
+def h264_gop12_bframes_ts(d: Path) -> Path:
+    """Short GOPs with two B-frames in MPEG-TS (seeking by bytes: the demuxer has no index)."""
+    return make(d / "h264_g12_b2.ts", "128x72", 25, 6.0, [*GOP12_B2_H264, "-f", "mpegts"])
+
+
 def h264_gop12_bframes_mkv(d: Path) -> Path:
     """The same in Matroska (seek index by presentation time, guessed decode times)."""
     return make(d / "h264_g12_b2.mkv", "128x72", 25, 6.0, GOP12_B2_H264)
@@ -166,7 +176,7 @@ def probe_packets(path: Path, entries: str, of: str) -> str:
 def keyframe_indices(path: Path) -> list[int]:
     """Presentation indices of the video packets flagged as keyframes (ffprobe)."""
     out = probe_packets(path, "pts,flags", "csv=p=0")
-    rows = [line.split(",") for line in out.splitlines() if line.strip()]
+    rows = [line.split(",")[:2] for line in out.splitlines() if line.strip()]  # MPEG-TS adds a field
     order = sorted(int(pts) for pts, _ in rows)
     return sorted(order.index(int(pts)) for pts, flags in rows if "K" in flags)
 

@@ -184,19 +184,32 @@ class _StubServer:
 def test_staggered_start_waits_for_each_pool_and_stops_when_memory_runs_short(monkeypatch, tmp_path):
     monkeypatch.setattr(ab_default, "Server", _StubServer)
     specs = {n: ([], {}) for n in ("A", "A2", "B", "broken")}
+    ports = {"B": 30000, "A": 30001, "A2": 30002, "broken": 30003}
     free = iter([80.0, 58.0, 58.0, 36.0, 36.0, 14.0])  # each server takes 22 GB
     _StubServer.log = []
-    started = ab_default.start_staggered(["B", "A", "A2"], specs, 30000, tmp_path, 10, free_gb=lambda: next(free))
+    started = ab_default.start_staggered(["B", "A", "A2"], specs, ports, tmp_path, 10, free_gb=lambda: next(free))
     assert list(started) == ["B", "A", "A2"] and _StubServer.log == [("B", 30000), ("A", 30001), ("A2", 30002)]
     free = iter([80.0, 58.0, 58.0, 36.0, 20.0])  # 20 GB free < 22 + margin: A2 waits for the measuring loop
-    started = ab_default.start_staggered(["B", "A", "A2"], specs, 30000, tmp_path, 10, free_gb=lambda: next(free))
+    started = ab_default.start_staggered(["B", "A", "A2"], specs, ports, tmp_path, 10, free_gb=lambda: next(free))
     assert list(started) == ["B", "A"]
     # A server that never allocates its pool (failed, or too slow) stops the staggering there.
-    started = ab_default.start_staggered(["broken", "A"], specs, 30000, tmp_path, 10, free_gb=lambda: 80.0)
+    started = ab_default.start_staggered(["broken", "A"], specs, ports, tmp_path, 10, free_gb=lambda: 80.0)
     assert list(started) == ["broken"]
     # Without nvidia-smi every server is started, each after the previous one's pool.
-    started = ab_default.start_staggered(["A", "B"], specs, 30000, tmp_path, 10, free_gb=lambda: None)
+    started = ab_default.start_staggered(["A", "B"], specs, ports, tmp_path, 10, free_gb=lambda: None)
     assert list(started) == ["A", "B"]
+
+
+def test_measuring_plan_keeps_live_servers_for_every_repeat_in_swapped_order():
+    plan = ab_default.measuring_plan(["A", "B"], 2, ["A", "B"], tried=["A", "B"])
+    assert plan == [(0, "A", True), (0, "B", True), (1, "B", True), (1, "A", True)]
+    # A2 did not fit beside the others: it runs alone afterwards, once per repeat; a server that was
+    # started side by side but never became healthy ("B") is not tried again.
+    plan = ab_default.measuring_plan(["A", "A2", "B"], 2, ["A"], tried=["A", "B"])
+    assert plan == [(0, "A", True), (1, "A", True), (0, "A2", False), (1, "A2", False)]
+    # Without --parallel-start every server is started per repeat.
+    assert ab_default.measuring_plan(["A", "B"], 2, []) == [(0, "A", False), (0, "B", False), (1, "B", False),
+                                                             (1, "A", False)]
 
 
 def test_server_wait_log_sees_the_marker_and_a_dead_process(tmp_path):
@@ -212,3 +225,202 @@ def test_server_wait_log_sees_the_marker_and_a_dead_process(tmp_path):
     s.proc = subprocess.Popen([sys.executable, "-c", "pass"])
     s.proc.wait()
     assert not s.wait_log("Memory pool end", 5)  # exited without it: no waiting out the timeout
+
+
+@pytest.mark.sglang
+def test_shared_prefix_prompts_reach_their_token_lengths_with_the_proxy_tokenizer(tmp_path):
+    """SGLang's generated-shared-prefix generator writes text from random vocabulary ids; the proxy
+    checkpoints' tokenizer makes ~13-16 tokens of each (the first GPU run sent 788k-token 'agentic'
+    prompts). The calibrated point's generator lengths give prompts of the intended token count."""
+    pytest.importorskip("sglang")
+    import random
+
+    from sglang.benchmark.datasets.common import gen_prompt
+    from transformers import AutoTokenizer
+
+    from sglang_msa_tools import tiny_m3
+
+    model = tmp_path / "m"
+    tiny_m3.write_checkpoint(str(model))
+    ratio = presets.text_tokens_per_token(str(model), sample=4000)
+    assert ratio > 2, ratio  # this is the case that needs calibrating
+    (p,) = presets.calibrated(presets.select(["agentic"]), ratio)
+    args = dict(zip(p.extra[::2], p.extra[1::2]))
+    prefix = int(args["--gsp-system-prompt-len"])
+    assert prefix == round(presets.AGENTIC_PREFIX / ratio) and "generator lengths" in p.note
+    tok = AutoTokenizer.from_pretrained(str(model))
+    random.seed(1)
+    n = len(tok.encode(gen_prompt(tok, prefix), add_special_tokens=False))
+    assert abs(n - presets.AGENTIC_PREFIX) < 0.1 * presets.AGENTIC_PREFIX, n
+    # random-ids points send token ids: untouched; a tokenizer that round-trips changes nothing
+    (c,) = presets.calibrated(presets.select(["cookbook"]), ratio)
+    assert c == presets.select(["cookbook"])[0]
+    assert presets.calibrated(presets.select(["agentic"]), 1.02) == presets.select(["agentic"])
+
+
+class _LiveStub:
+    """A server that is always healthy and records its life (start, measured repeats, stop)."""
+    events = []
+
+    def __init__(self, name, port, flags, env=None, tokenizer=False):
+        self.name, self.port, self.log_path, self.ready_s, self.started_at = name, port, None, 1.0, 0.0
+        self.url = f"http://stub:{port}"
+        self.proc = None
+
+    def start(self, log_dir):
+        _LiveStub.events.append(("start", self.name))
+        self.proc = type("P", (), {"pid": 1000 + self.port % 100, "poll": lambda _: None})()
+        return self
+
+    def adopt(self, pid, log_path, started_at):
+        _LiveStub.events.append(("adopt", self.name, pid))
+        self.proc = type("P", (), {"pid": pid, "poll": lambda _: None})()
+        return self
+
+    def wait_log(self, marker, timeout_s):
+        return True
+
+    def wait_healthy(self, timeout_s):
+        return True
+
+    def stop(self):
+        if ("stop", self.name, self.port) not in _LiveStub.events:
+            _LiveStub.events.append(("stop", self.name, self.port))
+
+    def tail(self, n=40):
+        return ""
+
+    def plugin_lines(self, limit=20):
+        return []
+
+
+def stub_gpu(monkeypatch) -> None:
+    """ab_default.main without a GPU: stub servers, no nvidia-smi, no warm-up, a named card."""
+    pytest.importorskip("sglang")
+    import torch
+
+    monkeypatch.setattr(ab_default, "Server", _LiveStub)
+    monkeypatch.setattr(ab_default, "free_gpu_gb", lambda: None)
+    monkeypatch.setattr(ab_default, "warm_up", lambda server, vocab: 0.5)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Stub GPU")
+
+
+@pytest.mark.sglang
+def test_main_keeps_side_by_side_servers_for_every_repeat(monkeypatch, tmp_path):
+    """ab_default.main with --parallel-start, servers and the load generator stubbed: each server is
+    started once, measured on every repeat in swapped order, stopped once, and the results file holds
+    a row per (server, repeat, point) with the summary's ratio."""
+    stub_gpu(monkeypatch)
+    measured = []
+
+    def fake_points(server, points, out_dir, seed, deadline, tokenizer):
+        measured.append((server.name, seed))
+        tput = 200.0 if server.name == "B" else 100.0
+        return {p.key: {"output_throughput": tput, "median_ttft_ms": 50.0, "completed": p.num_prompts,
+                         "duration": 10.0, "total_output_tokens": tput * 10.0,
+                         "total_input_tokens": p.num_prompts * p.input_len} for p in points}
+
+    monkeypatch.setattr(ab_default, "run_points", fake_points)
+    _LiveStub.events = []
+    rc = ab_default.main(["--out-dir", str(tmp_path), "--workloads", "cookbook", "--servers", "A,B",
+                          "--repeats", "2", "--layers", "2", "--parallel-start", "--deadline-s", "600"])
+    assert rc == 0
+    assert measured == [("A", 1), ("B", 1), ("B", 2), ("A", 2)]
+    starts = [e for e in _LiveStub.events if e[0] == "start"]
+    stops = [e for e in _LiveStub.events if e[0] == "stop"]
+    assert starts == [("start", "A"), ("start", "B")] and len(stops) == 2
+    (out,) = tmp_path.glob("serving-Stub-GPU-*-rank8.json")
+    res = json.loads(out.read_text())
+    assert len(res["rows"]) == 4 and res["measuring_plan"][0] == "rep 0 A (live)"
+    assert res["summary"]["min_output_throughput_ratio"] == pytest.approx(2.0)
+
+
+@pytest.mark.sglang
+def test_two_calls_share_live_servers_and_merge(monkeypatch, tmp_path):
+    """A call that keeps its servers running and a second call that attaches to them (the next device
+    call on a warm machine): no server is started twice, the second call's repeat is numbered on and
+    runs in swapped order, and --merge writes one file whose summary has both repeats."""
+    stub_gpu(monkeypatch)
+    measured = []
+
+    def fake_points(server, points, out_dir, seed, deadline, tokenizer):
+        measured.append((server.name, seed))
+        tput = 150.0 + 10 * seed if server.name == "B" else 100.0
+        return {p.key: {"output_throughput": tput, "median_ttft_ms": 50.0, "completed": p.num_prompts,
+                        "duration": 10.0, "total_output_tokens": tput * 10.0} for p in points}
+
+    monkeypatch.setattr(ab_default, "run_points", fake_points)
+    _LiveStub.events = []
+    common = ["--out-dir", str(tmp_path), "--workloads", "cookbook", "--servers", "A,B", "--repeats", "1",
+              "--layers", "2", "--parallel-start", "--deadline-s", "600", "--context-length", "8192",
+              "--kv-tokens", "300000"]
+    assert ab_default.main(common + ["--keep-running", "--name", "call1"]) == 0
+    assert not any(e[0] == "stop" for e in _LiveStub.events)
+    state = json.loads((tmp_path / "live-servers.json").read_text())
+    assert sorted(state) == ["A", "B"] and state["A"]["port"] == 30000
+    assert ab_default.main(common + ["--attach", "--first-rep", "1", "--name", "call2"]) == 0
+    assert [e for e in _LiveStub.events if e[0] == "start"] == [("start", "A"), ("start", "B")]
+    assert [e[1] for e in _LiveStub.events if e[0] == "adopt"] == ["A", "B"]
+    assert measured == [("A", 1), ("B", 1), ("B", 2), ("A", 2)]
+    _LiveStub.events = []
+    (tmp_path / "live-servers.json").write_text(json.dumps(state))
+    assert ab_default.main(common[:-1] + ["400000", "--attach", "--name", "call3"]) == 0
+    # Other flags than the running servers': not adopted but stopped (their GPU memory), started anew.
+    assert [e[1] for e in _LiveStub.events if e[0] == "stop"][:2] == ["A", "B"]
+    assert [e for e in _LiveStub.events if e[0] == "start"] == [("start", "A"), ("start", "B")]
+    # A call for other servers (A2 beside the same B): B is adopted, A (left running) is stopped.
+    _LiveStub.events = []
+    (tmp_path / "live-servers.json").write_text(json.dumps(state))
+    assert ab_default.main(common + ["--servers", "A2,B", "--attach", "--name", "call4"]) == 0
+    assert ("stop", "A", 30000) == next(e for e in _LiveStub.events if e[0] == "stop")
+    assert [e[1] for e in _LiveStub.events if e[0] == "start"] == ["A2"]
+
+    files = sorted(tmp_path.glob("serving-Stub-GPU-*-call[12].json"))
+    assert ab_default.main(["--out-dir", str(tmp_path), "--merge", *map(str, files), "--name", "rank8"]) == 0
+    (out,) = tmp_path.glob("serving-Stub-GPU-*-rank8.json")
+    res = json.loads(out.read_text())
+    assert sorted((r["server"], r["rep"]) for r in res["rows"]) == [("A", 0), ("A", 1), ("B", 0), ("B", 1)]
+    (pp,) = res["summary"]["per_point"]
+    assert pp["repeats"] == {"baseline": 2, "B": 2}
+    assert res["summary"]["min_output_throughput_ratio"] == pytest.approx(1.65)  # median of 160 and 170
+    assert len(res["merged_from"]) == 2
+
+
+def test_jit_events_reads_compiles_and_autotuning():
+    log = ("[2026-12-06 00:15:29] Decode batch, #running-req: 8\n"
+           "[jit-trace] 1765000000.123 pid=42 compile sglang_msa.kernels.msa_prefill.block_major:block_major_fwd_kernel "
+           "812 ms block_major_fwd_kernel[num_warps=4](q_ptr: *bf16, num_tokens: i32)\n"
+           "Triton autotuning for function _indexer_prefill_kernel,\nwith key as (1, 128, 128, 16, 'max', True, 1, "
+           "'torch.bfloat16'),\nfinished after 2.35s,\nbest config selected: BLOCK_M: 128;\n")
+    events = ab_default.jit_events(log)
+    assert events == [
+        {"kernel": "sglang_msa.kernels.msa_prefill.block_major:block_major_fwd_kernel", "ms": 812},
+        {"kernel": "_indexer_prefill_kernel", "ms": 2350, "autotune": True},
+    ]
+    assert ab_default.jit_events("Prefill batch, #new-seq: 1\n") == []
+
+
+def test_trace_jit_env_puts_the_hook_first_on_pythonpath(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/tmp/site")
+    env = ab_default.trace_jit_env({"SGLANG_MSA_DISABLE": "1"})
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(ab_default.JIT_TRACE_DIR), "/tmp/site"]
+    assert env["SGLANG_MSA_DISABLE"] == "1" and env["SGLANG_MSA_TRACE_JIT"] == "1"
+    assert (ab_default.JIT_TRACE_DIR / "sitecustomize.py").exists()
+
+
+def test_jit_trace_hook_writes_the_line_jit_events_reads():
+    import subprocess
+    from types import SimpleNamespace  # noqa: F401 - used in the child
+
+    child = ("import time, types, triton.knobs as k\n"
+             "fn = types.SimpleNamespace(module='m', name='kern', jit_function=object())\n"
+             "kw = dict(key=('k',), repr='kern[num_warps=4](n: i32)', fn=fn, compile={}, is_manual_warmup=False, "
+             "already_compiled=False)\n"
+             "assert k.runtime.jit_cache_hook(**kw) is False\n"
+             "time.sleep(0.02)\n"
+             "k.runtime.jit_post_compile_hook(**kw)\n")
+    env = {**ab_default.trace_jit_env({}), "PATH": os.environ.get("PATH", "")}
+    res = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    events = ab_default.jit_events(res.stderr)
+    assert len(events) == 1 and events[0]["kernel"] == "m:kern" and events[0]["ms"] >= 20

@@ -142,6 +142,9 @@ def test_smoke_run_writes_every_summary_key(tmp_path):
         assert p["ours_out_finite"] and p["method"] == "block_major"
         for part in ("layer", "indexer", "main", "plan", "reverse_map", "main_kernel", "combine"):
             assert p[f"ours_{part}_ms"] > 0, part
+        # split-K indexer beside the unsplit one (1 index head): same selection, both timed
+        assert p["indexer_split_k"] >= 2 and p["indexer_split_matches_unsplit"] is True
+        assert p["indexer_split_ms"] > 0 and p["indexer_unsplit_ms"] > 0 and p["indexer_split_speedup"] > 0
         if upstream:
             for part in ("layer", "indexer", "main"):
                 assert p[f"upstream_{part}_ms"] > 0, part

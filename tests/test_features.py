@@ -326,6 +326,15 @@ def test_matrix_markdown_lists_every_row():
         assert f"| {f.name} |" in text
 
 
+def test_readme_matrix_is_the_generated_one():
+    from pathlib import Path
+
+    from sglang_msa.backend.features import matrix_markdown
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert matrix_markdown() in readme, "README's feature matrix is stale: paste features.matrix_markdown()"
+
+
 # ----------------------------------------------------------------------------- the real launcher
 
 

@@ -164,6 +164,13 @@ def test_router_matches_transformers(report):
     assert r["bias_changes_choice"] > 0, "routing bias never matters on these inputs: the test is blind to it"
 
 
+def test_shared_expert_sum_in_the_down_projection(report):
+    r = report["math"]["shared_sum"]
+    assert r["plain_in_place"], r
+    assert r["plain"] <= ATOL["mlp"] * max(1.0, r["ref_max"]), r
+    assert r["fallback"] <= ATOL["mlp"] * max(1.0, r["ref_max"]), r
+
+
 @pytest.mark.parametrize("what", ["dense_mlp", "shared_expert", "moe_block"])
 def test_mlps_match_transformers(report, what):
     m = report["math"][what]
@@ -507,6 +514,18 @@ def _math_check(model, tf_model) -> dict:
     out["dense_mlp"] = {**_diff(dense(x), tf_dense(x)), "clamped_fraction": clamped(dense, x)}
     out["shared_expert"] = {**_diff(ours_moe.shared_experts(x), tf_moe.shared_experts(x)),
                             "clamped_fraction": clamped(ours_moe.shared_experts, x)}
+    # shared + beta * routed summed in the down projection (addmm_), and the fallback (here: a
+    # non-contiguous accumulator) that runs down_proj and adds.
+    sh = ours_moe.shared_experts
+    acc = torch.randn(len(x), hidden, generator=gen) * 3.0
+    want = sh(x) + 0.7 * acc
+    strided = torch.empty(hidden, len(x)).t()
+    strided.copy_(acc)
+    plain_in = acc.clone()
+    plain = sh.add_down_into(sh.hidden(x), plain_in, 0.7)
+    out["shared_sum"] = {"plain": _diff(plain, want)["max_abs"], "plain_in_place": plain.data_ptr() == plain_in.data_ptr(),
+                         "fallback": _diff(sh.add_down_into(sh.hidden(x), strided, 0.7), want)["max_abs"],
+                         "ref_max": float(want.abs().max())}
     moe = _diff(ours_moe(x.clone()), tf_moe(x[None])[0])  # clone: FusedMoE overwrites its input
     top = ours_moe.route(x)
     w13 = ours_moe.experts.w13_weight

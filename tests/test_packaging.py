@@ -141,3 +141,32 @@ def test_installed_smg_rs_decodes_a_png():
     smg_rs = pytest.importorskip("smg_rs")
     feats = smg_rs.preprocess_image(_png(64, 96), preset="minimax_m3")
     assert feats.grid_thw[0] >= 1, repr(feats)
+
+
+def test_build_backend_tags_the_bundled_wheel_manylinux(monkeypatch):
+    """The bundled-FFmpeg build asks maturin for the build machine's manylinux_X_Y tag (PyPI refuses
+    `linux_x86_64`); a --compatibility the caller gives wins; the system-FFmpeg build adds none."""
+    import sys
+
+    pytest.importorskip("maturin")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import pep517_backend as be
+    finally:
+        sys.path.pop(0)
+    tag = be.manylinux_tag()
+    glibc = os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") else ""
+    if not glibc.startswith("glibc"):
+        assert tag is None
+        return
+    assert tag == "manylinux_" + "_".join(glibc.split()[1].split(".")[:2])
+    monkeypatch.setattr(be.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout="/ff/prefix\n"))
+    for var in ("FFMPEG_DIR", "CARGO_TARGET_DIR"):  # the backend sets them: put back after the test
+        monkeypatch.setenv(var, "/unused")
+    monkeypatch.setenv("MATURIN_PEP517_ARGS", "")  # recorded, so it is removed again after the test
+    assert be._with_bundled_ffmpeg({"maturin.build-args": "--release"})["maturin.build-args"] == \
+        f"--release --compatibility {tag}"
+    given = {"maturin.build-args": ["--compatibility", "linux"]}
+    assert be._with_bundled_ffmpeg(given)["maturin.build-args"] == ["--compatibility", "linux"]
+    be._with_bundled_ffmpeg(None)
+    assert os.environ["MATURIN_PEP517_ARGS"] == f"--compatibility {tag}"

@@ -25,27 +25,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 from benchmarks.reliability import corpus as C  # noqa: E402
 from benchmarks.reliability import results  # noqa: E402
 
-# Findings: what SGLang 0.5.17's HTTP layer + request validation answer with other than a 4xx.
+# Findings: what SGLang 0.5.17's HTTP layer + request validation answer with other than a 4xx. The
+# reasons and who owns each live in the corpus (corpus.KNOWN): all are SGLang's own behaviour.
 NOT_4XX = {
-    # Unknown fields are ignored (pydantic's default extra="ignore"), OpenAI rejects them with a 400.
-    "gen_unknown_top_field": 200,
-    "cmp_unknown_field": 200,
-    "chat_unknown_field": 200,
-    # SamplingParams(**sampling_params) raises TypeError (unexpected keyword), /generate catches only
-    # ValueError -> 500.
-    "gen_unknown_sampling_param": 500,
-    # SamplingParams.verify compares the string with 0 -> TypeError -> 500.
-    "gen_max_new_tokens_string": 500,
-    # No input-id range check before the model: TokenizerManager._validate_input_ids_in_vocab exists
-    # but nothing calls it. On a GPU these reach the embedding (out-of-bounds gather).
-    "gen_token_id_eq_vocab": 200,
-    "gen_token_id_negative": 200,
-    "gen_token_id_2e40": 200,
-    "cmp_prompt_id_over_vocab": 200,
-    "gen_batch_with_bad_ids": 200,
-    # A PNG posing as video/mp4: smg_rs refuses it (UnsupportedFormatError), our processor then falls
-    # back to SGLang's TorchCodec decoder, which reads the PNG as a one-frame video -> 200.
-    "vl_video_png_as_video": 200,
+    "gen_unknown_top_field": 200, "cmp_unknown_field": 200, "chat_unknown_field": 200,  # ignored fields
+    "gen_unknown_sampling_param": 500, "gen_max_new_tokens_string": 500,  # TypeError -> 500
+    # no input-id range check before the model (the vocab helper is never called)
+    "gen_token_id_eq_vocab": 200, "gen_token_id_negative": 200, "gen_token_id_2e40": 200,
+    "cmp_prompt_id_over_vocab": 200, "gen_batch_with_bad_ids": 200,
 }
 
 
@@ -120,11 +107,32 @@ def cpu_outcomes(tmp_path_factory, media):
     text_ckpt, vl_ckpt = str(d / "tiny"), str(d / "tiny-vl")
     write_checkpoint(text_ckpt, "tiny", config_only=True)
     write_checkpoint(vl_ckpt, "tiny", vision=True, config_only=True)
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    from sglang_msa.request_checks import register_request_hooks
+
+    register_request_hooks()  # what the plugin's register() does in every server process
+    HookRegistry.apply_hooks()  # what SGLang's load_plugins() does next
     out, dispatched = {}, {}
     with sglang_app(text_ckpt, 4096) as (app, tm):
         cases = [c for c in C.build_corpus(C.Context(tm.model_config.vocab_size, tm.context_len, None))]
-        out.update(answer_corpus(app, cases))
+        out.update(answer_corpus(app, cases))  # a server without msa: SGLang's answers, hook installed
         dispatched["text"] = [t.rid for t in tm.dispatched]
+        # the same server opted in (the hook reads server_args per request): ours for the token ids
+        real_args = tm.server_args  # resolved server args are read-only: a view with msa picked
+
+        class _MsaArgs:
+            attention_backend = "msa"
+
+            def __getattr__(self, name):
+                return getattr(real_args, name)
+
+        tm.server_args = _MsaArgs()
+        try:
+            msa = [c for c in cases if c.exercises in ("token_ids", "context_length")]
+            out.update({f"msa:{k}": v for k, v in answer_corpus(app, msa).items()})
+        finally:
+            tm.server_args = real_args
     old = os.environ.get("SGLANG_MSA_SMG_LIMITS")
     os.environ["SGLANG_MSA_SMG_LIMITS"] = C.SMG_LIMITS_ENV
     try:
@@ -152,7 +160,7 @@ def test_sglang_keeps_serving_after_every_case(cpu_outcomes):
 
 @pytest.mark.sglang
 def test_sglang_answers_the_corpus_with_4xx_except_the_findings(cpu_outcomes):
-    got = {name: a.status for name, a in cpu_outcomes.items() if name != "vl_valid_clip"}
+    got = {name: a.status for name, a in cpu_outcomes.items() if name != "vl_valid_clip" and ":" not in name}
     measured_not_4xx = {n: s for n, s in got.items() if not 400 <= s < 500}
     assert measured_not_4xx == NOT_4XX
     for name, a in cpu_outcomes.items():
@@ -163,6 +171,71 @@ def test_sglang_answers_the_corpus_with_4xx_except_the_findings(cpu_outcomes):
     assert "max_duration_s" in cpu_outcomes["vl_video_too_long"].message
     assert "max_input_bytes" in cpu_outcomes["vl_video_payload_over_cap"].message
     assert "context length" in cpu_outcomes["gen_ids_over_context"].message
+    # ours: non-video bytes are refused by smg_rs, never decoded by SGLang's fallback decoder
+    assert cpu_outcomes["vl_video_png_as_video"].status == 400
+    assert "unsupported video" in cpu_outcomes["vl_video_png_as_video"].message
+    assert "no video stream" in cpu_outcomes["vl_video_truncated_head"].message
+    missing = cpu_outcomes["vl_video_missing_file"].message
+    assert "not found" in missing and "/nonexistent/dir/clip.mp4" in missing and "base64" not in missing
+
+
+@pytest.mark.sglang
+def test_msa_servers_reject_out_of_vocab_input_ids(cpu_outcomes):
+    """The plugin's opted-in hook: every token-id case is a 4xx on an msa server (SGLang's 200 above
+    is for the same server without msa), with the offending id and the range; valid ids still 200."""
+    msa = {k[4:]: a for k, a in cpu_outcomes.items() if k.startswith("msa:")}
+    for name in ("gen_token_id_eq_vocab", "gen_token_id_negative", "gen_token_id_2e40", "cmp_prompt_id_over_vocab",
+                 "gen_batch_with_bad_ids"):
+        assert msa[name].status == 400, (name, msa[name])
+        assert "out-of-vocabulary token id" in msa[name].message and "valid range is [0, " in msa[name].message
+        assert msa[name].probe_status == 200
+    assert "token id -1;" in msa["gen_token_id_negative"].message
+    # everything else in those classes answers as without the hook
+    for name, a in msa.items():
+        assert 400 <= a.status < 500, (name, a)
+        if "token_id" not in name and "over_vocab" not in name and "bad_ids" not in name:
+            assert a.message == cpu_outcomes[name].message
+
+
+def test_input_id_hook_leaves_other_servers_alone():
+    from types import SimpleNamespace
+
+    from sglang_msa.request_checks import check_input_ids_in_vocab
+
+    calls = []
+
+    def original(self, obj, ids):
+        calls.append(ids)
+
+    def tm(backend):
+        return SimpleNamespace(server_args=SimpleNamespace(attention_backend=backend),
+                               model_config=SimpleNamespace(vocab_size=10))
+
+    for backend in (None, "fa3", "triton"):
+        check_input_ids_in_vocab(original, tm(backend), SimpleNamespace(input_ids=[-1, 99]), [-1, 99])
+    assert len(calls) == 3
+    check_input_ids_in_vocab(original, tm("msa"), SimpleNamespace(input_ids=[0, 9]), [0, 9])
+    check_input_ids_in_vocab(original, tm("msa"), SimpleNamespace(input_ids=None), [5, 6])  # text prompt
+    assert len(calls) == 5
+    for bad in ([0, 10], [-1], [[1, 2], [3, 2**40]]):
+        with pytest.raises(ValueError, match="out-of-vocabulary"):
+            check_input_ids_in_vocab(original, tm("msa"), SimpleNamespace(input_ids=bad), bad)
+    assert len(calls) == 5
+
+
+def test_corpus_records_expected_status_and_owner(media):
+    cases = {c.name: c for c in C.build_corpus(C.Context(1024, 4096, media))}
+    assert {n: c.known_status for n, c in cases.items() if c.known_status is not None} == NOT_4XX
+    for name in NOT_4XX:
+        assert cases[name].verdict.startswith("sglang"), name
+    assert cases["vl_video_png_as_video"].known_status is None  # a 4xx now (ours, fixed)
+    assert cases["vl_video_png_as_video"].verdict.startswith("ours")
+    s = cases["gen_token_id_negative"].summary()
+    assert s["expected_status"] == 200 and "never" not in s["verdict"] and s["verdict"]
+    summary = results.summarize({"corpus": [{**cases["gen_token_id_negative"].summary(), "status": 200, "message": ""},
+                                            {**cases["cmp_n_zero"].summary(), "status": 500, "message": "x"}]})
+    assert summary["malformed_unexpected"] == ["cmp_n_zero"]
+    assert summary["malformed_not_4xx_by_owner"]["sglang"] == ["cmp_n_zero", "gen_token_id_negative"]
 
 
 # -------------------------------------------------------------------------- results on a fake run

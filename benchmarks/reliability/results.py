@@ -56,8 +56,15 @@ def summarize(raw: dict) -> dict:
         "tp_sizes_equal_to_intree": external.get("tp_sizes_equal_to_intree"),
         "logprob_gap_vs_fp32_ours_over_intree": external.get("logprob_gap_vs_fp32_ours_over_intree"),
     }
-    s["malformed_not_4xx"] = [{"name": c["name"], "status": c.get("status"), "message": (c.get("message") or "")[:200]}
+    s["malformed_not_4xx"] = [{"name": c["name"], "status": c.get("status"), "message": (c.get("message") or "")[:200],
+                               "expected_status": c.get("expected_status"), "verdict": c.get("verdict", "")}
                               for c in corpus if not answered_4xx(c)]
+    # Answers other than the corpus entry expects (a known SGLang non-4xx that changed, or a new one).
+    s["malformed_unexpected"] = [e["name"] for e in s["malformed_not_4xx"]
+                                 if e["expected_status"] in (None, "4xx") or e["status"] != e["expected_status"]]
+    s["malformed_not_4xx_by_owner"] = {
+        owner: sorted(e["name"] for e in s["malformed_not_4xx"] if (e["verdict"] or "").startswith(owner))
+        for owner in ("sglang", "ours")}
     s["load_by_length"] = {f"{g['concurrency']}x{g['input_len']}": {"ok": g.get("ok"), "failed": g.get("failed")}
                            for g in load}
     met = {k: (None if s[k] is None else bool(test(s[k]))) for k, (test, _) in TARGETS.items()}

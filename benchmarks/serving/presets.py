@@ -82,14 +82,61 @@ AGENTIC_QUESTION = 4096
 AGENTIC_RANGE = 0.25  # 1k-4k new tokens (and 64-256 out: SGLang applies one ratio to both)
 
 
+def _gsp_extra(n: int, prefix: int, question: int) -> tuple[str, ...]:
+    return ("--gsp-num-groups", "1", "--gsp-prompts-per-group", str(n), "--gsp-system-prompt-len", str(prefix),
+            "--gsp-question-len", str(question), "--gsp-output-len", "256", "--gsp-range-ratio", str(AGENTIC_RANGE))
+
+
 def _agentic(concurrency: int = 8) -> list[Point]:
-    n = _requests(concurrency)
-    extra = ("--gsp-num-groups", "1", "--gsp-prompts-per-group", str(n), "--gsp-system-prompt-len",
-             str(AGENTIC_PREFIX), "--gsp-question-len", str(AGENTIC_QUESTION), "--gsp-output-len", "256",
-             "--gsp-range-ratio", str(AGENTIC_RANGE))
+    # Four waves of requests: with two, one slow prefill moved a point's throughput by 2x (H100, 16
+    # requests, ~2 s per point); each request costs well under a second.
+    n = max(MIN_REQUESTS, 4 * concurrency)
     return [Point("agentic", AGENTIC_PREFIX + AGENTIC_QUESTION, 256, concurrency, n,
-                  dataset="generated-shared-prefix", extra=extra, shared_prefix=AGENTIC_PREFIX,
-                  range_ratio=AGENTIC_RANGE)]
+                  dataset="generated-shared-prefix", extra=_gsp_extra(n, AGENTIC_PREFIX, AGENTIC_QUESTION),
+                  shared_prefix=AGENTIC_PREFIX, range_ratio=AGENTIC_RANGE)]
+
+
+def text_tokens_per_token(tokenizer_path: str, sample: int = 20000, seed: int = 0) -> float:
+    """How many tokens ``tokenizer`` makes of the text SGLang's ``generated-shared-prefix`` generator
+    writes for one token: it decodes random vocabulary ids to text, and the server re-tokenizes that
+    text. About 1 for a real BPE tokenizer; ~13-16 for the proxy checkpoints' tokenizer, whose
+    vocabulary is mostly ``<|reserved_N|>`` fillers that re-tokenize byte by byte."""
+    import random
+
+    from benchmarks.serving.sglang_client import without_hf_datasets
+
+    without_hf_datasets()  # SGLang's benchmark package imports Hugging Face datasets at module level
+    from sglang.benchmark.datasets.common import gen_prompt
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_path)
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        text = gen_prompt(tok, sample)
+    finally:
+        random.setstate(state)
+    return len(tok.encode(text, add_special_tokens=False)) / sample
+
+
+def calibrated(points: list[Point], tokens_per_token: float) -> list[Point]:
+    """``generated-shared-prefix`` points with the generator's lengths divided by ``tokens_per_token``,
+    so that the server sees prompts of the intended token lengths (said in the note)."""
+    from dataclasses import replace
+
+    if abs(tokens_per_token - 1.0) < 0.05:
+        return points
+    out = []
+    for p in points:
+        if p.dataset == "generated-shared-prefix":
+            prefix = max(1, round(p.shared_prefix / tokens_per_token))
+            question = max(1, round(p.max_new_tokens / tokens_per_token))
+            note = (f"generator lengths {prefix} + {question} (= {p.shared_prefix} + {p.max_new_tokens} tokens / "
+                    f"{tokens_per_token:.2f}, the tokens this tokenizer makes of one generated token's text)")
+            p = replace(p, extra=_gsp_extra(p.num_prompts, prefix, question),
+                        note="; ".join(x for x in (p.note, note) if x))
+        out.append(p)
+    return out
 
 
 WORKLOADS: dict[str, list[Point]] = {

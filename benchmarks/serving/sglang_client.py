@@ -16,7 +16,7 @@ import time
 import traceback
 
 
-def _without_hf_datasets() -> None:
+def without_hf_datasets() -> None:
     """SGLang's benchmark imports Hugging Face ``datasets`` at module level for its dataset loaders
     (MMMU, ShareGPT ...). Our points use only ``random-ids`` and ``generated-shared-prefix``, which never
     call it, and a machine without network may lack the package: stand in a module whose
@@ -37,7 +37,7 @@ def _without_hf_datasets() -> None:
 
 
 def run_jobs(spec: dict) -> dict[str, str]:
-    _without_hf_datasets()
+    without_hf_datasets()
     from sglang.benchmark import serving
 
     status = {}

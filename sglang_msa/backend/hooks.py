@@ -1,4 +1,5 @@
-"""The one SGLang hook the plugin installs, through SGLang's own plugin hook registry.
+"""The attention hook the plugin installs through SGLang's own plugin hook registry (the other
+one, an msa-only input-id range check, is :mod:`sglang_msa.request_checks`).
 
 Why: for MiniMax sparse models SGLang's ``attn_backend_wrapper`` wraps whatever full-attention
 backend was chosen into ``MiniMaxHybridAttnBackend(full, MiniMaxSparseAttnBackend(runner), ...)``,

@@ -22,7 +22,15 @@ A request goes through SGLang's own pipeline instead when smg_rs could disagree 
   transformers ``smart_resize`` upscale, which SGLang's processor call skips (the transformers
   processor passes ``do_resize=False`` to its video processor). Such requests still decode with
   smg_rs (no TorchCodec needed); only sampling, resize and patchify use SGLang's code;
-* smg_rs reports an unsupported container or codec: the whole request reruns on SGLang's path.
+
+Bad video input is refused, never handed to another decoder: smg_rs' typed errors
+(``UnsupportedFormatError`` for a payload that is not a video in an allowed container, e.g. a PNG
+or text sent as video/mp4; ``VideoDecodeError`` for corrupt or truncated streams;
+``LimitExceededError`` past ``max_input_bytes`` (2 GiB), ``max_frame_pixels`` (7680x4320),
+``max_duration_s`` (4 h), ...) subclass ``ValueError``, which SGLang's HTTP layer answers with a 400
+carrying the message. A server-side path that does not exist is refused with a ``ValueError`` naming
+it. Videos in containers or codecs smg_rs was built without get the same 400;
+``SGLANG_MSA_SMG_RS=0`` serves them with SGLang's own decoder.
 
 ``smg_rs`` is imported on the first request that carries media, never at import time (GPU images
 may lack FFmpeg). If it cannot be imported, a warning is logged once and SGLang's path is used.
@@ -151,7 +159,17 @@ def _resolve_video_source(data) -> Optional[_VideoSource]:
         for path in (ref, unquote(urlparse(ref).path)):
             if os.path.isfile(path):
                 return _VideoSource(path)
+        if _looks_like_path(ref):  # else SGLang reads it as base64 and says "Non-base64 digit found"
+            path = unquote(urlparse(ref).path) if ref.startswith("file:") else ref
+            raise ValueError(f"video file not found on the server: {path}")
     return _VideoSource(get_video_bytes(ref))  # URL download, data: URI, base64, file://
+
+
+def _looks_like_path(ref: str) -> bool:
+    """A file reference rather than raw base64 (base64 has no '.'; '/' alone is ambiguous)."""
+    if ref.startswith("file:"):
+        return True
+    return ref.startswith(("./", "../", "~")) or (ref.startswith("/") and "." in ref)
 
 
 def _short(data) -> str:
@@ -335,8 +353,9 @@ class MiniMaxM3VLSmgProcessor(_SGLangProcessor):
             elif any(not isinstance(v, dict) for v in base_output.videos):
                 base_output.videos, video_metadata = await self._sglang_video_tensors(smg, base_output.videos)
         except smg.UnsupportedFormatError as exc:
-            logger.warning("sglang-msa: smg_rs cannot read this request's video (%s); using SGLang's decoder", exc)
-            return await super().process_mm_data_async(image_data, audio_data, input_text, request_obj, **kwargs)
+            # Not a video smg_rs can read (a PNG, text, an unbuilt container): a 400, never another
+            # decoder (SGLang's reads a PNG as a one-frame video). SGLANG_MSA_SMG_RS=0 uses SGLang's.
+            raise smg.UnsupportedFormatError(f"unsupported video: {exc}") from exc
 
         mm_items, input_ids, _ = self.process_and_combine_mm_data(
             base_output=base_output, mm_tokens=self.mm_tokens, video_metadata=video_metadata)

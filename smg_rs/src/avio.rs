@@ -12,7 +12,7 @@ use std::sync::Once;
 use std::time::Instant;
 
 /// Demuxers accepted after probing (FFmpeg names; a probed format must match one of them).
-pub const ALLOWED_FORMATS: &str = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi";
+pub const ALLOWED_FORMATS: &str = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts";
 /// Demuxers accepted for still images (`preprocess_image` with encoded bytes).
 pub const IMAGE_FORMATS: &str = "png_pipe,jpeg_pipe,webp_pipe,bmp_pipe";
 

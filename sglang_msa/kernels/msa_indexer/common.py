@@ -71,6 +71,15 @@ def key_block_id(b_key):
 
 
 @triton.jit
+def key_score(b_key):
+    """The fp32 score an order key was built from (the int mapping is its own inverse):
+    order_key(key_score(k), key_block_id(k)) == k for every real key."""
+    b_bits = (b_key >> 32).to(tl.int32)
+    b_bits = b_bits ^ ((b_bits >> 31) & 0x7FFFFFFF)
+    return b_bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def store_sorted_ids(p_out, b_ids, m_valid, m_row, TOPK: tl.constexpr):
     """Store each row of block ids ascending with -1 after the valid ones.
 

@@ -5,11 +5,20 @@ share the one index-K head, so K is read once per tile for all of them) and stre
 request's causal key blocks. Each key block is one [BLOCK_M, BLOCK_SIZE] dot, pooled to one score
 per row, turned into an order key (see common.py) and offered to a per-row running top-k kept in
 registers (evict the worst key when the new one beats it). The [T, S] score matrix never exists.
+
+Split-K (`split_k` > 1): the key blocks of each query tile are cut into `split_k` contiguous ranges,
+one program per (tile, range). Each writes its range's local top-k (fp32 score after forcing +
+int32 block id, -1 for an empty slot) to a workspace [split_k, T, H_idx, topk]; a second kernel
+merges the split_k lists of every (token, head) with the same order keys. The union of the local
+top-k lists holds the global top-k, and the keys are distinct, so the selection is exactly the
+unsplit kernel's (ties included). See README.md for the automatic rule and the workspace bound.
 """
 
 from __future__ import annotations
 
 from typing import Optional
+
+import os
 
 import torch
 import triton
@@ -23,6 +32,7 @@ from .common import (
     force_scores,
     interpreting,
     key_block_id,
+    key_score,
     order_key,
     score_block,
     store_sorted_ids,
@@ -40,18 +50,24 @@ def _offer(b_list, b_pool, i_blk, n_causal, init_blocks, local_blocks, CAUSAL_MA
     return tl.where(m_take[:, None] & (b_list == b_worst[:, None]), b_key[:, None], b_list)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_o_h", "stride_ws_s"])
 def _indexer_prefill_kernel(
     q_ptr, k_ptr, r2t_ptr, pool_idx_ptr, cu_q_ptr, seq_lens_ptr, prefix_lens_ptr, out_ptr,
-    num_heads, sm_scale, init_blocks, local_blocks,
-    stride_q_t, stride_q_h, stride_k_s, stride_r2t, stride_o_h, stride_o_t,
+    ws_score_ptr, ws_id_ptr,
+    num_heads, sm_scale, init_blocks, local_blocks, num_splits,
+    stride_q_t, stride_q_h, stride_k_s, stride_r2t, stride_o_h, stride_o_t, stride_ws_s,
     HEAD_DIM: tl.constexpr, H_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, TOPK: tl.constexpr,
     TOPK_PAD: tl.constexpr, SCORE_TYPE: tl.constexpr, CONTIGUOUS_BLOCKS: tl.constexpr,
-    IEEE_DOT: tl.constexpr, BLOCK_M: tl.constexpr,
+    IEEE_DOT: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     BLOCK_T: tl.constexpr = BLOCK_M // H_PAD
     # reversed so the longest (latest) causal tiles start first
-    i_t = tl.num_programs(0) - 1 - tl.program_id(0)
+    if SPLIT:
+        # program_id(0) = tile * num_splits + range: the ranges of one tile are neighbours
+        i_t = tl.num_programs(0) // num_splits - 1 - tl.program_id(0) // num_splits
+        i_s = tl.program_id(0) % num_splits
+    else:
+        i_t = tl.num_programs(0) - 1 - tl.program_id(0)
     i_b = tl.program_id(1)
     q_start = tl.load(cu_q_ptr + i_b)
     n_q = tl.load(cu_q_ptr + i_b + 1) - q_start
@@ -82,17 +98,67 @@ def _indexer_prefill_kernel(
     last_pos = prefix + tl.minimum(i_t * BLOCK_T + BLOCK_T, n_q) - 1
     n_full = (first_pos + 1) // BLOCK_SIZE  # blocks every row sees whole
     n_blocks = last_pos // BLOCK_SIZE + 1
-    for i_blk in range(0, n_full):
+    if SPLIT:
+        # this program's contiguous range [lo, hi) of the tile's blocks (empty when i_s is too large)
+        per_split = tl.cdiv(n_blocks, num_splits)
+        lo = tl.minimum(i_s * per_split, n_blocks)
+        hi = tl.minimum(lo + per_split, n_blocks)
+    else:
+        lo = 0
+        hi = n_blocks
+    for i_blk in range(lo, tl.minimum(hi, n_full)):
         b_pool = score_block(b_q, k_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
                               HEAD_DIM, BLOCK_SIZE, SCORE_TYPE, CONTIGUOUS_BLOCKS, False, IEEE_DOT)
         b_list = _offer(b_list, b_pool, i_blk, n_causal, init_blocks, local_blocks, False)
-    for i_blk in range(n_full, n_blocks):
+    for i_blk in range(tl.maximum(lo, n_full), hi):
         b_pool = score_block(b_q, k_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
                               HEAD_DIM, BLOCK_SIZE, SCORE_TYPE, CONTIGUOUS_BLOCKS, True, IEEE_DOT)
         b_list = _offer(b_list, b_pool, i_blk, n_causal, init_blocks, local_blocks, True)
 
     m_valid = (b_list > INT64_MIN + TOPK_PAD) & (b_list < INT64_MAX)
-    p_out = out_ptr + o_h.to(tl.int64) * stride_o_h + (q_start + o_tok).to(tl.int64) * stride_o_t
+    if SPLIT:
+        # partial list, unsorted: [num_splits, T, num_heads, TOPK] score + id, id -1 = empty slot
+        o_row = (q_start + o_tok).to(tl.int64) * num_heads + o_h
+        p_ws = i_s.to(tl.int64) * stride_ws_s + o_row[:, None] * TOPK + o_j[None, :]
+        m_ws = m_row[:, None] & (o_j[None, :] < TOPK)
+        tl.store(ws_score_ptr + p_ws, tl.where(m_valid, key_score(b_list), float("-inf")), mask=m_ws)
+        tl.store(ws_id_ptr + p_ws, tl.where(m_valid, key_block_id(b_list), -1), mask=m_ws)
+    else:
+        p_out = out_ptr + o_h.to(tl.int64) * stride_o_h + (q_start + o_tok).to(tl.int64) * stride_o_t
+        store_sorted_ids(p_out, key_block_id(b_list), m_valid, m_row, TOPK)
+
+
+@triton.jit(do_not_specialize=["n_rows", "num_splits", "stride_ws_s", "stride_o_h"])
+def _indexer_merge_kernel(
+    ws_score_ptr, ws_id_ptr, out_ptr, n_rows, num_heads, num_splits, stride_ws_s, stride_o_h, stride_o_t,
+    TOPK: tl.constexpr, TOPK_PAD: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """Final top-k of each (token, head) row from its num_splits partial lists (same order keys)."""
+    o_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    m_row = o_r < n_rows
+    o_r64 = o_r.to(tl.int64)
+    o_j = tl.arange(0, TOPK_PAD)
+    b_list = tl.where(o_j < TOPK, INT64_MIN + o_j.to(tl.int64), INT64_MAX)
+    b_list = tl.broadcast_to(b_list[None, :], (BLOCK_R, TOPK_PAD))
+    m_ld = m_row[:, None] & (o_j[None, :] < TOPK)
+    p_score = ws_score_ptr + o_r64[:, None] * TOPK + o_j[None, :]
+    p_id = ws_id_ptr + o_r64[:, None] * TOPK + o_j[None, :]
+    for _ in range(0, num_splits):
+        b_score = tl.load(p_score, mask=m_ld, other=0.0)
+        b_id = tl.load(p_id, mask=m_ld, other=-1)
+        p_score += stride_ws_s  # pointer steps: no int32 overflow of split * stride
+        p_id += stride_ws_s
+        # an empty slot gets INT64_MIN, which never beats any list entry (all are >= INT64_MIN)
+        b_key = tl.where(b_id >= 0, order_key(b_score, b_id), INT64_MIN)
+        for j in tl.static_range(TOPK):
+            b_cand = tl.max(tl.where(o_j[None, :] == j, b_key, INT64_MIN), axis=1)
+            b_worst = tl.min(b_list, axis=1)
+            m_take = b_cand > b_worst
+            b_list = tl.where(m_take[:, None] & (b_list == b_worst[:, None]), b_cand[:, None], b_list)
+    m_valid = (b_list > INT64_MIN + TOPK_PAD) & (b_list < INT64_MAX)
+    o_t = o_r64 // num_heads
+    o_h = o_r64 % num_heads
+    p_out = out_ptr + o_h * stride_o_h + o_t * stride_o_t
     store_sorted_ids(p_out, key_block_id(b_list), m_valid, m_row, TOPK)
 
 
@@ -114,9 +180,56 @@ def _prune(configs, named_args, **kwargs):
 
 _indexer_prefill_tuned = triton.autotune(
     configs=_configs(),
-    key=["num_heads", "HEAD_DIM", "BLOCK_SIZE", "TOPK", "SCORE_TYPE", "CONTIGUOUS_BLOCKS"],
+    key=["num_heads", "HEAD_DIM", "BLOCK_SIZE", "TOPK", "SCORE_TYPE", "CONTIGUOUS_BLOCKS", "num_splits"],
     prune_configs_by={"early_config_prune": _prune},
 )(_indexer_prefill_kernel)
+
+
+# Split-K: at most this many ranges per tile (workspace <= MAX_SPLIT_K * 8 B per (token, head, slot)).
+MAX_SPLIT_K = 16
+SPLIT_K_ENV = "SGLANG_MSA_INDEXER_SPLIT_K"
+_SM_COUNT: dict = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SM_COUNT[idx]
+
+
+def auto_split_k(programs: int, num_sms: int) -> int:
+    """Ranges per query tile from the grid size alone (no device data): 1 when the unsplit grid has
+    >= 3 programs per SM, else enough ranges for >= 4 programs per SM, capped at MAX_SPLIT_K."""
+    if programs <= 0 or programs >= 3 * num_sms:
+        return 1
+    return max(1, min(MAX_SPLIT_K, triton.cdiv(4 * num_sms, programs)))
+
+
+def choose_split_k(split_k: Optional[int], programs: int, device: torch.device) -> int:
+    """split_k argument > SGLANG_MSA_INDEXER_SPLIT_K (an int >= 1 forces S; ``auto`` = auto_split_k on
+    CUDA; unset/0 = 1, no split). Off by default until GPU figures show the split pays; 1 off CUDA (the
+    interpreter) for ``auto``. Clamped to [1, MAX_SPLIT_K]."""
+    if split_k is None:
+        env = os.environ.get(SPLIT_K_ENV, "").strip().lower()
+        if env == "auto":
+            split_k = auto_split_k(programs, _sm_count(device)) if device.type == "cuda" else 1
+        elif env not in ("", "0"):
+            split_k = int(env)
+    if split_k is None:
+        split_k = 1
+    return max(1, min(MAX_SPLIT_K, int(split_k)))
+
+
+def split_workspace_bytes(total_q: int, num_heads: int, topk: int, split_k: int) -> int:
+    """Bytes of the split-K workspace: fp32 score + int32 id per (range, token, head, slot); 0 unsplit."""
+    return 0 if split_k <= 1 else split_k * total_q * num_heads * topk * 8
+
+
+def _alloc_split_workspace(split_k, total_q, num_heads, topk, device):
+    shape = (split_k, total_q, num_heads, topk)
+    return (torch.empty(shape, dtype=torch.float32, device=device),
+            torch.empty(shape, dtype=torch.int32, device=device))
 
 
 def indexer_prefill(
@@ -141,6 +254,7 @@ def indexer_prefill(
     num_warps: int = 4,
     num_stages: int = 2,
     maxnreg: Optional[int] = None,
+    split_k: Optional[int] = None,
 ) -> torch.Tensor:
     """Top-k key blocks per (index head, extend token): int32 [H_idx, total_q, topk].
 
@@ -150,6 +264,10 @@ def indexer_prefill(
     block be read as one run of slots. Pass max_seqlen_q (host int) to avoid a device sync.
     Returns block ids of the request's sequence, ascending, -1 padded. Passing block_m (with
     num_warps/num_stages/maxnreg) skips the autotuner.
+
+    split_k: key-block ranges per query tile (1 = the single fused kernel; > 1 = split-K + merge,
+    same selection bit for bit). None: SGLANG_MSA_INDEXER_SPLIT_K if set, else the automatic rule
+    (auto_split_k on the grid of 128-row tiles; 1 off CUDA).
     """
     check_common(idx_q, idx_k_cache, topk, init_blocks, local_blocks, score_type)
     total_q, num_heads, head_dim = idx_q.shape
@@ -164,20 +282,29 @@ def indexer_prefill(
         return out
     assert out.shape == (num_heads, total_q, topk) and out.dtype == torch.int32 and out.stride(2) == 1
     h_pad = triton.next_power_of_2(num_heads)
+    ref_rows = block_m or (max(32, h_pad) if interpreting() else max(128, h_pad))
+    n_split = choose_split_k(split_k, triton.cdiv(max_seqlen_q, ref_rows // h_pad) * batch, idx_q.device)
+    if n_split > 1:
+        ws_score, ws_id = _alloc_split_workspace(n_split, total_q, num_heads, topk, idx_q.device)
+        stride_ws = ws_score.stride(0)
+    else:
+        ws_score, ws_id, stride_ws = out, out, 0  # unused
     args = (
         idx_q, idx_k_cache, req_to_token, req_pool_indices, cu_seqlens_q, seq_lens, prefix_lens, out,
-        num_heads, sm_scale, init_blocks, local_blocks,
+        ws_score, ws_id,
+        num_heads, sm_scale, init_blocks, local_blocks, n_split,
         idx_q.stride(0), idx_q.stride(1), idx_k_cache.stride(0), req_to_token.stride(0),
-        out.stride(0), out.stride(1),
+        out.stride(0), out.stride(1), stride_ws,
     )
     meta = dict(
         HEAD_DIM=head_dim, H_PAD=h_pad, BLOCK_SIZE=block_size, TOPK=topk,
         TOPK_PAD=triton.next_power_of_2(topk), SCORE_TYPE=score_type,
         CONTIGUOUS_BLOCKS=page_size % block_size == 0, IEEE_DOT=idx_q.dtype == torch.float32,
+        SPLIT=n_split > 1,
     )
 
     def grid(META):
-        return (triton.cdiv(max_seqlen_q, META["BLOCK_M"] // h_pad), batch)
+        return (triton.cdiv(max_seqlen_q, META["BLOCK_M"] // h_pad) * n_split, batch)
 
     if block_m is not None or interpreting():
         bm = block_m or max(32, h_pad)
@@ -186,4 +313,10 @@ def indexer_prefill(
                                       num_stages=num_stages, **extra)
     else:
         _indexer_prefill_tuned[grid](*args, **meta)
+    if n_split > 1:
+        n_rows = total_q * num_heads
+        block_r = 32 if interpreting() else 64
+        _indexer_merge_kernel[(triton.cdiv(n_rows, block_r),)](
+            ws_score, ws_id, out, n_rows, num_heads, n_split, stride_ws, out.stride(0), out.stride(1),
+            TOPK=topk, TOPK_PAD=triton.next_power_of_2(topk), BLOCK_R=block_r, num_warps=4)
     return out

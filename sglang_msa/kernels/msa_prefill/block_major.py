@@ -20,7 +20,7 @@ import triton.language as tl
 from .tiles import load_kv_block
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tokens", "num_blocks_total", "bucket_stride_group"])
 def block_major_fwd_kernel(
     q_ptr,  # [T, HQ, D]
     k_ptr,  # [slots, HK, D]

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tokens", "stride_tg"])
 def combine_kernel(
     o_ptr,  # [T, HQ, D]
     ws_o_ptr,  # [E * GROUP, D]

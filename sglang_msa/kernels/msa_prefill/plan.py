@@ -4,11 +4,19 @@
 workspace). The reverse map depends on the layer's ``topk_idx``; it is built by ``bind_topk`` with
 device ops only (no sync; sizes are upper bounds fixed by ``plan``), and ``run`` calls it itself when
 given a ``topk_idx`` other than the bound one. ``run`` then launches the kernels and accepts ``out=``.
+
+Methods: ``block_major`` (reverse map + one program per selected block + LSE combine),
+``query_major`` (one program per token, short extends), ``union_tile`` (one program per query tile
+walking the union of its tokens' blocks; for coherent selections, see ``union_tile.py``) and
+``auto`` (query-major for short extends, else block-major). With ``method="auto"`` the environment
+variable ``SGLANG_MSA_PREFILL_METHOD`` (one of the methods, or ``auto``) overrides the choice, so a
+server can be switched without code changes; an explicit method always wins.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +26,7 @@ from .block_major import launch_block_major
 from .combine import launch_combine
 from .query_major import launch_query_major
 from .reverse_map import ReverseMap, build_reverse_map, max_work_items
+from .union_tile import UnionMap, build_union_map, launch_union_tile, max_union_blocks
 
 # "auto" picks query-major while num_tokens * num_kv_heads <= this. Measured on an H200 (64/4 heads,
 # 16k prefix, extend n): query-major 0.06 ms (n <= 64), 0.23 ms (256), 0.87 ms (1024), 3.4 ms (4096);
@@ -26,11 +35,13 @@ from .reverse_map import ReverseMap, build_reverse_map, max_work_items
 # Query-major's cost grows with tokens x KV heads, block-major's floor is fixed: crossover ~1k x 4.
 QUERY_MAJOR_MAX_TOKEN_HEADS = 4096
 DEFAULT_SEG_TOKENS = 4096
+METHODS = ("block_major", "query_major", "union_tile")
+METHOD_ENV = "SGLANG_MSA_PREFILL_METHOD"
 
 
 @dataclass
 class SparsePrefillPlan:
-    method: str  # "block_major" | "query_major"
+    method: str  # "block_major" | "query_major" | "union_tile"
     num_tokens: int
     num_q_heads: int
     num_kv_heads: int
@@ -62,6 +73,14 @@ class SparsePrefillPlan:
     ws_o: torch.Tensor | None = None  # [E * group, D]
     ws_lse: torch.Tensor | None = None  # [E * group] fp32
     rmap: ReverseMap | None = None
+    # union-tile only
+    tile_tokens: int = 0
+    num_tiles: int = 0
+    max_union: int = 0
+    tile_start: torch.Tensor | None = None  # [NT] int32
+    tile_len: torch.Tensor | None = None  # [NT] int32
+    tile_req: torch.Tensor | None = None  # [NT] int32
+    umap: UnionMap | None = None
     bound_topk: torch.Tensor | None = None
 
 
@@ -88,6 +107,7 @@ def plan(
     num_stages: int | None = None,
     prefetch: bool = True,
     workspace_dtype: torch.dtype | None = None,
+    tile_tokens: int | None = None,
 ) -> SparsePrefillPlan:
     """Batch metadata + workspaces; syncs with the host (small [B] tensors only)."""
     device = cu_seqlens_q.device
@@ -106,8 +126,10 @@ def plan(
     group = num_q_heads // num_kv_heads
     block_h = triton.next_power_of_2(group)
     if method == "auto":
+        method = os.environ.get(METHOD_ENV, "").strip().lower() or "auto"
+    if method == "auto":
         method = "query_major" if num_tokens * num_kv_heads <= QUERY_MAJOR_MAX_TOKEN_HEADS else "block_major"
-    if method not in ("block_major", "query_major"):
+    if method not in METHODS:
         raise ValueError(f"unknown method {method!r}")
     scale = head_dim**-0.5 if sm_scale is None else sm_scale
 
@@ -138,9 +160,34 @@ def plan(
     if method == "block_major":
         p.prefetch = prefetch
         _plan_block_major(p, cu, lens, seg_tokens, chunk_tokens, item_tokens, num_warps, num_stages, workspace_dtype)
-        if topk_idx is not None:
-            bind_topk(p, topk_idx)
+    elif method == "union_tile":
+        _plan_union_tile(p, cu, lens, tile_tokens, num_warps, num_stages)
+    if method != "query_major" and topk_idx is not None:
+        bind_topk(p, topk_idx)
     return p
+
+
+def _plan_union_tile(p, cu, lens, tile_tokens, num_warps, num_stages):
+    """Query tiles of ``tile_tokens`` consecutive tokens of one request, and the union buffer width."""
+    device = p.token_pos.device
+    # default: 128 MMA rows (8 tokens x 16 heads for M3, 16 x 8 at TP8), at most 64 tokens; unmeasured on GPU
+    tt = tile_tokens or min(64, max(1, 128 // p.block_h))
+    if tt & (tt - 1) or tt * p.block_h < 16:
+        raise ValueError(f"tile_tokens={tt} must be a power of two with tile_tokens * {p.block_h} heads >= 16")
+    p.tile_tokens = tt
+    starts, sizes, reqs = [], [], []
+    for r in range(len(lens)):
+        for t in range(cu[r], cu[r + 1], tt):
+            starts.append(t)
+            sizes.append(min(tt, cu[r + 1] - t))
+            reqs.append(r)
+    p.num_tiles = len(starts)
+    p.max_union = max_union_blocks(tt, p.topk, lens, p.block_size)
+    p.tile_start = torch.tensor(starts, dtype=torch.int32).to(device)
+    p.tile_len = torch.tensor(sizes, dtype=torch.int32).to(device)
+    p.tile_req = torch.tensor(reqs, dtype=torch.int32).to(device)
+    p.num_warps = num_warps or (8 if tt * p.block_h >= 128 else 4)
+    p.num_stages = num_stages or 2
 
 
 def _plan_block_major(p, cu, lens, seg_tokens, chunk_tokens, item_tokens, num_warps, num_stages, workspace_dtype):
@@ -180,7 +227,9 @@ def _plan_block_major(p, cu, lens, seg_tokens, chunk_tokens, item_tokens, num_wa
 
 
 def bind_topk(p: SparsePrefillPlan, topk_idx: torch.Tensor) -> None:
-    """Build the reverse map of this layer's topk_idx (device ops only, no host sync)."""
+    """Build the reverse map (block-major) or the tile unions (union-tile) of this layer's topk_idx.
+
+    Device ops only, no host sync."""
     _check_topk(p, topk_idx)
     if p.method == "block_major":
         p.rmap = build_reverse_map(
@@ -192,6 +241,16 @@ def bind_topk(p: SparsePrefillPlan, topk_idx: torch.Tensor) -> None:
             num_buckets=p.num_buckets,
             num_items=p.num_items,
             item_tokens=p.item_tokens,
+        )
+    elif p.method == "union_tile":
+        p.umap = build_union_map(
+            topk_idx,
+            p.token_pos,
+            p.tile_start,
+            p.tile_len,
+            block_size=p.block_size,
+            tile_tokens=p.tile_tokens,
+            max_union=p.max_union,
         )
     p.bound_topk = topk_idx
 
@@ -219,6 +278,8 @@ def run(
         return out
     if p.method == "query_major":
         launch_query_major(p, q, k_cache, v_cache, req_to_token, topk_idx, out)
+    elif p.method == "union_tile":
+        launch_union_tile(p, q, k_cache, v_cache, req_to_token, topk_idx, out)
     else:
         launch_block_major(p, q, k_cache, v_cache, req_to_token)
         launch_combine(p, out, topk_idx)

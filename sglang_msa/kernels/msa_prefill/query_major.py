@@ -13,7 +13,7 @@ import triton.language as tl
 from .tiles import load_kv_block
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_tg"])
 def query_major_fwd_kernel(
     q_ptr,  # [T, HQ, D]
     k_ptr,

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_tokens"])
 def qk_norm_rope_kernel(
     x_ptr, q_ptr, k_ptr, v_ptr, wq_ptr, wk_ptr, cos_sin_ptr, pos_ptr,
     num_tokens, stride_x, stride_cs, eps,
