@@ -141,8 +141,9 @@ def summarize(rows: list[dict], points: list[dict], logs: dict, model: dict) -> 
     summary = {
         "card": logs.get("card"),
         "baseline": "sglang-default",
-        "a_attention_backend": logs.get("A", {}).get("attention_backend"),
-        "a_page_size": logs.get("A", {}).get("page_size"),
+        # A's choice, or A2's where only A2 ran (the same command but one MoE flag)
+        "a_attention_backend": (logs.get("A") or logs.get("A2") or {}).get("attention_backend"),
+        "a_page_size": (logs.get("A") or logs.get("A2") or {}).get("page_size"),
         "b_dense_backend": logs.get("B", {}).get("dense_backend"),
         "b_page_size": logs.get("B", {}).get("page_size"),
         "min_output_throughput_ratio": min((e["output_throughput_ratio"] for e in measured), default=None),
@@ -322,12 +323,22 @@ def warm_up(server: Server, vocab_size: int, tokens: int = CHUNK + 4096) -> floa
 
 def estimate_s(point: Point) -> float:
     """Rough seconds one server needs for ``point`` (to skip what cannot finish before the deadline)."""
-    # From the first H100 run of the rank8 proxy (12 layers): 2M prompt tokens of 128k in 14 s with their
-    # decode; decode steps ~4-9 ms. Kept ~2x pessimistic.
+    # From the H100 runs of the rank8 proxy (12 layers): 2M prompt tokens of 128k in 14 s with their
+    # decode; decode steps 3.5-4.4 ms at c8 over 64k, 7.4-9.1 ms at c4 over 128k, 9.5 ms at c64 over 2k.
+    # Kept ~1.5-2x pessimistic (a 0.015 s step skipped agentic points that took 4 s).
     prefill_tok_s = 150000.0 if point.input_len <= 65536 else 80000.0 if point.input_len <= 262144 else 40000.0
     new_tokens = point.num_prompts * point.max_new_tokens
     steps = point.num_prompts * point.output_len / point.concurrency
-    return 8 + new_tokens / prefill_tok_s + steps * 0.015
+    step_s = 1.5 * (0.004 + 0.0001 * point.concurrency + 0.00002 * point.input_len / 1024)
+    return 8 + new_tokens / prefill_tok_s + steps * step_s
+
+
+def warm_points(points: list[Point]) -> list[Point]:
+    """The points cheap enough to run once, unmeasured, on each server before its first measurement
+    (short prompts and the shared-prefix mix): SGLang's fused MoE kernel compiles a variant per new
+    batch shape (~0.2-0.5 s each, in the measured requests of the first H100 runs); long prompts'
+    shapes are covered by :func:`warm_up`'s two-chunk request."""
+    return [p for p in points if p.dataset != "random-ids" or p.input_len <= 8192]
 
 
 def point_record(p: Point) -> dict:
@@ -549,8 +560,13 @@ def main(argv=None) -> int:
                     continue
             else:
                 server = live[name]
-            if not kept or not results["servers"][name].get("warm_up_s"):  # once per server process
+            # once per server process (an adopted one was warmed by the call that started it)
+            if not kept or not (results["servers"][name].get("warm_up_s") or name in results.get("adopted_servers", [])):
                 results["servers"][name].setdefault("warm_up_s", []).append(warm_up(server, cfg["vocab_size"]))
+                t_warm = time.time()
+                run_points(server, warm_points(points), args.out_dir / "warm", seed=0,
+                           deadline=time.time() + 90, tokenizer=model)
+                results["servers"][name].setdefault("warm_pass_s", []).append(round(time.time() - t_warm, 1))
             # Each measurement left gets an equal share of the time left, so a long point cannot leave
             # the other servers of a repeat unmeasured; the profiles still to come (90 s each) are set
             # aside first (the first GPU run gave a profiled server's share to its profile).

@@ -90,6 +90,10 @@ def test_summary_uses_the_faster_baseline_per_workload():
     assert 1.0 < s["allreduce_adjusted_ratio_128k"] < s["output_throughput_ratio_128k"]
     spread = s["per_point"][0]["spread"]
     assert spread["B"] == pytest.approx(0.02, rel=0.05)
+    # Only A2 ran (A beside B in another call): A2's log says what SGLang chose.
+    logs2 = {"card": "H", "A2": {"attention_backend": "fa3", "page_size": "128"}, "B": logs["B"]}
+    s2 = ab_default.summarize(_rows(tp, ttft), _points(), logs2, {"layers": 20, "hidden": 6144})
+    assert (s2["a_attention_backend"], s2["a_page_size"]) == ("fa3", "128")
     t = s["targets"]
     assert t["128k TTFT p50 >= 1.3x lower"]["met"] is True
     assert t["never_slower (min output throughput ratio >= 1.0)"]["met"] is True
@@ -325,7 +329,8 @@ def test_main_keeps_side_by_side_servers_for_every_repeat(monkeypatch, tmp_path)
     rc = ab_default.main(["--out-dir", str(tmp_path), "--workloads", "cookbook", "--servers", "A,B",
                           "--repeats", "2", "--layers", "2", "--parallel-start", "--deadline-s", "600"])
     assert rc == 0
-    assert measured == [("A", 1), ("B", 1), ("B", 2), ("A", 2)]
+    # each server process gets one unmeasured pass (seed 0) of the cheap points before its first repeat
+    assert measured == [("A", 0), ("A", 1), ("B", 0), ("B", 1), ("B", 2), ("A", 2)]
     starts = [e for e in _LiveStub.events if e[0] == "start"]
     stops = [e for e in _LiveStub.events if e[0] == "stop"]
     assert starts == [("start", "A"), ("start", "B")] and len(stops) == 2
@@ -361,7 +366,8 @@ def test_two_calls_share_live_servers_and_merge(monkeypatch, tmp_path):
     assert ab_default.main(common + ["--attach", "--first-rep", "1", "--name", "call2"]) == 0
     assert [e for e in _LiveStub.events if e[0] == "start"] == [("start", "A"), ("start", "B")]
     assert [e[1] for e in _LiveStub.events if e[0] == "adopt"] == ["A", "B"]
-    assert measured == [("A", 1), ("B", 1), ("B", 2), ("A", 2)]
+    # the unmeasured warm pass (seed 0) once per server process: by the call that started it
+    assert measured == [("A", 0), ("A", 1), ("B", 0), ("B", 1), ("B", 2), ("A", 2)]
     _LiveStub.events = []
     (tmp_path / "live-servers.json").write_text(json.dumps(state))
     assert ab_default.main(common[:-1] + ["400000", "--attach", "--name", "call3"]) == 0
