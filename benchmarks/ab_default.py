@@ -10,7 +10,7 @@ Servers, one after the other on one GPU (same card, same flags), in swapped orde
     A2  A + --disable-shared-experts-fusion;
     B   A's command + --attention-backend msa (the plugin on).
 
-The model is the ``rank8`` preset of ``sglang_msa.tiny_m3`` (what one GPU computes in MiniMax-M3 at
+The model is the ``rank8`` preset of ``sglang_msa_tools.tiny_m3`` (what one GPU computes in MiniMax-M3 at
 ``--tp 8``) served at TP1 with ``--load-format dummy``. Load comes from SGLang's own
 ``sglang.bench_serving`` (workload presets: ``benchmarks/serving/presets.py``); this script starts
 and stops the servers, reads each server's chosen backend and page size from its log, and writes
@@ -494,8 +494,8 @@ def main(argv=None) -> int:
     points = capped(select(args.workloads.split(","), lens=lens or None, concurrency=conc or None),
                     args.max_requests)
     model = args.out_dir / "rank8-model"
-    subprocess.run([sys.executable, "-m", "sglang_msa.tiny_m3", str(model), "--preset", "rank8",
-                    "--layers", str(args.layers)], check=True)
+    subprocess.run([sys.executable, "-m", "sglang_msa_tools.tiny_m3", str(model), "--preset", "rank8",
+                    "--layers", str(args.layers)], check=True, cwd=ROOT)  # the tools package is the clone's
     cfg = json.loads((model / "config.json").read_text())
     text_ratio = text_tokens_per_token(str(model)) if any(p.dataset != "random-ids" for p in points) else 1.0
     points = calibrated(points, text_ratio)

@@ -23,7 +23,7 @@ Matrix (issue #13):
   scan + selected K/V + q/out) / device copy bandwidth measured in the same run;
 - references measured in the same run: copy bandwidth, dense bf16 matmul TFLOP/s.
 
-The model's own MSA settings come from sglang_msa.tiny_m3.SPARSE_COMMON (block 128, top-16, init 0,
+The model's own MSA settings come from sglang_msa_tools.tiny_m3.SPARSE_COMMON (block 128, top-16, init 0,
 local 1, index dim 128). Points run in priority order (the summary's points first) and are skipped past
 the deadline or when their estimated memory exceeds ``--mem-gib``, with the reason recorded. The results
 file (``kernels-<card>-<date>-regimes.json``) is rewritten after every point.
@@ -70,7 +70,7 @@ from sglang_msa.kernels.msa_prefill import bind_topk, plan, run  # noqa: E402
 from sglang_msa.kernels.msa_prefill.block_major import launch_block_major  # noqa: E402
 from sglang_msa.kernels.msa_prefill.combine import launch_combine  # noqa: E402
 from sglang_msa.kernels.msa_prefill.union_tile import mean_tile_union  # noqa: E402
-from sglang_msa.tiny_m3 import SPARSE_COMMON  # noqa: E402
+from sglang_msa_tools.tiny_m3 import SPARSE_COMMON  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"

@@ -1,6 +1,6 @@
 """GPU end-to-end check of MiniMax-M3-VL: SGLang's own VL path vs ours, on a tiny ``--vision`` checkpoint.
 
-    python3 -m sglang_msa.tiny_m3 /tmp/tiny-vl --vision
+    python3 -m sglang_msa_tools.tiny_m3 /tmp/tiny-vl --vision
     python3 benchmarks/e2e_vl.py --model-path /tmp/tiny-vl --out-dir OUT [--video clip.mp4]
 
   A: the plugin off (``SGLANG_MSA_DISABLE=1``): SGLang's in-tree M3-VL class, its Python multimodal

@@ -63,7 +63,7 @@ fi
 e2e_vl() {
   (
     export CUDA_VISIBLE_DEVICES=$1
-    python3 -m sglang_msa.tiny_m3 /tmp/tiny-vl --vision > "$W/tiny-vl.log" 2>&1
+    python3 -m sglang_msa_tools.tiny_m3 /tmp/tiny-vl --vision > "$W/tiny-vl.log" 2>&1
     video=(); [ -n "${E2E_VL_VIDEO:-}" ] && video=(--video "$E2E_VL_VIDEO")
     timeout $(( $(left) - 10 )) python3 benchmarks/e2e_vl.py --model-path /tmp/tiny-vl --out-dir "$W/e2e-vl" \
       --port-base 33000 --health-timeout 420 --log-dir "$W/e2e-vl/logs" "${video[@]}" > "$W/e2e-vl.log" 2>&1
@@ -83,7 +83,7 @@ check)
   ) &
   (
     export CUDA_VISIBLE_DEVICES=1
-    python3 -m sglang_msa.tiny_m3 /tmp/tiny > "$W/tiny.log" 2>&1
+    python3 -m sglang_msa_tools.tiny_m3 /tmp/tiny > "$W/tiny.log" 2>&1
     timeout 300 python3 benchmarks/e2e_correctness.py --model-path /tmp/tiny --models "${E2E_MODELS:-mixed}" --out-dir "$W/e2e" \
       --port-base 31000 --health-timeout 200 --log-dir "$W/e2e/logs" > "$W/e2e.log" 2>&1
     echo "e2e-${E2E_MODELS:-mixed} rc=$?" >> "$W/status.txt"

@@ -128,7 +128,8 @@ def make_checkpoints(out_dir: Path, layers: int) -> dict[str, Path]:
     runs = {"tiny": [], "tiny_vl": ["--vision"], "rank8": ["--preset", "rank8", "--layers", str(layers)]}
     for name, extra in runs.items():
         if not (paths[name] / "config.json").exists():
-            subprocess.run([sys.executable, "-m", "sglang_msa.tiny_m3", str(paths[name]), *extra], check=True)
+            subprocess.run([sys.executable, "-m", "sglang_msa_tools.tiny_m3", str(paths[name]), *extra], check=True,
+                           cwd=ROOT)  # sglang_msa_tools: the clone's, not in the wheel
     return paths
 
 

@@ -8,8 +8,17 @@ tool), ``sglang`` imports the real installed SGLang. ``cargo test`` covers the R
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# The tooling package (sglang_msa_tools: tiny checkpoints, demo) is not in the wheel; tests take it
+# from the clone. Appended, not prepended, so `import sglang_msa` still finds the installed package
+# first when there is one (scripts/test.sh runs pytest from a scratch directory for that reason).
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.append(_ROOT)
 
 try:
     import torch

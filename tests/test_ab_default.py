@@ -132,7 +132,7 @@ def test_sglang_load_generator_against_fake_server(tmp_path):
     pytest.importorskip("sglang")
     from fake_sglang_server import Behavior, FakeServer
 
-    from sglang_msa import tiny_m3
+    from sglang_msa_tools import tiny_m3
 
     model = tmp_path / "m"
     tiny_m3.write_checkpoint(str(model))  # its tokenizer, for SGLang's client
@@ -242,7 +242,7 @@ def test_shared_prefix_prompts_reach_their_token_lengths_with_the_proxy_tokenize
     from sglang.benchmark.datasets.common import gen_prompt
     from transformers import AutoTokenizer
 
-    from sglang_msa import tiny_m3
+    from sglang_msa_tools import tiny_m3
 
     model = tmp_path / "m"
     tiny_m3.write_checkpoint(str(model))

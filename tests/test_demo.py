@@ -1,4 +1,4 @@
-"""The README's main job (``python -m sglang_msa.demo``): what it leaves behind and what it prints."""
+"""The README's main job (``python -m sglang_msa_tools.demo``): what it leaves behind and what it prints."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from sglang_msa import demo
+from sglang_msa_tools import demo
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_launch_command_is_the_readmes_and_every_flag_is_explained():
 
 
 def test_pipeline_check_reports_each_stage_as_it_finishes():
-    from sglang_msa.pipeline_check import run_pipeline_check
+    from sglang_msa_tools.pipeline_check import run_pipeline_check
 
     streamed = []
     report = run_pipeline_check(tokens=96, progress=streamed.append)

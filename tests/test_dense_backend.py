@@ -67,7 +67,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def rank8(tmp_path_factory):
-    from sglang_msa import tiny_m3
+    from sglang_msa_tools import tiny_m3
 
     path = str(tmp_path_factory.mktemp("rank8") / "m")
     tiny_m3.write_checkpoint(path, "rank8")

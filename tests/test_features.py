@@ -141,7 +141,7 @@ def _probe(models: dict, cases: dict, env: dict | None = None) -> dict:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from sglang_msa import tiny_m3
+    from sglang_msa_tools import tiny_m3
 
     root = tmp_path_factory.mktemp("features")
     paths = {"rank8": str(root / "rank8"), "index_value": str(root / "index_value"), "vl": str(root / "vl")}

@@ -34,7 +34,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
-from sglang_msa import tiny_m3  # noqa: E402
+from sglang_msa_tools import tiny_m3  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -43,7 +43,7 @@ import fixtures_video as fv  # noqa: E402
 from checkpoint_match import match_params  # noqa: E402
 import test_m3_model as m3  # noqa: E402  (its subprocess helpers; its tests are not re-collected)
 
-from sglang_msa import tiny_m3  # noqa: E402
+from sglang_msa_tools import tiny_m3  # noqa: E402
 
 REPO = m3.REPO
 ARCH = "MiniMaxM3SparseForConditionalGeneration"

@@ -48,7 +48,7 @@ IMAGE_TOL_FRACTION = 0.01  # share of image values allowed to differ by more tha
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> str:
-    from sglang_msa.tiny_m3 import write_checkpoint
+    from sglang_msa_tools.tiny_m3 import write_checkpoint
 
     out = tmp_path_factory.mktemp("m3vl_tiny")
     write_checkpoint(str(out), "tiny", vision=True, config_only=True)

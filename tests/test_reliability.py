@@ -101,7 +101,7 @@ def cpu_outcomes(tmp_path_factory, media):
     import os
 
     from benchmarks.reliability.inprocess import answer_corpus, cpu_media_shims, sglang_app
-    from sglang_msa.tiny_m3 import write_checkpoint
+    from sglang_msa_tools.tiny_m3 import write_checkpoint
 
     d = tmp_path_factory.mktemp("rel")
     text_ckpt, vl_ckpt = str(d / "tiny"), str(d / "tiny-vl")

@@ -22,8 +22,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 pytest.importorskip("tokenizers")
 
-from sglang_msa import tiny_m3  # noqa: E402
-from sglang_msa import tiny_m3_tokenizer as tok  # noqa: E402
+from sglang_msa_tools import tiny_m3  # noqa: E402
+from sglang_msa_tools import tiny_m3_tokenizer as tok  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

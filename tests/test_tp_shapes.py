@@ -47,7 +47,7 @@ def _key(tp, rank, ep):
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from sglang_msa import tiny_m3
+    from sglang_msa_tools import tiny_m3
 
     path = str(tmp_path_factory.mktemp("tp_shapes") / "slice")
     tiny_m3.write_checkpoint(path, "slice", layers=2)  # config only

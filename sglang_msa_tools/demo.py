@@ -1,13 +1,13 @@
 """The README's main job: the whole sglang-msa pipeline on an embedded default, nothing downloaded.
 
-    python -m sglang_msa.demo [--video PATH] [--workdir DIR] [--tokens N]
+    python -m sglang_msa_tools.demo [--video PATH] [--workdir DIR] [--tokens N]
 
 Without ``--workdir`` the sample video and the checkpoint go to a temporary folder that is removed at
 the end; with it they stay there.
 
 1. video: makes a sample clip with the ``ffmpeg`` CLI (or takes ``--video``) and preprocesses it
    with ``smg_rs`` (MiniMax-M3 preset) -> ``pixel_values``, ``grid_thw``, sampled frames, timing;
-2. model: writes a tiny random MiniMax-M3 checkpoint (``sglang_msa.tiny_m3``);
+2. model: writes a tiny random MiniMax-M3 checkpoint (``sglang_msa_tools.tiny_m3``);
 3. kernels: runs the MSA pipeline (indexer -> KV-block-major sparse prefill -> stride-paged sparse
    decode) on random M3-shaped inputs in a paged KV pool and checks it against the fp32
    references (on the GPU when there is one, else on the CPU under the Triton interpreter);
@@ -70,7 +70,7 @@ def step_video(video: Path) -> None:
 
 
 def step_model(workdir: Path) -> Path:
-    from sglang_msa import tiny_m3
+    from sglang_msa_tools import tiny_m3
 
     out = workdir / "tiny-m3"
     _header(f"2. tiny random MiniMax-M3 checkpoint -> {out}")
@@ -82,7 +82,7 @@ def step_model(workdir: Path) -> Path:
 
 
 def step_kernels(tokens: int) -> float:
-    from sglang_msa.pipeline_check import run_pipeline_check
+    from sglang_msa_tools.pipeline_check import run_pipeline_check
 
     _header("3. MSA kernels: indexer -> sparse prefill (KV-block-major) -> sparse decode")
     report = run_pipeline_check(tokens=tokens, progress=lambda line: print(line, flush=True))

@@ -1,6 +1,6 @@
 """Write a small random-weight MiniMax-M3 (or M3-VL) checkpoint in Hugging Face format.
 
-    python -m sglang_msa.tiny_m3 OUT_DIR [--preset {tiny,slice}] [--layers N] [--hidden H]
+    python -m sglang_msa_tools.tiny_m3 OUT_DIR [--preset {tiny,slice}] [--layers N] [--hidden H]
         [--experts E] [--heads Q --kv-heads K] [--vision] [--seed S] [--dtype bfloat16]
         [--config-only | --weights] [--force]
 
@@ -34,7 +34,7 @@ import sys
 import zlib
 from typing import Iterator
 
-from sglang_msa import tiny_m3_tokenizer as tok
+from sglang_msa_tools import tiny_m3_tokenizer as tok
 
 # Field values shared by every preset: the real M3 settings that SGLang and transformers read.
 M3_COMMON = {
@@ -568,7 +568,7 @@ def write_checkpoint(out_dir: str, preset: str = "tiny", *, layers: int | None =
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m sglang_msa.tiny_m3", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m sglang_msa_tools.tiny_m3", description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     ap.add_argument("--layers", type=int, help="number of decoder layers")
