@@ -140,8 +140,10 @@ def test_smoke_run_writes_every_summary_key(tmp_path):
         assert p["heads"] == {"q": 8, "kv": 1, "index": 1}
         assert p["prefix"] == p["context"] - p["chunk"] > 0
         assert p["ours_out_finite"] and p["method"] == "block_major"
-        for part in ("layer", "indexer", "main", "plan", "reverse_map", "main_kernel", "combine"):
+        for part in ("layer", "indexer", "main", "plan", "reverse_map", "main_kernel", "combine",
+                     "reverse_map_counting", "main_counting"):
             assert p[f"ours_{part}_ms"] > 0, part
+        assert p["counting_map_output_identical"] is True  # the counting-sort map: same layer output
         # split-K indexer beside the unsplit one (1 index head): same selection, both timed
         assert p["indexer_split_k"] >= 2 and p["indexer_split_matches_unsplit"] is True
         assert p["indexer_split_ms"] > 0 and p["indexer_unsplit_ms"] > 0 and p["indexer_split_speedup"] > 0

@@ -18,7 +18,7 @@ from test_msa_prefill import BLOCK, HEAD_DIM, make_case, ours
 
 from sglang_msa.kernels.msa_indexer import indexer_prefill
 from sglang_msa.kernels.msa_indexer import prefill as indexer_mod
-from sglang_msa.kernels.msa_prefill import block_major, combine, query_major, union_tile
+from sglang_msa.kernels.msa_prefill import block_major, combine, query_major, reverse_map_counting, union_tile
 from sglang_msa.kernels.qk_norm_rope import fused as qk_mod
 from sglang_msa.kernels.qk_norm_rope import qk_norm_rope
 
@@ -30,6 +30,9 @@ KERNELS = {
     "indexer": indexer_mod._indexer_prefill_kernel,
     "indexer_merge": indexer_mod._indexer_merge_kernel,
     "qk_norm_rope": qk_mod.qk_norm_rope_kernel,
+    "rm_key_count": reverse_map_counting._key_count_kernel,
+    "rm_scatter": reverse_map_counting._scatter_kernel,
+    "rm_items": reverse_map_counting._items_kernel,
 }
 
 
@@ -82,17 +85,18 @@ def assert_shape_stable(seen: dict[str, list[dict]], names: list[str]) -> None:
 BATCHES = [dict(extends=[37, 5], prefixes=[20, 0]), dict(extends=[16, 32], prefixes=[41, 0])]
 
 
-@pytest.mark.parametrize("method,kernels", [
-    ("block_major", ["block_major", "combine"]),
-    ("query_major", ["query_major"]),
-    ("union_tile", ["union_tile"]),
+@pytest.mark.parametrize("method,kw,kernels", [
+    ("block_major", {}, ["block_major", "combine"]),
+    ("block_major", {"reverse_map": "counting"}, ["rm_key_count", "rm_scatter", "rm_items"]),
+    ("query_major", {}, ["query_major"]),
+    ("union_tile", {}, ["union_tile"]),
 ])
-def test_sparse_prefill_launches_do_not_specialize_on_batch_shape(launches, device, method, kernels):
+def test_sparse_prefill_launches_do_not_specialize_on_batch_shape(launches, device, method, kw, kernels):
     for seed, b in enumerate(BATCHES):
         case = make_case(seed, num_q_heads=4, num_kv_heads=2, block_size=BLOCK, topk=3, page_size=1,
                          dtype=torch.float32, device=device, **b)
         out = torch.empty_like(case["q"])
-        ours(case, BLOCK, 1, method, out)
+        ours(case, BLOCK, 1, method, out, **kw)
     assert_shape_stable(launches, kernels)
 
 

@@ -13,6 +13,7 @@ import torch
 
 from sglang_msa.kernels.msa_prefill import naive_sparse_prefill, plan, run, sparse_prefill
 from sglang_msa.kernels.msa_prefill.reverse_map import build_reverse_map
+from sglang_msa.kernels.msa_prefill.reverse_map_counting import build_reverse_map_counting
 
 HEAD_DIM = 128
 
@@ -251,6 +252,66 @@ def test_reverse_map_is_csr_and_deterministic():
         seen.append(e)
     seen = torch.cat(seen)
     assert seen.numel() == int(valid.sum()) and torch.equal(seen.sort().values, ent[valid])
+
+
+def _live_items(m, num_items):
+    return [(int(m.item_bucket[w]), int(m.item_start[w]), int(m.item_count[w]))
+            for w in range(num_items) if int(m.item_count[w])]
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_reverse_map_counting_matches_the_sorted_map(device, strided):
+    """Same work items (bucket, start, count) as the sorted map and, per item, the same entries in
+    some order; entries of the sorted map's idle tail and -1 / future blocks never appear."""
+    rng = np.random.default_rng(1)
+    num_kv_heads, topk, block = 3, 6, 16
+    q_pos = np.concatenate([np.arange(30, 101), np.arange(0, 37), np.arange(5, 6)])
+    req = np.repeat([0, 1, 2], [71, 37, 1])
+    seq_lens = [101, 37, 6]
+    topk_idx = make_topk_idx(rng, q_pos, req, seq_lens, num_kv_heads, topk, block, layout="scattered",
+                             empty_frac=0.1, future=True)
+    if strided:  # a [T, G, topk] buffer seen as [G, T, topk], as an indexer output view could be
+        topk_idx = topk_idx.permute(1, 0, 2).contiguous().permute(1, 0, 2)
+    nb = [7, 3, 1]
+    first_block = torch.tensor([0, 7, 10], dtype=torch.int32)
+    seg, num_tokens = 32, len(q_pos)
+    num_seg = math.ceil(num_tokens / seg)
+    token_req = torch.from_numpy(req.astype(np.int32))
+    key_base = (torch.arange(num_tokens, dtype=torch.int32) // seg) * sum(nb) + first_block[token_req.long()]
+    kw = dict(block_size=block, bucket_stride_group=num_seg * sum(nb),
+              num_buckets=num_kv_heads * num_seg * sum(nb), num_items=400, item_tokens=3)
+    args = [t.to(device) for t in (topk_idx, torch.from_numpy(q_pos.astype(np.int32)), key_base)]
+    want = build_reverse_map(*args, **kw)
+    got = build_reverse_map_counting(*args, **kw)
+    assert _live_items(got, kw["num_items"]) == _live_items(want, kw["num_items"])
+    for b, start, n in _live_items(want, kw["num_items"]):
+        a = want.sorted_entry[start:start + n].sort().values
+        c = got.sorted_entry[start:start + n].sort().values
+        assert torch.equal(a, c), (b, start)
+
+
+def test_reverse_map_counting_gives_the_same_output(device, nan_like):
+    case = make_case(5, num_q_heads=8, num_kv_heads=2, extends=[45, 20], prefixes=[30, 0], block_size=BLOCK,
+                     topk=4, page_size=1, dtype=torch.float32, device=device, future=True, empty_frac=0.1)
+    outs = {}
+    for rm in ("sort", "counting"):
+        outs[rm] = nan_like(tuple(case["q"].shape), dtype=torch.float32, device=device)
+        ours(case, BLOCK, 1, "block_major", outs[rm], reverse_map=rm)
+    assert torch.equal(outs["sort"], outs["counting"])
+    assert_close(outs["counting"], reference(case, BLOCK), torch.float32)
+
+
+def test_reverse_map_choice_from_the_environment(monkeypatch):
+    args = (torch.tensor([0, 3], dtype=torch.int32), torch.tensor([3], dtype=torch.int32),
+            torch.tensor([0], dtype=torch.int32), torch.tensor([0]))
+    kw = dict(num_q_heads=2, num_kv_heads=1, head_dim=HEAD_DIM, topk=2, block_size=BLOCK, method="block_major")
+    assert plan(*args, **kw).reverse_map == "sort"
+    monkeypatch.setenv("SGLANG_MSA_REVERSE_MAP", "counting")
+    assert plan(*args, **kw).reverse_map == "counting"
+    assert plan(*args, **kw, reverse_map="sort").reverse_map == "sort"  # the argument wins
+    monkeypatch.setenv("SGLANG_MSA_REVERSE_MAP", "radix")
+    with pytest.raises(ValueError, match="reverse map"):
+        plan(*args, **kw)
 
 
 def test_sink_and_bad_shapes_raise(device):

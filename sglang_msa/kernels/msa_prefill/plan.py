@@ -26,6 +26,7 @@ from .block_major import launch_block_major
 from .combine import launch_combine
 from .query_major import launch_query_major
 from .reverse_map import ReverseMap, build_reverse_map, max_work_items
+from .reverse_map_counting import build_reverse_map_counting
 from .union_tile import UnionMap, build_union_map, launch_union_tile, max_union_blocks
 
 # "auto" picks query-major while num_tokens * num_kv_heads <= this. Measured on an H200 (64/4 heads,
@@ -37,6 +38,8 @@ QUERY_MAJOR_MAX_TOKEN_HEADS = 4096
 DEFAULT_SEG_TOKENS = 4096
 METHODS = ("block_major", "query_major", "union_tile")
 METHOD_ENV = "SGLANG_MSA_PREFILL_METHOD"
+REVERSE_MAPS = ("sort", "counting")
+REVERSE_MAP_ENV = "SGLANG_MSA_REVERSE_MAP"  # sort (default until GPU figures say otherwise) | counting
 
 
 @dataclass
@@ -67,6 +70,7 @@ class SparsePrefillPlan:
     num_warps: int = 4
     num_stages: int = 1
     prefetch: bool = True
+    reverse_map: str = "sort"  # "sort" (reverse_map.py) | "counting" (reverse_map_counting.py)
     block_req: torch.Tensor | None = None  # [NB] int32
     block_local: torch.Tensor | None = None  # [NB] int32
     token_key_base: torch.Tensor | None = None  # [T] int32
@@ -108,6 +112,7 @@ def plan(
     prefetch: bool = True,
     workspace_dtype: torch.dtype | None = None,
     tile_tokens: int | None = None,
+    reverse_map: str | None = None,
 ) -> SparsePrefillPlan:
     """Batch metadata + workspaces; syncs with the host (small [B] tensors only)."""
     device = cu_seqlens_q.device
@@ -159,6 +164,9 @@ def plan(
     )
     if method == "block_major":
         p.prefetch = prefetch
+        p.reverse_map = reverse_map or os.environ.get(REVERSE_MAP_ENV, "").strip().lower() or "sort"
+        if p.reverse_map not in REVERSE_MAPS:
+            raise ValueError(f"unknown reverse map {p.reverse_map!r} (one of {REVERSE_MAPS}; {REVERSE_MAP_ENV})")
         _plan_block_major(p, cu, lens, seg_tokens, chunk_tokens, item_tokens, num_warps, num_stages, workspace_dtype)
     elif method == "union_tile":
         _plan_union_tile(p, cu, lens, tile_tokens, num_warps, num_stages)
@@ -232,7 +240,8 @@ def bind_topk(p: SparsePrefillPlan, topk_idx: torch.Tensor) -> None:
     Device ops only, no host sync."""
     _check_topk(p, topk_idx)
     if p.method == "block_major":
-        p.rmap = build_reverse_map(
+        build = build_reverse_map_counting if p.reverse_map == "counting" else build_reverse_map
+        p.rmap = build(
             topk_idx,
             p.token_pos,
             p.token_key_base,

@@ -56,7 +56,7 @@ def build_reverse_map(
     group_base = torch.arange(num_groups, device=device, dtype=torch.int32).view(-1, 1, 1) * bucket_stride_group
     key = group_base + token_key_base.view(1, -1, 1) + blk
     key = torch.where(valid, key, torch.full_like(key, num_buckets))  # sentinel sorts last
-    sorted_key, order = torch.sort(key.view(-1), stable=True)
+    sorted_key, order = torch.sort(key.reshape(-1), stable=True)  # reshape: topk_idx may be a strided view
     sorted_key = sorted_key.contiguous()
 
     bucket_ids = torch.arange(num_buckets + 1, device=device, dtype=torch.int32)
