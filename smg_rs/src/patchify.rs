@@ -132,30 +132,29 @@ impl FrameLayout {
         (self.height / self.geom.patch) * (self.width / self.geom.patch) * self.geom.row_len()
     }
 
-    /// Normalizes one interleaved RGB row (`width * 3` floats, 0..255 scale) of output row `y`
-    /// and writes it to the temporal slots `slots` of the group starting at `group`.
+    /// Writes one band of `patch` normalized output rows (`band`: rows `gy * patch ..`, each
+    /// `width * 3` interleaved floats) to the temporal slots `slots` of the group starting at
+    /// `group`, patch by patch in output order (contiguous `patch^2` runs per channel and slot).
     ///
     /// # Safety
     /// `group` must point to `group_len()` writable elements that nobody else reads or writes
     /// at the positions of these slots while this runs (other slots may be written by others).
-    pub unsafe fn write_row<T: OutElem>(&self, group: *mut T, slots: std::ops::Range<usize>, y: usize, rgb: &[f32], norm: &Normalizer) {
+    pub unsafe fn write_band<T: OutElem>(&self, group: *mut T, slots: std::ops::Range<usize>, gy: usize, band: &[f32]) {
         let PatchGeometry { patch: p, temporal_patch: tp, channels: c, .. } = self.geom;
-        assert!(c == 3 && rgb.len() == self.width * 3 && y < self.height && slots.end <= tp);
-        assert!(p <= 64, "patch side above 64");
+        let w3 = self.width * 3;
+        assert!(c == 3 && band.len() == p * w3 && gy < self.height / p && slots.end <= tp);
         let pp = p * p;
-        let rb = self.row_base[y];
-        let mut buf = [0f32; 64];
-        // `p` consecutive pixels share a patch row: contiguous destinations per channel and slot
-        for (xs, px) in self.col_base.chunks_exact(p).zip(rgb.chunks_exact(3 * p)) {
-            let base = rb + xs[0];
+        let rb = self.row_base[gy * p];
+        for gx in 0..self.width / p {
+            let base = rb + self.col_base[gx * p];
             for ch in 0..3 {
-                for (b, pix) in buf[..p].iter_mut().zip(px.chunks_exact(3)) {
-                    *b = norm.apply(pix[ch], ch);
-                }
                 for ti in slots.clone() {
                     let dst = group.add(base + (ch * tp + ti) * pp);
-                    for (i, &v) in buf[..p].iter().enumerate() {
-                        dst.add(i).write(T::from_f32(v));
+                    for py in 0..p {
+                        let src = &band[py * w3 + gx * p * 3 + ch..];
+                        for px in 0..p {
+                            dst.add(py * p + px).write(T::from_f32(src[px * 3]));
+                        }
                     }
                 }
             }
@@ -232,9 +231,12 @@ mod tests {
             patchify_group(&want_refs, h, w, &g, &norm, &mut want);
             let mut got = vec![f32::NAN; layout.group_len()];
             for (fi, sl) in refs.iter().zip(slots) {
-                for y in 0..h {
-                    let row = &frames[*fi][y * w * 3..(y + 1) * w * 3];
-                    unsafe { layout.write_row(got.as_mut_ptr(), sl.clone(), y, row, &norm) };
+                let mut f = frames[*fi].clone();
+                for row in f.chunks_exact_mut(w * 3) {
+                    norm.apply_rgb_row(row);
+                }
+                for (gy, band) in f.chunks_exact(g.patch * w * 3).enumerate() {
+                    unsafe { layout.write_band(got.as_mut_ptr(), sl.clone(), gy, band) };
                 }
             }
             assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());

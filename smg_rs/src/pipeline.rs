@@ -102,7 +102,7 @@ thread_local! {
 /// `emit`. Float plans (every float stage is bicubic: SGLang MiniMax-M3 and its HF processor)
 /// stream the last stage straight from the source or the previous stage, row by row; uint8
 /// plans resize whole frames as the reference's uint8 tensors are.
-fn frame_rows(frame: &RgbFrame, plan: &[Stage], uint8: bool, emit: &mut dyn FnMut(usize, &[f32])) -> Result<()> {
+fn frame_rows(frame: &RgbFrame, plan: &[Stage], uint8: bool, emit: &mut dyn FnMut(usize, &mut [f32])) -> Result<()> {
     let expect = frame.height as usize * frame.width as usize * 3;
     if frame.data.len() != expect {
         return Err(SmgError::VideoDecode("frame buffer does not match its size".into()));
@@ -110,7 +110,8 @@ fn frame_rows(frame: &RgbFrame, plan: &[Stage], uint8: bool, emit: &mut dyn FnMu
     if uint8 {
         let f = resize_through(frame, plan)?;
         let w3 = f.width as usize * 3;
-        for (y, row) in f.data.chunks_exact(w3.max(1)).enumerate() {
+        let mut f = f;
+        for (y, row) in f.data.chunks_exact_mut(w3.max(1)).enumerate() {
             emit(y, row);
         }
         return Ok(());
@@ -172,9 +173,18 @@ impl<T: OutElem> FrameJob<'_, T> {
         // these slots (one job per sampled frame), and write_row stays inside the group.
         let group = unsafe { self.out.0.add(g * self.layout.group_len()) };
         let (oh, ow) = (self.layout.height, self.layout.width);
+        let p = self.layout.geom.patch;
+        let w3 = ow * 3;
+        // rows are normalized as they come and gathered into bands of one patch row, which
+        // go out patch by patch (sequential writes into the output)
+        let mut band = vec![0f32; p * w3];
         let done = frame_rows(&frame, self.plan, self.uint8, &mut |y, row| {
-            assert!(y < oh && row.len() == ow * 3, "resized frame does not match the plan");
-            unsafe { self.layout.write_row(group, slots.clone(), y, row, self.norm) };
+            assert!(y < oh && row.len() == w3, "resized frame does not match the plan");
+            self.norm.apply_rgb_row(row);
+            band[(y % p) * w3..(y % p + 1) * w3].copy_from_slice(row);
+            if y % p == p - 1 {
+                unsafe { self.layout.write_band(group, slots.clone(), y / p, &band) };
+            }
         });
         if let Err(e) = done {
             self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);

@@ -272,7 +272,8 @@ pub struct ResampleScratch {
 
 /// Separable antialiased bicubic resize of an interleaved RGB frame (`src`: `v.input` rows of
 /// `h.input * 3` components), in float32 without rounding or clamping (torch's float path),
-/// streamed row by row: `emit(y, row)` gets each output row, `h.output * 3` floats. The
+/// streamed row by row: `emit(y, row)` gets each output row, `h.output * 3` floats (a scratch
+/// buffer it may overwrite). The
 /// vertical pass runs first, over whole source rows (contiguous, vectorized), so only the
 /// output rows' worth of horizontal work is done and nothing frame-sized is allocated.
 pub fn resample_rgb_rows<C: Component>(
@@ -280,7 +281,7 @@ pub fn resample_rgb_rows<C: Component>(
     v: &AxisWeights,
     h: &AxisWeights,
     scratch: &mut ResampleScratch,
-    emit: &mut dyn FnMut(usize, &[f32]),
+    emit: &mut dyn FnMut(usize, &mut [f32]),
 ) {
     let in_w = h.input * 3;
     assert_eq!(src.len(), v.input * in_w, "source does not match the resize weights");
@@ -297,7 +298,7 @@ pub fn resample_rgb_rows<C: Component>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn resample_avx2<C: Component>(src: &[C], v: &AxisWeights, h: &AxisWeights, scratch: &mut ResampleScratch, emit: &mut dyn FnMut(usize, &[f32])) {
+unsafe fn resample_avx2<C: Component>(src: &[C], v: &AxisWeights, h: &AxisWeights, scratch: &mut ResampleScratch, emit: &mut dyn FnMut(usize, &mut [f32])) {
     resample_generic::<C, true>(src, v, h, scratch, emit)
 }
 
@@ -313,7 +314,7 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 }
 
 #[inline(always)]
-fn resample_generic<C: Component, const FMA: bool>(src: &[C], v: &AxisWeights, h: &AxisWeights, scratch: &mut ResampleScratch, emit: &mut dyn FnMut(usize, &[f32])) {
+fn resample_generic<C: Component, const FMA: bool>(src: &[C], v: &AxisWeights, h: &AxisWeights, scratch: &mut ResampleScratch, emit: &mut dyn FnMut(usize, &mut [f32])) {
     let in_w = h.input * 3;
     let out_w = h.output * 3;
     // one spare float: the horizontal pass loads four components (RGB + the next R) at once
@@ -340,7 +341,7 @@ fn resample_generic<C: Component, const FMA: bool>(src: &[C], v: &AxisWeights, h
             }
         }
         if h_identity {
-            emit(y, &scratch.column[..in_w]);
+            emit(y, &mut scratch.column[..in_w]);
             continue;
         }
         // horizontal: row[x] = sum_k wh[k] * column[x0 + k], RGB at once
@@ -356,7 +357,7 @@ fn resample_generic<C: Component, const FMA: bool>(src: &[C], v: &AxisWeights, h
             }
             out.copy_from_slice(&acc[..3]);
         }
-        emit(y, &scratch.row);
+        emit(y, &mut scratch.row);
     }
 }
 
