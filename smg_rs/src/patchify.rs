@@ -93,6 +93,75 @@ pub fn patchify_group<T: OutElem>(
     }
 }
 
+/// Where each pixel of a frame goes in the patch layout, for writing frames straight into the
+/// output (no patchify pass over a resized copy). For output pixel `(y, x)`, channel `c`, of the
+/// frame in temporal slot `ti` of a group, the element is
+/// `row_base[y] + col_base[x] + (c * temporal_patch + ti) * patch^2` from the group's start.
+#[derive(Debug, Clone)]
+pub struct FrameLayout {
+    pub geom: PatchGeometry,
+    pub height: usize,
+    pub width: usize,
+    row_base: Vec<usize>,
+    col_base: Vec<usize>,
+}
+
+impl FrameLayout {
+    pub fn new(geom: PatchGeometry, height: usize, width: usize) -> Self {
+        let PatchGeometry { patch: p, merge: m, .. } = geom;
+        assert!(height % (p * m) == 0 && width % (p * m) == 0, "size must be a multiple of patch*merge");
+        let row_len = geom.row_len();
+        let bw_n = width / p / m;
+        let row_base = (0..height)
+            .map(|y| {
+                let (gy, py) = (y / p, y % p);
+                ((gy / m) * bw_n * m * m + (gy % m) * m) * row_len + py * p
+            })
+            .collect();
+        let col_base = (0..width)
+            .map(|x| {
+                let (gx, px) = (x / p, x % p);
+                ((gx / m) * m * m + gx % m) * row_len + px
+            })
+            .collect();
+        Self { geom, height, width, row_base, col_base }
+    }
+
+    /// Elements of one temporal group.
+    pub fn group_len(&self) -> usize {
+        (self.height / self.geom.patch) * (self.width / self.geom.patch) * self.geom.row_len()
+    }
+
+    /// Writes one band of `patch` normalized output rows (`band`: rows `gy * patch ..`, each
+    /// `width * 3` interleaved floats) to the temporal slots `slots` of the group starting at
+    /// `group`, patch by patch in output order (contiguous `patch^2` runs per channel and slot).
+    ///
+    /// # Safety
+    /// `group` must point to `group_len()` writable elements that nobody else reads or writes
+    /// at the positions of these slots while this runs (other slots may be written by others).
+    pub unsafe fn write_band<T: OutElem>(&self, group: *mut T, slots: std::ops::Range<usize>, gy: usize, band: &[f32]) {
+        let PatchGeometry { patch: p, temporal_patch: tp, channels: c, .. } = self.geom;
+        let w3 = self.width * 3;
+        assert!(c == 3 && band.len() == p * w3 && gy < self.height / p && slots.end <= tp);
+        let pp = p * p;
+        let rb = self.row_base[gy * p];
+        for gx in 0..self.width / p {
+            let base = rb + self.col_base[gx * p];
+            for ch in 0..3 {
+                for ti in slots.clone() {
+                    let dst = group.add(base + (ch * tp + ti) * pp);
+                    for py in 0..p {
+                        let src = &band[py * w3 + gx * p * 3 + ch..];
+                        for px in 0..p {
+                            dst.add(py * p + px).write(T::from_f32(src[px * 3]));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +214,32 @@ mod tests {
                 let got = out[row * g.row_len() + col];
                 assert_eq!(got, reference_value(&frames, h, w, &g, row, col), "row {row} col {col}");
             }
+        }
+    }
+
+    #[test]
+    fn frame_layout_writes_what_patchify_group_writes() {
+        let g = PatchGeometry { patch: 2, temporal_patch: 2, merge: 2, channels: 3 };
+        let (h, w) = (8, 12);
+        let frames: Vec<Vec<f32>> = (0..2).map(|f| (0..h * w * 3).map(|i| (f * 1000 + i) as f32).collect()).collect();
+        let norm = Normalizer::new([0.4, 0.5, 0.6], [0.2, 0.3, 0.25], 1.0 / 255.0);
+        let layout = FrameLayout::new(g, h, w);
+        // two frames of one group, then one frame padding its group (written to both slots)
+        for (refs, slots) in [(vec![0usize, 1], vec![0..1, 1..2]), (vec![1, 1], vec![0..2])] {
+            let want_refs: Vec<&[f32]> = refs.iter().map(|&i| frames[i].as_slice()).collect();
+            let mut want = vec![f32::NAN; layout.group_len()];
+            patchify_group(&want_refs, h, w, &g, &norm, &mut want);
+            let mut got = vec![f32::NAN; layout.group_len()];
+            for (fi, sl) in refs.iter().zip(slots) {
+                let mut f = frames[*fi].clone();
+                for row in f.chunks_exact_mut(w * 3) {
+                    norm.apply_rgb_row(row);
+                }
+                for (gy, band) in f.chunks_exact(g.patch * w * 3).enumerate() {
+                    unsafe { layout.write_band(got.as_mut_ptr(), sl.clone(), gy, band) };
+                }
+            }
+            assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
         }
     }
 

@@ -5,9 +5,9 @@ use crate::decode::{DecodeOptions, RgbFrame, VideoDecoder};
 use crate::error::{invalid, limit, Result, SmgError};
 use crate::limits::Limits;
 use crate::normalize::Normalizer;
-use crate::patchify::{patchify_group, OutElem};
+use crate::patchify::{patchify_group, FrameLayout, OutElem};
 use crate::presets::{Filter, Preset, SizeOverrides, Stage};
-use crate::resize::{resize_bicubic, FloatFrame};
+use crate::resize::{resample_rgb_rows, resize_bicubic, AxisWeights, FloatFrame, ResampleScratch};
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
@@ -78,53 +78,114 @@ fn resolve_threads(threads: Option<usize>) -> Result<usize> {
     }
 }
 
-fn resize_through(frame: &RgbFrame, plan: &[Stage], uint8: bool) -> Result<FloatFrame> {
-    if uint8 {
-        let (mut h, mut w) = (frame.height, frame.width);
-        let mut data = std::borrow::Cow::Borrowed(frame.data.as_slice());
-        for s in plan {
-            if (s.height, s.width) != (h, w) {
-                let out = match s.filter {
-                    Filter::Bicubic => crate::resize::resize_bicubic_u8(&data, h, w, s.height, s.width)?,
-                    Filter::Bilinear => crate::resize::resize_bilinear_u8(&data, h, w, s.height, s.width)?,
-                };
-                data = std::borrow::Cow::Owned(out);
-                (h, w) = (s.height, s.width);
-            }
-        }
-        return Ok(FloatFrame::from_rgb8(h, w, &data));
-    }
-    let mut f = FloatFrame::from_rgb8(frame.height, frame.width, &frame.data);
+fn resize_through(frame: &RgbFrame, plan: &[Stage]) -> Result<FloatFrame> {
+    let (mut h, mut w) = (frame.height, frame.width);
+    let mut data = std::borrow::Cow::Borrowed(frame.data.as_slice());
     for s in plan {
-        // every float stage of the presets is bicubic (SGLang MiniMax-M3 and its HF processor)
-        debug_assert_eq!(s.filter, Filter::Bicubic);
-        f = resize_bicubic(f, s.height, s.width)?;
+        if (s.height, s.width) != (h, w) {
+            let out = match s.filter {
+                Filter::Bicubic => crate::resize::resize_bicubic_u8(&data, h, w, s.height, s.width)?,
+                Filter::Bilinear => crate::resize::resize_bilinear_u8(&data, h, w, s.height, s.width)?,
+            };
+            data = std::borrow::Cow::Owned(out);
+            (h, w) = (s.height, s.width);
+        }
     }
-    Ok(f)
+    Ok(FloatFrame::from_rgb8(h, w, &data))
 }
 
-/// Work for one temporal group: resize its frames, pad to `temporal_patch`, patchify.
-struct GroupJob<'a> {
+thread_local! {
+    static SCRATCH: std::cell::RefCell<ResampleScratch> = std::cell::RefCell::new(ResampleScratch::default());
+}
+
+/// Runs `frame` through `plan` and hands each output row (`width * 3` floats, 0..255 scale) to
+/// `emit`. Float plans (every float stage is bicubic: SGLang MiniMax-M3 and its HF processor)
+/// stream the last stage straight from the source or the previous stage, row by row; uint8
+/// plans resize whole frames as the reference's uint8 tensors are.
+fn frame_rows(frame: &RgbFrame, plan: &[Stage], uint8: bool, emit: &mut dyn FnMut(usize, &mut [f32])) -> Result<()> {
+    let expect = frame.height as usize * frame.width as usize * 3;
+    if frame.data.len() != expect {
+        return Err(SmgError::VideoDecode("frame buffer does not match its size".into()));
+    }
+    if uint8 {
+        let f = resize_through(frame, plan)?;
+        let w3 = f.width as usize * 3;
+        let mut f = f;
+        for (y, row) in f.data.chunks_exact_mut(w3.max(1)).enumerate() {
+            emit(y, row);
+        }
+        return Ok(());
+    }
+    let (last, first) = plan.split_last().expect("a resize plan has at least one stage");
+    let mut f: Option<FloatFrame> = None;
+    for s in first {
+        debug_assert_eq!(s.filter, Filter::Bicubic);
+        f = Some(match f {
+            None => crate::resize::resize_bicubic_rgb8(&frame.data, frame.height, frame.width, s.height, s.width)?,
+            Some(prev) => resize_bicubic(prev, s.height, s.width)?,
+        });
+    }
+    debug_assert_eq!(last.filter, Filter::Bicubic);
+    let (h, w) = f.as_ref().map_or((frame.height, frame.width), |f| (f.height, f.width));
+    if last.height == 0 || last.width == 0 {
+        return invalid("resize target must be non-empty");
+    }
+    let v = AxisWeights::bicubic_aa(h as usize, last.height as usize);
+    let hw = AxisWeights::bicubic_aa(w as usize, last.width as usize);
+    SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        match &f {
+            None => resample_rgb_rows(&frame.data, &v, &hw, &mut scratch, emit),
+            Some(f) => resample_rgb_rows(&f.data, &v, &hw, &mut scratch, emit),
+        }
+    });
+    Ok(())
+}
+
+/// The output buffer, shared by the frame jobs: each writes only its own temporal slots.
+#[derive(Clone, Copy)]
+struct OutPtr<T>(*mut T);
+// SAFETY: jobs write disjoint elements (one frame = one temporal slot of one group), and the
+// buffer outlives the scope the jobs run in.
+unsafe impl<T: Send> Send for OutPtr<T> {}
+unsafe impl<T: Send> Sync for OutPtr<T> {}
+
+/// Work for one sampled frame: resize, normalize and write it into its temporal slot of its
+/// group (the last frame also into the slots that pad its group).
+struct FrameJob<'a, T> {
     plan: &'a [Stage],
     uint8: bool,
     norm: &'a Normalizer,
-    geom: crate::patchify::PatchGeometry,
-    out_h: usize,
-    out_w: usize,
+    layout: &'a FrameLayout,
+    out: OutPtr<T>,
+    groups: usize,
+    frames: usize,
     failure: &'a Mutex<Option<SmgError>>,
 }
 
-impl GroupJob<'_> {
-    fn run<T: OutElem>(&self, frames: Vec<RgbFrame>, chunk: &mut [T]) {
-        let done = (|| -> Result<()> {
-            let resized: Vec<FloatFrame> = frames.iter().map(|f| resize_through(f, self.plan, self.uint8)).collect::<Result<_>>()?;
-            let mut refs: Vec<&[f32]> = resized.iter().map(|f| f.data.as_slice()).collect();
-            while refs.len() < self.geom.temporal_patch {
-                refs.push(refs[refs.len() - 1]);
+impl<T: OutElem> FrameJob<'_, T> {
+    fn run(&self, frame: RgbFrame, slot: usize) {
+        let tp = self.layout.geom.temporal_patch;
+        let (g, ti) = (slot / tp, slot % tp);
+        assert!(g < self.groups && slot < self.frames);
+        let slots = if slot + 1 == self.frames { ti..tp } else { ti..ti + 1 };
+        // SAFETY: group `g` lies inside the buffer (g < groups); this job is the only writer of
+        // these slots (one job per sampled frame), and write_row stays inside the group.
+        let group = unsafe { self.out.0.add(g * self.layout.group_len()) };
+        let (oh, ow) = (self.layout.height, self.layout.width);
+        let p = self.layout.geom.patch;
+        let w3 = ow * 3;
+        // rows are normalized as they come and gathered into bands of one patch row, which
+        // go out patch by patch (sequential writes into the output)
+        let mut band = vec![0f32; p * w3];
+        let done = frame_rows(&frame, self.plan, self.uint8, &mut |y, row| {
+            assert!(y < oh && row.len() == w3, "resized frame does not match the plan");
+            self.norm.apply_rgb_row(row);
+            band[(y % p) * w3..(y % p + 1) * w3].copy_from_slice(row);
+            if y % p == p - 1 {
+                unsafe { self.layout.write_band(group, slots.clone(), y / p, &band) };
             }
-            patchify_group(&refs, self.out_h, self.out_w, &self.geom, self.norm, chunk);
-            Ok(())
-        })();
+        });
         if let Err(e) = done {
             self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
         }
@@ -146,7 +207,6 @@ pub fn preprocess_video<T: OutElem>(source: Source<'_>, preset: &Preset, req: &V
     let plan = preset.resize_plan(info.height, info.width, req.size, indices.len())?;
     let (out_h, out_w) = plan.last().map(|s| (s.height, s.width)).unwrap();
     let geom = preset.geometry;
-    let tp = geom.temporal_patch;
     let (gh, gw) = geom.grid_hw(out_h as usize, out_w as usize);
     let gt = geom.grid_t(indices.len());
     let rows = gt * gh * gw;
@@ -156,43 +216,40 @@ pub fn preprocess_video<T: OutElem>(source: Source<'_>, preset: &Preset, req: &V
         return limit(format!("features would take {bytes} bytes, above max_output_bytes={}", limits.max_output_bytes));
     }
     let norm = Normalizer::new(preset.mean, preset.std, preset.rescale_factor);
+    let layout = FrameLayout::new(geom, out_h as usize, out_w as usize);
+    debug_assert_eq!(layout.group_len(), gh * gw * cols);
     let mut pixel_values = vec![T::default(); rows * cols];
-    let group_len = gh * gw * cols;
     let mut timestamps = vec![0.0; indices.len()];
     let failure: Mutex<Option<SmgError>> = Mutex::new(None);
     let workers = pool(threads)?;
-    // Bounded number of groups in flight, so decoded frames cannot pile up in memory.
-    let in_flight = threads * 2 + 1;
+    // Bounded number of frames in flight, so decoded frames cannot pile up in memory.
+    let in_flight = threads * 2 + 2;
     let (token_tx, token_rx) = mpsc::sync_channel::<()>(in_flight);
     for _ in 0..in_flight {
         token_tx.send(()).expect("fresh channel has room");
     }
-    let mut chunks = pixel_values.chunks_mut(group_len.max(1)).collect::<Vec<&mut [T]>>().into_iter();
-    let job = GroupJob { plan: &plan, uint8: preset.uint8_resize, norm: &norm, geom, out_h: out_h as usize, out_w: out_w as usize, failure: &failure };
+    let job = FrameJob {
+        plan: &plan,
+        uint8: preset.uint8_resize,
+        norm: &norm,
+        layout: &layout,
+        out: OutPtr(pixel_values.as_mut_ptr()),
+        groups: gt,
+        frames: indices.len(),
+        failure: &failure,
+    };
     let job = &job;
     let decode_result = workers.in_place_scope(|scope| -> Result<()> {
-        let mut pending: Vec<RgbFrame> = Vec::with_capacity(tp);
         decoder.decode_selected(&indices, |slot, frame| {
             timestamps[slot] = frame.pts_seconds;
-            pending.push(frame);
-            if pending.len() == tp {
-                let _ = token_rx.recv();
-                let chunk = chunks.next().ok_or_else(|| SmgError::VideoDecode("internal: more groups than planned".into()))?;
-                let frames = std::mem::take(&mut pending);
-                let tx = token_tx.clone();
-                scope.spawn(move |_| {
-                    job.run(frames, chunk);
-                    let _ = tx.send(());
-                });
-            }
+            let _ = token_rx.recv();
+            let tx = token_tx.clone();
+            scope.spawn(move |_| {
+                job.run(frame, slot);
+                let _ = tx.send(());
+            });
             Ok(())
-        })?;
-        if !pending.is_empty() {
-            let chunk = chunks.next().ok_or_else(|| SmgError::VideoDecode("internal: more groups than planned".into()))?;
-            let frames = std::mem::take(&mut pending);
-            scope.spawn(move |_| job.run(frames, chunk));
-        }
-        Ok(())
+        })
     });
     decode_result?;
     if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {

@@ -153,25 +153,212 @@ pub fn resize_bicubic(src: FloatFrame, height: u32, width: u32) -> Result<FloatF
     if src.height == height && src.width == width {
         return Ok(src);
     }
-    if height == 0 || width == 0 {
+    resize_rgb_to_float(&src.data, src.height, src.width, height, width)
+}
+
+/// [`resize_bicubic`] of a packed RGB24 frame, read as floats (no uint8 rounding anywhere).
+pub fn resize_bicubic_rgb8(rgb: &[u8], height: u32, width: u32, out_h: u32, out_w: u32) -> Result<FloatFrame> {
+    resize_rgb_to_float(rgb, height, width, out_h, out_w)
+}
+
+fn resize_rgb_to_float<C: Component>(src: &[C], height: u32, width: u32, out_h: u32, out_w: u32) -> Result<FloatFrame> {
+    if out_h == 0 || out_w == 0 {
         return invalid("resize target must be non-empty");
     }
-    let bytes: &[u8] = f32_as_bytes(&src.data);
-    let src_img = fr::images::ImageRef::new(src.width, src.height, bytes, fr::PixelType::F32x3)
-        .map_err(|e| crate::error::SmgError::InvalidArgument(format!("resize source: {e}")))?;
-    let mut out = vec![0f32; height as usize * width as usize * 3];
-    {
-        let out_bytes = f32_as_bytes_mut(&mut out);
-        let mut dst = fr::images::Image::from_slice_u8(width, height, out_bytes, fr::PixelType::F32x3)
-            .map_err(|e| crate::error::SmgError::InvalidArgument(format!("resize target: {e}")))?;
-        let opts = fr::ResizeOptions::new()
-            .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom));
-        let mut resizer = fr::Resizer::new();
-        resizer
-            .resize(&src_img, &mut dst, &opts)
-            .map_err(|e| crate::error::SmgError::InvalidArgument(format!("resize: {e}")))?;
+    if height == 0 || width == 0 || src.len() != height as usize * width as usize * 3 {
+        return invalid("resize source does not match its size");
     }
-    Ok(FloatFrame { height, width, data: out })
+    let v = AxisWeights::bicubic_aa(height as usize, out_h as usize);
+    let h = AxisWeights::bicubic_aa(width as usize, out_w as usize);
+    let row = out_w as usize * 3;
+    let mut out = vec![0f32; out_h as usize * row];
+    resample_rgb_rows(src, &v, &h, &mut ResampleScratch::default(), &mut |y, r| {
+        out[y * row..(y + 1) * row].copy_from_slice(r)
+    });
+    Ok(FloatFrame { height: out_h, width: out_w, data: out })
+}
+
+/// Per-output-position taps of one axis of a separable resize: output `i` reads inputs
+/// `start[i] .. start[i] + len[i]` with weights `weights[i * stride ..][.. len[i]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AxisWeights {
+    pub input: usize,
+    pub output: usize,
+    pub start: Vec<usize>,
+    pub len: Vec<usize>,
+    pub stride: usize,
+    pub weights: Vec<f32>,
+}
+
+impl AxisWeights {
+    /// The antialiased bicubic (a = -0.5) taps of torch's `_upsample_bicubic2d_aa` (and PIL):
+    /// the support widens with the downscale factor, windows are clipped at the borders and
+    /// each window's weights are normalized to sum to one. Equal sizes give the identity.
+    pub fn bicubic_aa(input: usize, output: usize) -> Self {
+        assert!(input > 0 && output > 0, "resize sizes must be non-empty");
+        if input == output {
+            return Self { input, output, start: (0..output).collect(), len: vec![1; output], stride: 1, weights: vec![1.0; output] };
+        }
+        fn cubic(x: f64) -> f64 {
+            const A: f64 = -0.5;
+            let x = x.abs();
+            if x < 1.0 {
+                ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+            } else if x < 2.0 {
+                (((x - 5.0) * x + 8.0) * x - 4.0) * A
+            } else {
+                0.0
+            }
+        }
+        let scale = input as f64 / output as f64;
+        let (support, invscale) = if scale >= 1.0 { (2.0 * scale, 1.0 / scale) } else { (2.0, 1.0) };
+        let stride = (support.ceil() as usize) * 2 + 1;
+        let mut start = Vec::with_capacity(output);
+        let mut len = Vec::with_capacity(output);
+        let mut weights = vec![0f32; output * stride];
+        let mut tmp = vec![0f64; stride];
+        for i in 0..output {
+            let center = scale * (i as f64 + 0.5);
+            // torch truncates toward zero (`int64_t(center - support + 0.5)`), then clamps
+            let lo = ((center - support + 0.5) as i64).max(0) as usize;
+            let hi = ((center + support + 0.5) as i64).min(input as i64) as usize;
+            let n = hi.saturating_sub(lo).min(stride);
+            let mut total = 0.0;
+            for (j, t) in tmp[..n].iter_mut().enumerate() {
+                *t = cubic((j as f64 + lo as f64 - center + 0.5) * invscale);
+                total += *t;
+            }
+            let row = &mut weights[i * stride..i * stride + n];
+            for (w, t) in row.iter_mut().zip(&tmp[..n]) {
+                *w = if total != 0.0 { (*t / total) as f32 } else { *t as f32 };
+            }
+            start.push(lo);
+            len.push(n);
+        }
+        Self { input, output, start, len, stride, weights }
+    }
+
+    #[inline(always)]
+    fn taps(&self, i: usize) -> (usize, &[f32]) {
+        let s = i * self.stride;
+        (self.start[i], &self.weights[s..s + self.len[i]])
+    }
+}
+
+/// A source pixel component that the resampler reads (uint8 frames, or float frames between
+/// stages).
+pub trait Component: Copy + Send + Sync {
+    fn to_f32(self) -> f32;
+}
+impl Component for u8 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+}
+impl Component for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+/// Reusable buffers of [`resample_rgb_rows`] (one per worker thread).
+#[derive(Default)]
+pub struct ResampleScratch {
+    column: Vec<f32>,
+    row: Vec<f32>,
+}
+
+/// Separable antialiased bicubic resize of an interleaved RGB frame (`src`: `v.input` rows of
+/// `h.input * 3` components), in float32 without rounding or clamping (torch's float path),
+/// streamed row by row: `emit(y, row)` gets each output row, `h.output * 3` floats (a scratch
+/// buffer it may overwrite). The
+/// vertical pass runs first, over whole source rows (contiguous, vectorized), so only the
+/// output rows' worth of horizontal work is done and nothing frame-sized is allocated.
+pub fn resample_rgb_rows<C: Component>(
+    src: &[C],
+    v: &AxisWeights,
+    h: &AxisWeights,
+    scratch: &mut ResampleScratch,
+    emit: &mut dyn FnMut(usize, &mut [f32]),
+) {
+    let in_w = h.input * 3;
+    assert_eq!(src.len(), v.input * in_w, "source does not match the resize weights");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            unsafe { resample_avx2(src, v, h, scratch, emit) };
+            return;
+        }
+    }
+    resample_generic::<C, false>(src, v, h, scratch, emit)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn resample_avx2<C: Component>(src: &[C], v: &AxisWeights, h: &AxisWeights, scratch: &mut ResampleScratch, emit: &mut dyn FnMut(usize, &mut [f32])) {
+    resample_generic::<C, true>(src, v, h, scratch, emit)
+}
+
+/// `a * b + c`: fused where the CPU has FMA (inside `resample_avx2`), else two roundings
+/// (`mul_add` without hardware FMA would be a libm call).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+#[inline(always)]
+fn resample_generic<C: Component, const FMA: bool>(src: &[C], v: &AxisWeights, h: &AxisWeights, scratch: &mut ResampleScratch, emit: &mut dyn FnMut(usize, &mut [f32])) {
+    let in_w = h.input * 3;
+    let out_w = h.output * 3;
+    // one spare float: the horizontal pass loads four components (RGB + the next R) at once
+    scratch.column.clear();
+    scratch.column.resize(in_w + 1, 0.0);
+    scratch.row.clear();
+    scratch.row.resize(out_w, 0.0);
+    let h_identity = h.input == h.output;
+    for y in 0..v.output {
+        let (y0, wv) = v.taps(y);
+        // vertical: column[x] = sum_k wv[k] * src[y0 + k][x]
+        {
+            let col = &mut scratch.column[..in_w];
+            let first = &src[y0 * in_w..(y0 + 1) * in_w];
+            let w0 = wv[0];
+            for (c, s) in col.iter_mut().zip(first) {
+                *c = w0 * s.to_f32();
+            }
+            for (k, &wk) in wv.iter().enumerate().skip(1) {
+                let r = &src[(y0 + k) * in_w..(y0 + k + 1) * in_w];
+                for (c, s) in col.iter_mut().zip(r) {
+                    *c = madd::<FMA>(wk, s.to_f32(), *c);
+                }
+            }
+        }
+        if h_identity {
+            emit(y, &mut scratch.column[..in_w]);
+            continue;
+        }
+        // horizontal: row[x] = sum_k wh[k] * column[x0 + k], RGB at once
+        let col = &scratch.column[..];
+        for (x, out) in scratch.row.chunks_exact_mut(3).enumerate() {
+            let (x0, wh) = h.taps(x);
+            let mut acc = [0f32; 4];
+            for (k, &wk) in wh.iter().enumerate() {
+                let p = &col[(x0 + k) * 3..(x0 + k) * 3 + 4];
+                for c in 0..4 {
+                    acc[c] = madd::<FMA>(wk, p[c], acc[c]);
+                }
+            }
+            out.copy_from_slice(&acc[..3]);
+        }
+        emit(y, &mut scratch.row);
+    }
 }
 
 /// Antialiased bicubic resize of a packed RGB24 image with uint8 output. The HF image
@@ -203,16 +390,6 @@ fn resize_u8_once(rgb: &[u8], height: u32, width: u32, out_h: u32, out_w: u32, f
         .resize(&src, &mut dst, &opts)
         .map_err(|e| crate::error::SmgError::InvalidArgument(format!("resize: {e}")))?;
     Ok(dst.into_vec())
-}
-
-fn f32_as_bytes(v: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding or invalid bit patterns; the length is scaled by its size.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
-}
-
-fn f32_as_bytes_mut(v: &mut [f32]) -> &mut [u8] {
-    // SAFETY: as above; every byte pattern written back is a valid f32.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v)) }
 }
 
 #[cfg(test)]
@@ -264,6 +441,54 @@ mod tests {
         assert_eq!(q3(700, 64, 6000, 4096, 786_432).unwrap(), (32, 320));
         assert!(q3(4, 31, 400, 4096, 25_165_824).is_err());
         assert!(q3(4, 32, 7000, 4096, 25_165_824).is_err());
+    }
+
+    /// Direct 2-D sum of the separable taps in f64, independent of the row streaming.
+    fn reference_resize(src: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> Vec<f64> {
+        let (v, hz) = (AxisWeights::bicubic_aa(h, oh), AxisWeights::bicubic_aa(w, ow));
+        let mut out = vec![0f64; oh * ow * 3];
+        for y in 0..oh {
+            let (y0, wv) = v.taps(y);
+            for x in 0..ow {
+                let (x0, wh) = hz.taps(x);
+                for c in 0..3 {
+                    let mut acc = 0f64;
+                    for (i, &a) in wv.iter().enumerate() {
+                        for (j, &b) in wh.iter().enumerate() {
+                            acc += a as f64 * b as f64 * src[((y0 + i) * w + x0 + j) * 3 + c] as f64;
+                        }
+                    }
+                    out[(y * ow + x) * 3 + c] = acc;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn streamed_resize_matches_direct_sum_and_weights_are_normalized() {
+        let (h, w) = (37, 53);
+        let rgb: Vec<u8> = (0..h * w * 3).map(|i| ((i * 2654435761usize) >> 13) as u8).collect();
+        let as_f32: Vec<f32> = rgb.iter().map(|&v| v as f32).collect();
+        for (oh, ow) in [(28, 28), (56, 84), (37, 20), (14, 53), (100, 7)] {
+            let want = reference_resize(&as_f32, h, w, oh, ow);
+            let got8 = resize_bicubic_rgb8(&rgb, h as u32, w as u32, oh as u32, ow as u32).unwrap();
+            let got = resize_bicubic(FloatFrame { height: h as u32, width: w as u32, data: as_f32.clone() }, oh as u32, ow as u32).unwrap();
+            assert_eq!(got8, got);
+            let err = got.data.iter().zip(&want).map(|(a, b)| (*a as f64 - b).abs()).fold(0.0, f64::max);
+            assert!(err < 1e-3, "{oh}x{ow}: {err}");
+            for n in [oh, ow] {
+                let a = AxisWeights::bicubic_aa(if n == oh { h } else { w }, n);
+                for i in 0..n {
+                    let s: f32 = a.taps(i).1.iter().sum();
+                    assert!((s - 1.0).abs() < 1e-5);
+                }
+            }
+        }
+        // the identity axis copies values exactly (the other axis still resamples)
+        let r = resize_bicubic_rgb8(&rgb, h as u32, w as u32, h as u32, 20).unwrap();
+        let want = reference_resize(&as_f32, h, w, h, 20);
+        assert!(r.data.iter().zip(&want).all(|(a, b)| (*a as f64 - b).abs() < 1e-3));
     }
 
     #[test]
