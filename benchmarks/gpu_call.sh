@@ -102,13 +102,14 @@ default)
   # AB_LAYERS=auto: the rank8 proxy at 20 layers (the released dense fraction, 1 in 20) where two servers of
   # ~40 GB fit side by side (H200), else 12 (H100 80 GB; 1 dense layer in 12).
   mem=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits -i 0 | head -1)
+  big=$([ "${mem%%.*}" -ge 120000 ] && echo 1 || echo 0)  # H200-class memory
   if [ "${AB_LAYERS:-}" = auto ]; then
-    AB_LAYERS=$([ "${mem%%.*}" -ge 120000 ] && echo 20 || echo 12)
+    AB_LAYERS=$([ "$big" = 1 ] && echo 20 || echo 12)
   fi
   # AB_SERVERS=auto: A,A2,B side by side where three 12-layer servers fit (H200), else A2,B (H100; a
   # second call with AB_SERVERS=A,B AB_ATTACH=1 measures A beside the same B and stops A2).
   if [ "${AB_SERVERS:-}" = auto ]; then
-    AB_SERVERS=$([ "${mem%%.*}" -ge 120000 ] && echo A,A2,B || echo A2,B)
+    AB_SERVERS=$([ "$big" = 1 ] && echo A,A2,B || echo A2,B)
   fi
   echo "servers ${AB_SERVERS:-A,A2,B}, layers ${AB_LAYERS:-20}" >> "$W/status.txt"
   (

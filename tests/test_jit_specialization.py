@@ -36,20 +36,16 @@ KERNELS = {
 }
 
 
-def _fn(kernel):
-    return kernel.fn
-
-
 def not_specialized(kernel) -> set[str]:
     names = getattr(kernel, "do_not_specialize", None)
     if names is None:  # the interpreter keeps the decorator's arguments
         names = getattr(kernel, "kwargs", {}).get("do_not_specialize") or []
-    params = list(inspect.signature(_fn(kernel)).parameters)
+    params = list(inspect.signature(kernel.fn).parameters)
     return {params[n] if isinstance(n, int) else n for n in names}
 
 
 def runtime_int_args(kernel, args, kwargs) -> dict[str, int]:
-    params = inspect.signature(_fn(kernel)).parameters
+    params = inspect.signature(kernel.fn).parameters
     named = dict(zip(params, args), **kwargs)
     return {n: v for n, v in named.items()
             if isinstance(v, int) and not isinstance(v, bool) and "constexpr" not in str(params[n].annotation)}
