@@ -507,6 +507,14 @@ def decode_point(args, cfg, up, layout_name, tier, batch, l2_bytes):
     pt["ours_indexer_graph_us"] = graph_us(
         [lambda r=r: indexer.run(iqs[r], idx_k, r2t, pools[r], seq, out=topk_buf) for r in range(rot)])
     pt["ours_block_table_us"] = graph_us([wrappers[0].build_block_table])  # once per forward, not per layer
+    # Where the graph-vs-eager gap of the step lives (512k, B=8: 461 vs 400 us on H100): each half in
+    # both modes, and the whole step's graph again after the eager timings (drift between the two).
+    ind_steps = [lambda r=r: indexer.run(iqs[r], idx_k, r2t, pools[r], seq, out=topk_buf) for r in range(rot)]
+    att_steps = [lambda r=r: wrappers[r].run(qs[r], k_cache, v_cache, topk_buf, out=out) for r in range(rot)]
+    pt["ours_indexer_eager_us"] = eager_us(ind_steps)
+    pt["ours_attention_graph_us"] = graph_us(att_steps)
+    pt["ours_attention_eager_us"] = eager_us(att_steps)
+    pt["ours_graph_us_again"] = graph_us(steps)
     if up is not None:
         up_out = [None]
 
@@ -645,7 +653,10 @@ def summarize(res) -> tuple[dict, dict]:
             f"8/1/1, B=8, 512k: {d['bytes_per_step'] / 1e9:.3f} GB per step (the index-K scan, "
             f"B x context x index dim x 2 B, dominates) at {copy:.0f} GB/s copy = "
             f"{d_floor:.1f} us; ours {s['decode_step_512k_b8_us'] or float('nan'):.1f} us "
-            f"(indexer alone {d.get('ours_indexer_graph_us') or float('nan'):.1f} us)")
+            f"(indexer alone {d.get('ours_indexer_graph_us') or float('nan'):.1f} us graph / "
+            f"{d.get('ours_indexer_eager_us') or float('nan'):.1f} eager, attention alone "
+            f"{d.get('ours_attention_graph_us') or float('nan'):.1f} graph / "
+            f"{d.get('ours_attention_eager_us') or float('nan'):.1f} eager)")
     else:
         s["decode_step_512k_b8_fraction_of_floor"] = None
         why["decode_step_512k_b8_fraction_of_floor"] = "point not measured (skipped or failed)"
