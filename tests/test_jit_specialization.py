@@ -16,8 +16,9 @@ import torch
 from test_msa_indexer import make_batch
 from test_msa_prefill import BLOCK, HEAD_DIM, make_case, ours
 
-from sglang_msa.kernels.msa_indexer import indexer_prefill
+from sglang_msa.kernels.msa_indexer import indexer_prefill, quantize_index_k
 from sglang_msa.kernels.msa_indexer import prefill as indexer_mod
+from sglang_msa.kernels.msa_indexer import quant as index_quant_mod
 from sglang_msa.kernels.msa_prefill import block_major, combine, query_major, reverse_map_counting, union_tile
 from sglang_msa.kernels.qk_norm_rope import fused as qk_mod
 from sglang_msa.kernels.qk_norm_rope import qk_norm_rope
@@ -29,6 +30,7 @@ KERNELS = {
     "union_tile": union_tile.union_tile_fwd_kernel,
     "indexer": indexer_mod._indexer_prefill_kernel,
     "indexer_merge": indexer_mod._indexer_merge_kernel,
+    "index_k_store": index_quant_mod._quantize_index_k_kernel,
     "qk_norm_rope": qk_mod.qk_norm_rope_kernel,
     "rm_key_count": reverse_map_counting._key_count_kernel,
     "rm_scatter": reverse_map_counting._scatter_kernel,
@@ -103,6 +105,22 @@ def test_indexer_prefill_launches_do_not_specialize_on_batch_shape(launches, dev
                        head_dim=32)
         indexer_prefill(**b, block_size=BLOCK, topk=3, init_blocks=1, local_blocks=1, split_k=split_k)
     assert_shape_stable(launches, kernels)
+
+
+def test_fp8_index_path_launches_do_not_specialize_on_batch_shape(launches, device):
+    """The fp8 index-K store (every forward's new keys) and the fp8 prefill indexer."""
+    for seed, (ext, pre) in enumerate((b["extends"], b["prefixes"]) for b in BATCHES):
+        b = make_batch(ext, pre, num_heads=1, page_size=1, dtype=torch.float32, seed=seed, device=device,
+                       head_dim=32)
+        slots = b["idx_k_cache"].shape[0]  # server-wide buffers: the same shapes for both batches
+        vals = torch.empty((slots, 1, 32), dtype=torch.float8_e4m3fn, device=device)
+        scales = torch.empty(slots, device=device)
+        new = b["cu_seqlens_q"][-1].item()
+        quantize_index_k(b["idx_k_cache"][:new], vals, scales, torch.arange(new, device=device))
+        quantize_index_k(b["idx_k_cache"][new:], vals, scales, torch.arange(new, vals.shape[0], device=device))
+        indexer_prefill(**{**b, "idx_k_cache": vals}, idx_k_scale=scales, block_size=BLOCK, topk=3,
+                        init_blocks=1, local_blocks=1)
+    assert_shape_stable(launches, ["index_k_store", "indexer"])
 
 
 def test_qk_norm_rope_launches_do_not_specialize_on_batch_shape(launches, device):

@@ -8,6 +8,7 @@ candidates is a single integer op and ties can never be resolved differently by 
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import torch
 import triton
@@ -23,6 +24,8 @@ LOCAL_SCORE: tl.constexpr = tl.constexpr(1e29)
 NAN_SCORE: tl.constexpr = tl.constexpr(-1e30)
 # Sort key of an empty slot: above every real block id, so empty slots sort to the tail.
 EMPTY_ID: tl.constexpr = tl.constexpr(2**30)
+# Largest finite float8 e4m3fn value: a row's absmax is scaled onto it.
+E4M3_MAX: tl.constexpr = tl.constexpr(448.0)
 
 
 def interpreting() -> bool:
@@ -30,7 +33,8 @@ def interpreting() -> bool:
 
 
 def check_common(idx_q: torch.Tensor, idx_k_cache: torch.Tensor, topk: int, init_blocks: int,
-                 local_blocks: int, score_type: str) -> None:
+                 local_blocks: int, score_type: str, idx_k_scale: Optional[torch.Tensor] = None) -> None:
+    check_fp8_cache(idx_k_cache, idx_k_scale)
     if score_type not in ("max", "lse"):
         raise ValueError(f"score_type must be 'max' or 'lse', got {score_type!r}")
     if idx_k_cache.dim() != 3 or idx_k_cache.shape[1] != 1:
@@ -43,6 +47,63 @@ def check_common(idx_q: torch.Tensor, idx_k_cache: torch.Tensor, topk: int, init
         raise ValueError("init_blocks + local_blocks must not exceed topk")
     if topk > 128:
         raise ValueError("topk above 128 is not supported")
+
+
+def check_fp8_cache(idx_k_cache: torch.Tensor, idx_k_scale: Optional[torch.Tensor]) -> None:
+    """fp8 index path: e4m3 values [slots, 1, D] with one fp32 scale per slot, [slots] contiguous."""
+    fp8 = idx_k_cache.dtype == torch.float8_e4m3fn
+    if idx_k_scale is None:
+        if fp8:
+            raise ValueError("an float8_e4m3fn idx_k_cache needs its per-slot scales (idx_k_scale=)")
+        return
+    if not fp8:
+        raise ValueError(f"idx_k_scale is given but idx_k_cache is {idx_k_cache.dtype}, not float8_e4m3fn")
+    if idx_k_scale.dtype != torch.float32 or idx_k_scale.dim() != 1 or idx_k_scale.stride(0) != 1:
+        raise ValueError("idx_k_scale must be a contiguous fp32 [slots] tensor")
+    if idx_k_scale.shape[0] < idx_k_cache.shape[0]:
+        raise ValueError("idx_k_scale has fewer slots than idx_k_cache")
+    if idx_k_cache.shape[-1] % 32:
+        raise ValueError("the fp8 index path needs head_dim % 32 == 0 (fp8 MMA reduction granularity)")
+
+
+@triton.jit
+def round_e4m3(x):
+    """fp32 -> the nearest float8 e4m3fn value (ties to even), still fp32, saturated at +-448.
+
+    Done in integer ops so the later cast is exact everywhere: the Triton interpreter's own fp32 -> fp8
+    cast drops the carry when rounding crosses a power of two (1.99 -> 1.0). Same result as torch's and
+    sm90's round-to-nearest-even cast for |x| <= 448."""
+    b_bits = x.to(tl.int32, bitcast=True)
+    b_abs = b_bits & 0x7FFFFFFF
+    b_sign = b_bits ^ b_abs
+    # normal e4m3 (|x| >= 2^-6): keep 3 mantissa bits (carry into the exponent is the right answer)
+    b_norm = (b_abs + 0x7FFFF + ((b_abs >> 20) & 1)) & 0x7FF00000
+    b_norm = tl.minimum(b_norm, 0x43E00000)  # 448
+    # subnormal e4m3 (|x| < 2^-6): integer multiples of 2^-9, from the 24-bit significand
+    b_man = (b_abs & 0x7FFFFF) | 0x800000
+    # value = man / 2^shift units of 2^-9 (clamped: normal inputs, whose lane is discarded, shift less)
+    b_shift = tl.maximum(tl.minimum(14 - ((b_abs >> 23) - 127), 31), 1)
+    b_q = b_man >> b_shift
+    b_rem = b_man - (b_q << b_shift)
+    b_half = 1 << (b_shift - 1)
+    b_q += ((b_rem > b_half) | ((b_rem == b_half) & ((b_q & 1) == 1))).to(tl.int32)
+    b_sub = (b_q.to(tl.float32) * 0.001953125).to(tl.int32, bitcast=True)
+    b_out = tl.where(b_abs >= 0x3C800000, b_norm, b_sub) | b_sign
+    return b_out.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def quantize_rows_e4m3(b_x):
+    """Per-row e4m3 quantization of [R, D]: (values e4m3 [R, D], scale fp32 [R]) with x ~ values * scale.
+
+    scale = absmax / 448 (1 for an all-zero row); values = round(x * (448 / absmax)). Both divisions
+    are correctly rounded (div_rn), so torch's `naive.quantize_e4m3` gives the same bits."""
+    b_x = b_x.to(tl.float32)
+    b_amax = tl.max(tl.abs(b_x), axis=1)
+    b_amax = tl.where(b_amax > 0, b_amax, E4M3_MAX)
+    b_inv = tl.math.div_rn(tl.full(b_amax.shape, 448.0, tl.float32), b_amax)
+    b_val = round_e4m3(b_x * b_inv[:, None]).to(tl.float8e4nv)
+    return b_val, tl.math.div_rn(b_amax, tl.full(b_amax.shape, 448.0, tl.float32))
 
 
 @triton.jit
@@ -100,14 +161,16 @@ def store_sorted_ids(p_out, b_ids, m_valid, m_row, TOPK: tl.constexpr):
 
 
 @triton.jit
-def score_block(b_q, k_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
-                 HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, SCORE_TYPE: tl.constexpr,
-                 CONTIGUOUS_BLOCKS: tl.constexpr, CAUSAL_MASK: tl.constexpr, IEEE_DOT: tl.constexpr):
+def score_block(b_q, k_ptr, ks_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
+                HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, SCORE_TYPE: tl.constexpr,
+                CONTIGUOUS_BLOCKS: tl.constexpr, CAUSAL_MASK: tl.constexpr, IEEE_DOT: tl.constexpr,
+                FP8: tl.constexpr):
     """Pooled score of key block i_blk for each query row: [R] fp32 in base-2 units (q·k·scale).
 
     b_q [R, HEAD_DIM]; q_pos [R] the rows' absolute positions (keys after them are masked when
     CAUSAL_MASK, which also masks keys at or past seq_len). r2t_row_ptr: the request's
-    req_to_token row."""
+    req_to_token row. FP8: b_q and the cache are e4m3, ks_ptr holds one fp32 scale per slot and
+    `scale` is per row [R] (the row's q scale x sm_scale·log2e); otherwise ks_ptr is unused."""
     o_n = tl.arange(0, BLOCK_SIZE)
     o_d = tl.arange(0, HEAD_DIM)
     o_pos = i_blk * BLOCK_SIZE + o_n
@@ -122,7 +185,15 @@ def score_block(b_q, k_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_
         b_k = tl.load(p_k, mask=m_pos[:, None], other=0.0)
     else:
         b_k = tl.load(p_k)
-    if IEEE_DOT:
+    if FP8:
+        # e4m3 x e4m3 -> fp32 on tensor cores; both operands K-major (D contiguous). The key scale
+        # varies along the block, so it goes in before the pooling; the row scale after (monotone).
+        if CAUSAL_MASK:
+            b_ks = tl.load(ks_ptr + o_slot, mask=m_pos, other=0.0)
+        else:
+            b_ks = tl.load(ks_ptr + o_slot)
+        b_s = tl.dot(b_q, tl.trans(b_k)) * b_ks[None, :]
+    elif IEEE_DOT:
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee")
     else:
         b_s = tl.dot(b_q, tl.trans(b_k))
@@ -132,7 +203,10 @@ def score_block(b_q, k_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_
         # scaling commutes with max bit-exactly (fp32 rounding is monotone), so scale once per row
         b_pool = tl.max(b_s, axis=1) * scale
     else:
-        b_s = b_s * scale
+        if FP8:
+            b_s = b_s * scale[:, None]
+        else:
+            b_s = b_s * scale
         # rows that see none of this block keep -inf (they are never offered it)
         b_peak = tl.max(b_s, axis=1)
         b_peak = tl.where(b_peak == float("-inf"), 0.0, b_peak)

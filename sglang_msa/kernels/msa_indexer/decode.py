@@ -27,6 +27,7 @@ from .common import (
     force_scores,
     key_block_id,
     order_key,
+    quantize_rows_e4m3,
     score_block,
     store_sorted_ids,
 )
@@ -34,11 +35,12 @@ from .common import (
 
 @triton.jit
 def _decode_block_scores_kernel(
-    q_ptr, k_ptr, r2t_ptr, pool_idx_ptr, seq_lens_ptr, ws_ptr,
+    q_ptr, k_ptr, ks_ptr, r2t_ptr, pool_idx_ptr, seq_lens_ptr, ws_ptr,
     num_heads, sm_scale,
     stride_q_b, stride_q_h, stride_k_s, stride_r2t, stride_ws_h, stride_ws_b,
     HEAD_DIM: tl.constexpr, H_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     SCORE_TYPE: tl.constexpr, CONTIGUOUS_BLOCKS: tl.constexpr, IEEE_DOT: tl.constexpr,
+    FP8: tl.constexpr,
 ):
     i_s, i_b = tl.program_id(0), tl.program_id(1)
     seq_len = tl.load(seq_lens_ptr + i_b).to(tl.int32)
@@ -57,17 +59,21 @@ def _decode_block_scores_kernel(
     m_h = o_h < num_heads
     p_q = q_ptr + i_b.to(tl.int64) * stride_q_b + o_h[:, None] * stride_q_h + o_d[None, :]
     b_q = tl.load(p_q, mask=m_h[:, None], other=0.0)
+    if FP8:
+        # per-head e4m3 query (H_PAD >= 16 rows: the fp8 MMA's smallest M)
+        b_q, b_qs = quantize_rows_e4m3(b_q)
+        scale = b_qs * scale
     q_pos = tl.full([H_PAD], 0, tl.int32) + (seq_len - 1)
     p_ws = ws_ptr + o_h.to(tl.int64) * stride_ws_h + i_b.to(tl.int64) * stride_ws_b
     # only the request's last block can be partial
     for i_blk in range(blk_lo, tl.minimum(blk_hi, n_blocks - 1)):
-        b_pool = score_block(b_q, k_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
-                             HEAD_DIM, BLOCK_SIZE, SCORE_TYPE, CONTIGUOUS_BLOCKS, False, IEEE_DOT)
+        b_pool = score_block(b_q, k_ptr, ks_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
+                             HEAD_DIM, BLOCK_SIZE, SCORE_TYPE, CONTIGUOUS_BLOCKS, False, IEEE_DOT, FP8)
         tl.store(p_ws + i_blk, b_pool, mask=m_h)
     if blk_hi == n_blocks:
         i_blk = n_blocks - 1
-        b_pool = score_block(b_q, k_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
-                             HEAD_DIM, BLOCK_SIZE, SCORE_TYPE, CONTIGUOUS_BLOCKS, True, IEEE_DOT)
+        b_pool = score_block(b_q, k_ptr, ks_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
+                             HEAD_DIM, BLOCK_SIZE, SCORE_TYPE, CONTIGUOUS_BLOCKS, True, IEEE_DOT, FP8)
         tl.store(p_ws + i_blk, b_pool, mask=m_h)
 
 
@@ -149,9 +155,10 @@ class IndexerDecode:
 
     def run(self, idx_q: torch.Tensor, idx_k_cache: torch.Tensor, req_to_token: torch.Tensor,
             req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
-            out: Optional[torch.Tensor] = None) -> torch.Tensor:
+            out: Optional[torch.Tensor] = None, idx_k_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         """idx_q [B, H_idx, D]; idx_k_cache [max_slots, 1, D]; req_to_token [max_reqs, ctx] int32;
-        req_pool_indices, seq_lens [B] (query position = seq_len - 1). Launches only."""
+        req_pool_indices, seq_lens [B] (query position = seq_len - 1). Launches only.
+        idx_k_scale [max_slots] fp32: the fp8 index path (idx_k_cache float8 e4m3, see quant.py)."""
         if self.workspace is None:
             raise RuntimeError("call plan() before run()")
         batch, num_heads, head_dim = idx_q.shape
@@ -161,15 +168,18 @@ class IndexerDecode:
         if batch == 0:
             return out
         ws = self.workspace
+        fp8 = idx_k_scale is not None
+        if fp8 != (idx_k_cache.dtype == torch.float8_e4m3fn):
+            raise ValueError("idx_k_scale goes with a float8_e4m3fn idx_k_cache, and only with one")
         _decode_block_scores_kernel[(self.num_splits(batch), batch)](
-            idx_q, idx_k_cache, req_to_token, req_pool_indices, seq_lens, ws,
+            idx_q, idx_k_cache, idx_k_scale if fp8 else idx_k_cache, req_to_token, req_pool_indices, seq_lens, ws,
             num_heads, self.sm_scale,
             idx_q.stride(0), idx_q.stride(1), idx_k_cache.stride(0), req_to_token.stride(0),
             ws.stride(0), ws.stride(1),
             HEAD_DIM=head_dim, H_PAD=max(16, triton.next_power_of_2(num_heads)),
             BLOCK_SIZE=self.block_size, SCORE_TYPE=self.score_type,
-            CONTIGUOUS_BLOCKS=self.contiguous_blocks, IEEE_DOT=idx_q.dtype == torch.float32,
-            num_warps=self.num_warps, num_stages=self.num_stages,
+            CONTIGUOUS_BLOCKS=self.contiguous_blocks, IEEE_DOT=idx_q.dtype == torch.float32 and not fp8,
+            FP8=fp8, num_warps=self.num_warps, num_stages=self.num_stages,
         )
         _decode_topk_kernel[(num_heads, batch)](
             ws, seq_lens, out, self.init_blocks, self.local_blocks,
@@ -197,13 +207,15 @@ def indexer_decode(
     max_context_len: Optional[int] = None,
     num_splits: Optional[int] = None,
     out: Optional[torch.Tensor] = None,
+    idx_k_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """One-shot plan + run (convenience for tests and eager callers; syncs if max_context_len is None)."""
-    check_common(idx_q, idx_k_cache, topk, init_blocks, local_blocks, score_type)
+    check_common(idx_q, idx_k_cache, topk, init_blocks, local_blocks, score_type, idx_k_scale)
     if max_context_len is None:
         max_context_len = int(seq_lens.max()) if seq_lens.numel() else 1
     indexer = IndexerDecode(num_heads=idx_q.shape[1], head_dim=idx_q.shape[2], block_size=block_size,
                             topk=topk, init_blocks=init_blocks, local_blocks=local_blocks,
                             score_type=score_type, sm_scale=sm_scale, page_size=page_size)
     indexer.plan(idx_q.shape[0], max_context_len, idx_q.device, num_splits=num_splits)
-    return indexer.run(idx_q, idx_k_cache, req_to_token, req_pool_indices, seq_lens, out=out)
+    return indexer.run(idx_q, idx_k_cache, req_to_token, req_pool_indices, seq_lens, out=out,
+                       idx_k_scale=idx_k_scale)

@@ -16,6 +16,32 @@ LOG2E = 1.4426950409
 INIT_SCORE = 1e30
 LOCAL_SCORE = 1e29
 NAN_SCORE = -1e30
+E4M3_MAX = 448.0
+
+
+def quantize_e4m3(x: torch.Tensor):
+    """Per-row (last dim) e4m3 quantization: (values float8_e4m3fn, scale fp32 [...]), x ~ values * scale.
+
+    scale = absmax / 448 (1 for an all-zero row), values = round-to-nearest-even(x * (448 / absmax)):
+    the fp8 index path's rule for keys (stored) and queries (in the kernels)."""
+    x = x.float()
+    amax = x.abs().amax(dim=-1)
+    amax = torch.where(amax > 0, amax, torch.full_like(amax, E4M3_MAX))
+    inv = E4M3_MAX / amax
+    vals = (x * inv[..., None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return vals, amax / E4M3_MAX
+
+
+def dequantize_e4m3(vals: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return vals.float() * scale.float()[..., None]
+
+
+def fp8_reference_inputs(idx_q: torch.Tensor, idx_k_cache: torch.Tensor, idx_k_scale: torch.Tensor):
+    """What the fp8 path scores, in fp32: q quantized per (token, head) row and dequantized; the stored
+    e4m3 keys [slots, 1, D] times their per-slot scales."""
+    q = dequantize_e4m3(*quantize_e4m3(idx_q.cpu()))
+    k = dequantize_e4m3(idx_k_cache.cpu()[:, 0], idx_k_scale.cpu()[: idx_k_cache.shape[0]])[:, None]
+    return q, k
 
 
 def score_scale(sm_scale: Optional[float], head_dim: int) -> float:
@@ -81,10 +107,13 @@ def _request_keys(idx_k_cache, req_to_token, pool_index, seq_len):
 
 def naive_block_scores_prefill(
     idx_q, idx_k_cache, req_to_token, req_pool_indices, cu_seqlens_q, seq_lens, prefix_lens,
-    *, block_size, score_type="max", sm_scale=None,
+    *, block_size, score_type="max", sm_scale=None, idx_k_scale=None,
 ):
-    """Raw causal block scores, a list over requests of [H, n_q, n_blocks] fp32 (-inf on future blocks)."""
+    """Raw causal block scores, a list over requests of [H, n_q, n_blocks] fp32 (-inf on future blocks).
+    idx_k_scale: the cache is fp8 (e4m3 values + per-slot scales): score the fp8 path's inputs."""
     assert idx_k_cache.shape[1] == 1, "the index K cache has one head"
+    if idx_k_scale is not None:
+        idx_q, idx_k_cache = fp8_reference_inputs(idx_q, idx_k_cache, idx_k_scale)
     scale = score_scale(sm_scale, idx_q.shape[-1])
     out = []
     for r in range(len(seq_lens)):
@@ -115,13 +144,15 @@ def naive_indexer_prefill(
     local_blocks: int,
     score_type: str = "max",
     sm_scale: Optional[float] = None,
+    idx_k_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Top-k block ids per (index head, query token): int32 [H, total_q, topk], ascending, -1 padded."""
+    """Top-k block ids per (index head, query token): int32 [H, total_q, topk], ascending, -1 padded.
+    With idx_k_scale, idx_k_cache holds e4m3 values: the fp8 path (fp8_reference_inputs)."""
     args = [t.cpu() for t in (idx_q, idx_k_cache, req_to_token, req_pool_indices, cu_seqlens_q,
                               seq_lens, prefix_lens)]
     idx_q, _, _, _, cu_seqlens_q, seq_lens, prefix_lens = args
     per_request = naive_block_scores_prefill(*args, block_size=block_size, score_type=score_type,
-                                             sm_scale=sm_scale)
+                                             sm_scale=sm_scale, idx_k_scale=idx_k_scale)
     n_heads, total_q = idx_q.shape[1], idx_q.shape[0]
     out = torch.full((n_heads, total_q, topk), -1, dtype=torch.int32)
     for r, scores in enumerate(per_request):
@@ -136,7 +167,7 @@ def naive_indexer_prefill(
 
 def naive_block_scores_decode(
     idx_q, idx_k_cache, req_to_token, req_pool_indices, seq_lens, *, block_size, score_type="max",
-    sm_scale=None,
+    sm_scale=None, idx_k_scale=None,
 ):
     """Decode block scores as a list over requests of [H, n_blocks]: the prefill rule for one query
     token per request at position seq_len - 1."""
@@ -145,7 +176,8 @@ def naive_block_scores_decode(
     seq_lens = seq_lens.cpu()
     scores = naive_block_scores_prefill(
         idx_q.cpu(), idx_k_cache.cpu(), req_to_token.cpu(), req_pool_indices.cpu(), cu, seq_lens,
-        seq_lens - 1, block_size=block_size, score_type=score_type, sm_scale=sm_scale)
+        seq_lens - 1, block_size=block_size, score_type=score_type, sm_scale=sm_scale,
+        idx_k_scale=idx_k_scale)
     return [s[:, 0] for s in scores]
 
 
@@ -162,6 +194,7 @@ def naive_indexer_decode(
     local_blocks: int,
     score_type: str = "max",
     sm_scale: Optional[float] = None,
+    idx_k_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Decode indexer (one query token per request): int32 [H, B, topk]."""
     seq_lens = seq_lens.cpu()
@@ -170,4 +203,4 @@ def naive_indexer_decode(
     return naive_indexer_prefill(
         idx_q, idx_k_cache, req_to_token, req_pool_indices, cu, seq_lens, seq_lens - 1,
         block_size=block_size, topk=topk, init_blocks=init_blocks, local_blocks=local_blocks,
-        score_type=score_type, sm_scale=sm_scale)
+        score_type=score_type, sm_scale=sm_scale, idx_k_scale=idx_k_scale)

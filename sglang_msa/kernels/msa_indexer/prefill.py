@@ -34,6 +34,7 @@ from .common import (
     key_block_id,
     key_score,
     order_key,
+    quantize_rows_e4m3,
     score_block,
     store_sorted_ids,
 )
@@ -52,13 +53,13 @@ def _offer(b_list, b_pool, i_blk, n_causal, init_blocks, local_blocks, CAUSAL_MA
 
 @triton.jit(do_not_specialize=["stride_o_h", "stride_ws_s"])
 def _indexer_prefill_kernel(
-    q_ptr, k_ptr, r2t_ptr, pool_idx_ptr, cu_q_ptr, seq_lens_ptr, prefix_lens_ptr, out_ptr,
+    q_ptr, k_ptr, ks_ptr, r2t_ptr, pool_idx_ptr, cu_q_ptr, seq_lens_ptr, prefix_lens_ptr, out_ptr,
     ws_score_ptr, ws_id_ptr,
     num_heads, sm_scale, init_blocks, local_blocks, num_splits,
     stride_q_t, stride_q_h, stride_k_s, stride_r2t, stride_o_h, stride_o_t, stride_ws_s,
     HEAD_DIM: tl.constexpr, H_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, TOPK: tl.constexpr,
     TOPK_PAD: tl.constexpr, SCORE_TYPE: tl.constexpr, CONTIGUOUS_BLOCKS: tl.constexpr,
-    IEEE_DOT: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr,
+    IEEE_DOT: tl.constexpr, SPLIT: tl.constexpr, FP8: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     BLOCK_T: tl.constexpr = BLOCK_M // H_PAD
     # reversed so the longest (latest) causal tiles start first
@@ -88,6 +89,10 @@ def _indexer_prefill_kernel(
     o_d = tl.arange(0, HEAD_DIM)
     p_q = q_ptr + (q_start + o_tok).to(tl.int64)[:, None] * stride_q_t + o_h[:, None] * stride_q_h + o_d[None, :]
     b_q = tl.load(p_q, mask=m_row[:, None], other=0.0)
+    if FP8:
+        # each (token, head) row gets its own e4m3 scale; it folds into the row's score factor
+        b_q, b_qs = quantize_rows_e4m3(b_q)
+        scale = b_qs * scale
 
     # Empty slots hold distinct keys below every real key; pad slots beyond TOPK are never evicted.
     o_j = tl.arange(0, TOPK_PAD)
@@ -107,12 +112,12 @@ def _indexer_prefill_kernel(
         lo = 0
         hi = n_blocks
     for i_blk in range(lo, tl.minimum(hi, n_full)):
-        b_pool = score_block(b_q, k_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
-                              HEAD_DIM, BLOCK_SIZE, SCORE_TYPE, CONTIGUOUS_BLOCKS, False, IEEE_DOT)
+        b_pool = score_block(b_q, k_ptr, ks_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
+                             HEAD_DIM, BLOCK_SIZE, SCORE_TYPE, CONTIGUOUS_BLOCKS, False, IEEE_DOT, FP8)
         b_list = _offer(b_list, b_pool, i_blk, n_causal, init_blocks, local_blocks, False)
     for i_blk in range(tl.maximum(lo, n_full), hi):
-        b_pool = score_block(b_q, k_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
-                              HEAD_DIM, BLOCK_SIZE, SCORE_TYPE, CONTIGUOUS_BLOCKS, True, IEEE_DOT)
+        b_pool = score_block(b_q, k_ptr, ks_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
+                             HEAD_DIM, BLOCK_SIZE, SCORE_TYPE, CONTIGUOUS_BLOCKS, True, IEEE_DOT, FP8)
         b_list = _offer(b_list, b_pool, i_blk, n_causal, init_blocks, local_blocks, True)
 
     m_valid = (b_list > INT64_MIN + TOPK_PAD) & (b_list < INT64_MAX)
@@ -180,7 +185,7 @@ def _prune(configs, named_args, **kwargs):
 
 _indexer_prefill_tuned = triton.autotune(
     configs=_configs(),
-    key=["num_heads", "HEAD_DIM", "BLOCK_SIZE", "TOPK", "SCORE_TYPE", "CONTIGUOUS_BLOCKS", "num_splits"],
+    key=["num_heads", "HEAD_DIM", "BLOCK_SIZE", "TOPK", "SCORE_TYPE", "CONTIGUOUS_BLOCKS", "num_splits", "FP8"],
     prune_configs_by={"early_config_prune": _prune},
 )(_indexer_prefill_kernel)
 
@@ -255,6 +260,7 @@ def indexer_prefill(
     num_stages: int = 2,
     maxnreg: Optional[int] = None,
     split_k: Optional[int] = None,
+    idx_k_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Top-k key blocks per (index head, extend token): int32 [H_idx, total_q, topk].
 
@@ -268,8 +274,13 @@ def indexer_prefill(
     split_k: key-block ranges per query tile (1 = the single fused kernel; > 1 = split-K + merge,
     same selection bit for bit). None: SGLANG_MSA_INDEXER_SPLIT_K (an int forces it, ``auto`` =
     auto_split_k on the grid of 128-row tiles, 1 off CUDA); unset = 1 (see choose_split_k).
+
+    idx_k_scale: the fp8 index path. idx_k_cache then holds float8 e4m3 values and idx_k_scale
+    [slots] fp32 their per-slot scales (quant.quantize_index_k); each (token, head) query row is
+    quantized to e4m3 in the kernel and scored on fp8 tensor cores. None: the bf16/fp16/fp32 path.
     """
-    check_common(idx_q, idx_k_cache, topk, init_blocks, local_blocks, score_type)
+    check_common(idx_q, idx_k_cache, topk, init_blocks, local_blocks, score_type, idx_k_scale)
+    fp8 = idx_k_scale is not None
     total_q, num_heads, head_dim = idx_q.shape
     batch = seq_lens.shape[0]
     if sm_scale is None:
@@ -290,8 +301,8 @@ def indexer_prefill(
     else:
         ws_score, ws_id, stride_ws = out, out, 0  # unused
     args = (
-        idx_q, idx_k_cache, req_to_token, req_pool_indices, cu_seqlens_q, seq_lens, prefix_lens, out,
-        ws_score, ws_id,
+        idx_q, idx_k_cache, idx_k_scale if fp8 else idx_k_cache, req_to_token, req_pool_indices,
+        cu_seqlens_q, seq_lens, prefix_lens, out, ws_score, ws_id,
         num_heads, sm_scale, init_blocks, local_blocks, n_split,
         idx_q.stride(0), idx_q.stride(1), idx_k_cache.stride(0), req_to_token.stride(0),
         out.stride(0), out.stride(1), stride_ws,
@@ -299,8 +310,8 @@ def indexer_prefill(
     meta = dict(
         HEAD_DIM=head_dim, H_PAD=h_pad, BLOCK_SIZE=block_size, TOPK=topk,
         TOPK_PAD=triton.next_power_of_2(topk), SCORE_TYPE=score_type,
-        CONTIGUOUS_BLOCKS=page_size % block_size == 0, IEEE_DOT=idx_q.dtype == torch.float32,
-        SPLIT=n_split > 1,
+        CONTIGUOUS_BLOCKS=page_size % block_size == 0, IEEE_DOT=idx_q.dtype == torch.float32 and not fp8,
+        SPLIT=n_split > 1, FP8=fp8,
     )
 
     def grid(META):
