@@ -15,12 +15,17 @@ Matrix (issue #13):
   At 1 index head our indexer is also timed unsplit (``indexer_unsplit_ms``, split_k=1) and split-K
   (``indexer_split_ms`` at ``indexer_split_k`` ranges, the automatic rule; 2 on CPU), with
   ``indexer_split_speedup`` and ``indexer_split_matches_unsplit`` (the selections are equal);
+  the opt-in fp8 index path (e4m3 index keys + per-slot scales, ``idx_k_scale=``) is timed beside the
+  bf16 one on the same inputs (``ours_fp8_indexer_ms``, ``ours_fp8_layer_ms``; the store of the chunk's
+  keys apart, ``ours_fp8_index_k_store_ms``), with the share of the bf16 selection's blocks it keeps
+  (``fp8_topk_blocks_in_common``) and the layer-output change that causes (``fp8_out_max_abs_diff``);
   Mean union of the blocks selected per 64/128-row query tile and the neighbour Jaccard are reported
   from the selection actually used Ours' main is also timed with plan(method="union_tile") on the same inputs
   (``ours_union_ms``, plan included; ``union_speedup_vs_block_major`` when the default is block-major);
 - decode: one sparse layer's step (indexer + sparse attention) at 128k, 512k, 1M, B = 1, 8, 32,
   under CUDA-graph replay (and eager), next to the bandwidth floor: bytes that must move (index-K
-  scan + selected K/V + q/out) / device copy bandwidth measured in the same run;
+  scan + selected K/V + q/out) / device copy bandwidth measured in the same run; the same step with
+  the fp8 index path (``ours_fp8_graph_us``, against the bf16 step's graph timed just before it);
 - references measured in the same run: copy bandwidth, dense bf16 matmul TFLOP/s.
 
 The model's own MSA settings come from sglang_msa_tools.tiny_m3.SPARSE_COMMON (block 128, top-16, init 0,
@@ -64,7 +69,12 @@ import triton  # noqa: E402
 
 from selections import random_index_qk, selection_stats, smooth_index_qk  # noqa: E402
 from sglang_msa.kernels.msa_decode import SparseDecodeWrapper  # noqa: E402
-from sglang_msa.kernels.msa_indexer import IndexerDecode, indexer_prefill  # noqa: E402
+from sglang_msa.kernels.msa_indexer import (  # noqa: E402
+    IndexerDecode,
+    indexer_prefill,
+    quantize_index_k,
+    quantize_index_k_cache,
+)
 from sglang_msa.kernels.msa_indexer.prefill import auto_split_k  # noqa: E402
 from sglang_msa.kernels.msa_prefill import bind_topk, plan, run  # noqa: E402
 from sglang_msa.kernels.msa_prefill.block_major import launch_block_major  # noqa: E402
@@ -267,6 +277,20 @@ def useful_main_flops(topk_idx, prefix, T, hq, hk, cfg):
     return 4 * cfg["head_dim"] * total * (hq // hk)
 
 
+def blocks_in_common(sel, ref):
+    """Share of ref's selected blocks (ids >= 0) that sel also selected, over all rows; and the share of
+    rows whose selections are identical. sel, ref: int32 [H, T, topk], ids ascending, -1 padded."""
+    common = total = same = rows = 0
+    for t0 in range(0, sel.shape[1], 4096):  # bounded temporaries
+        a, b = sel[:, t0:t0 + 4096], ref[:, t0:t0 + 4096]
+        hit = ((a[..., :, None] == b[..., None, :]) & (b[..., None, :] >= 0)).any(-2)
+        common += int(hit.sum())
+        total += int((b >= 0).sum())
+        same += int((a == b).all(-1).sum())
+        rows += a.shape[0] * a.shape[1]
+    return common / max(total, 1), same / max(rows, 1)
+
+
 def indexer_flops(prefix, T, h_idx, cfg):
     """2 * D_idx * index heads * sum over tokens of their causal keys (prefix + own position + 1)."""
     keys = T * prefix + T * (T + 1) // 2
@@ -279,7 +303,7 @@ def indexer_flops(prefix, T, h_idx, cfg):
 def prefill_mem_gib(layout, L, T, cfg, esize):
     hq, hk, hi = layout
     D, Di, B = cfg["head_dim"], cfg["idx_dim"], cfg["block"]
-    caches = L * (2 * hk * D + Di) * esize + 4 * L
+    caches = L * (2 * hk * D + Di) * esize + 4 * L + L * (Di + 4)  # + the fp8 index-K copy
     acts = T * (hq * D * 3 + hi * Di) * esize
     ours_ws = T * hq * cfg["topk"] * (D * esize + 4) + 32 * hk * T * cfg["topk"]
     up_score = hi * T * triton.cdiv(L, B) * 4
@@ -289,7 +313,8 @@ def prefill_mem_gib(layout, L, T, cfg, esize):
 def decode_mem_gib(layout, ctx, batch, rot, cfg, esize):
     hq, hk, hi = layout
     tokens = rot * batch * ctx
-    return (tokens * ((2 * hk * cfg["head_dim"] + cfg["idx_dim"]) * esize + 4)) * 1.1 / 2**30
+    fp8_index = cfg["idx_dim"] + 4  # the e4m3 copy of the index keys + scales
+    return (tokens * ((2 * hk * cfg["head_dim"] + cfg["idx_dim"]) * esize + 4 + fp8_index)) * 1.1 / 2**30
 
 
 # ----------------------------------------------------------------------------------------- prefill
@@ -371,6 +396,29 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
         pt["indexer_split_speedup"] = pt["indexer_unsplit_ms"] / pt["indexer_split_ms"]
         pt["indexer_split_matches_unsplit"] = bool(torch.equal(held[1], held[sk]))
         del held
+    # fp8 index path (#13): the cache as the server would hold it (e4m3 + per-slot scales); the store of
+    # this chunk's keys is timed apart (a server stores every forward's keys, bf16 or fp8 alike)
+    ik8, iks = quantize_index_k_cache(idx_k)
+    chunk_loc = r2t1[0, prefix:L].contiguous()
+    chunk_k = idx_k[chunk_loc.long()]
+    pt["ours_fp8_index_k_store_ms"] = bench_ms(lambda: quantize_index_k(chunk_k, ik8, iks, chunk_loc))
+    del chunk_k
+
+    def ours_fp8_indexer():
+        return indexer_prefill(iq, ik8, r2t, pool, cu, seq, pre, idx_k_scale=iks, **ikw)
+
+    topk8 = ours_fp8_indexer()
+    pt["fp8_topk_blocks_in_common"], pt["fp8_topk_rows_identical_frac"] = blocks_in_common(topk8, topk)
+    out8 = torch.empty_like(q)
+    run(plan(cu, seq, pre, pool, **pkw), q, k_cache, v_cache, r2t, topk8, out=out8)
+    pt["fp8_out_max_abs_diff"] = float((out8.float() - ours_out.float()).abs().max())
+    pt["fp8_out_mean_abs_diff"] = float((out8.float() - ours_out.float()).abs().mean())
+    pt["ours_fp8_indexer_ms"] = bench_ms(ours_fp8_indexer)
+    pt["ours_fp8_layer_ms"] = bench_ms(lambda: run(plan(cu, seq, pre, pool, **pkw), q, k_cache, v_cache, r2t,
+                                                   ours_fp8_indexer(), out=out8))
+    pt["fp8_indexer_speedup_vs_bf16"] = pt["ours_indexer_ms"] / pt["ours_fp8_indexer_ms"]
+    pt["fp8_layer_speedup_vs_bf16"] = pt["ours_layer_ms"] / pt["ours_fp8_layer_ms"]
+    del out8, topk8, ik8, iks
     pt["ours_main_ms"] = bench_ms(lambda: ours_main(topk))  # plan + reverse map + main + combine
     pt["ours_plan_ms"] = bench_ms(lambda: plan(cu, seq, pre, pool, **pkw))
     pbm = plan(cu, seq, pre, pool, **{**pkw, "method": "block_major"})  # the parts, on a block-major plan
@@ -447,10 +495,14 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
             pt[f"{side}_main_tflops"] = pt["useful_main_tflop"] / pt[f"{side}_main_ms"] * 1e3
         if pt.get(f"{side}_indexer_ms"):
             pt[f"{side}_indexer_tflops"] = pt["indexer_tflop"] / pt[f"{side}_indexer_ms"] * 1e3
+    if pt.get("ours_fp8_indexer_ms"):
+        pt["ours_fp8_indexer_tflops"] = pt["indexer_tflop"] / pt["ours_fp8_indexer_ms"] * 1e3
     if pt.get("upstream_layer_ms"):
         pt["layer_speedup_vs_upstream"] = pt["upstream_layer_ms"] / pt["ours_layer_ms"]
         pt["indexer_speedup_vs_upstream"] = pt["upstream_indexer_ms"] / pt["ours_indexer_ms"]
         pt["main_speedup_vs_upstream"] = pt["upstream_main_ms"] / pt["ours_main_ms"]
+        if pt.get("ours_fp8_layer_ms"):
+            pt["fp8_layer_speedup_vs_upstream"] = pt["upstream_layer_ms"] / pt["ours_fp8_layer_ms"]
     return pt
 
 
@@ -466,10 +518,12 @@ def decode_point(args, cfg, up, layout_name, tier, batch, l2_bytes):
     nsel = min(TOPK, triton.cdiv(ctx, B))
     bytes_step = batch * (ctx * Di * esize + hk * nsel * B * D * 2 * esize
                           + (2 * hq * D + hi * Di) * esize + triton.cdiv(ctx, B) * 4)
+    bytes_step_fp8 = bytes_step - batch * ctx * (Di * esize - Di - 4)  # e4m3 index keys + fp32 scales
     # rotate over request sets so that one step's data is not in L2 for the next (2x L2 per graph)
     rot = max(1, min(8, math.ceil(2 * l2_bytes / bytes_step))) if CUDA else 1
     pt = dict(kind="decode", layout=layout_name, heads=dict(q=hq, kv=hk, index=hi), tier=tier, context=ctx,
-              batch=batch, selection="random", rotations=rot, bytes_per_step=bytes_step)
+              batch=batch, selection="random", rotations=rot, bytes_per_step=bytes_step,
+              bytes_per_step_fp8_index=bytes_step_fp8)
     need = decode_mem_gib((hq, hk, hi), ctx, batch, rot, cfg, esize)
     while need > args.mem_gib and rot > 1:
         rot //= 2
@@ -515,6 +569,32 @@ def decode_point(args, cfg, up, layout_name, tier, batch, l2_bytes):
     pt["ours_attention_graph_us"] = graph_us(att_steps)
     pt["ours_attention_eager_us"] = eager_us(att_steps)
     pt["ours_graph_us_again"] = graph_us(steps)
+    # fp8 index path (#13): the same step on the e4m3 copy of the index keys, timed right after the bf16
+    # step's second graph (its baseline: adjacent in time); stores excluded on both sides, the fp8 store
+    # of the step's B keys timed apart
+    ik8, iks = quantize_index_k_cache(idx_k)
+    topk8 = torch.full_like(topk_buf, -1)
+
+    def ours_fp8_step(r):
+        indexer.run(iqs[r], ik8, r2t, pools[r], seq, out=topk8, idx_k_scale=iks)
+        wrappers[r].run(qs[r], k_cache, v_cache, topk8, out=out)
+
+    fp8_steps = [lambda r=r: ours_fp8_step(r) for r in range(rot)]
+    fp8_steps[0]()
+    indexer.run(iqs[0], idx_k, r2t, pools[0], seq, out=topk_buf)
+    pt["fp8_topk_blocks_in_common"], pt["fp8_topk_rows_identical_frac"] = blocks_in_common(topk8, topk_buf)
+    pt["fp8_out_max_abs_diff"] = float((out.float() - ours_out.float()).abs().max())
+    pt["ours_fp8_graph_us"] = graph_us(fp8_steps)
+    pt["ours_fp8_eager_us"] = eager_us(fp8_steps)
+    pt["ours_fp8_indexer_graph_us"] = graph_us(
+        [lambda r=r: indexer.run(iqs[r], ik8, r2t, pools[r], seq, out=topk8, idx_k_scale=iks) for r in range(rot)])
+    step_loc = r2t[torch.arange(batch, device=DEV), seq.long() - 1].contiguous()
+    step_k = idx_k[step_loc.long()]
+    pt["ours_fp8_store_graph_us"] = graph_us([lambda: quantize_index_k(step_k, ik8, iks, step_loc)])
+    for mode, base in (("graph", "ours_graph_us_again"), ("eager", "ours_eager_us")):
+        if pt.get(base) and pt.get(f"ours_fp8_{mode}_us"):
+            pt[f"fp8_step_speedup_{mode}"] = pt[base] / pt[f"ours_fp8_{mode}_us"]
+    del ik8, iks, topk8
     if up is not None:
         up_out = [None]
 
@@ -579,7 +659,7 @@ TARGETS = {
     "workspace_gib_per_16k_chunk": ("<=", 1.0),
     "plan_included": ("==", True),
 }
-NO_FP8 = "no fp8 index path exists yet (opt-in fp8 index is issue #13's later part): not measured"
+NO_FP8 = "the point ran but the fp8 index path was not measured in it (see the point's fp8 keys / errors)"
 
 
 def find(points, **kw):
@@ -587,6 +667,10 @@ def find(points, **kw):
         if all(p.get(k) == v for k, v in kw.items()) and "skipped" not in p and "error" not in p:
             return p
     return None
+
+
+def nan_if_none(x):
+    return float("nan") if x is None else x
 
 
 def ratio(a, b):
@@ -619,8 +703,21 @@ def summarize(res) -> tuple[dict, dict]:
                 if lay == "8/1/1" and not suffix and tier in ("128k", "512k"):
                     why[key] = breakdown(p)
     for tier in ("128k", "512k"):
-        s[f"prefill_layer_rank8_{tier}_fp8_index_speedup_vs_upstream"] = None
-        why[f"prefill_layer_rank8_{tier}_fp8_index_speedup_vs_upstream"] = NO_FP8
+        key = f"prefill_layer_rank8_{tier}_fp8_index_speedup_vs_upstream"
+        p = find(pts, kind="prefill", layout="8/1/1", chunk_name="16k", tier=tier, selection="realistic")
+        s[key] = p.get("fp8_layer_speedup_vs_upstream") if p else None
+        if p and p.get("ours_fp8_layer_ms"):
+            f = lambda k: nan_if_none(p.get(k))  # noqa: E731
+            why[key] = (f"fp8 index path: ours {f('ours_fp8_layer_ms'):.2f} ms = fp8 indexer "
+                        f"{f('ours_fp8_indexer_ms'):.2f} (bf16 {f('ours_indexer_ms'):.2f}) + plan/map/main/combine; "
+                        f"upstream {f('upstream_layer_ms'):.2f} ms (bf16 index); store of the chunk's keys "
+                        f"{f('ours_fp8_index_k_store_ms'):.3f} ms not in the layer; fp8 keeps "
+                        f"{f('fp8_topk_blocks_in_common'):.3f} of the bf16 selection's blocks, layer output max "
+                        f"abs diff {f('fp8_out_max_abs_diff'):.3g}")
+            s[f"fp8_topk_blocks_in_common_rank8_{tier}_realistic"] = p.get("fp8_topk_blocks_in_common")
+            s[f"fp8_indexer_speedup_vs_bf16_rank8_{tier}"] = p.get("fp8_indexer_speedup_vs_bf16")
+        else:
+            why[key] = "point not measured (skipped or failed)" if not p else NO_FP8
     p = find(pts, kind="prefill", layout="8/1/1", chunk_name="16k", tier="128k", selection="realistic")
     s["main_prefill_rank8_128k_tflops"] = p.get("ours_main_tflops") if p else None
     s["main_prefill_rank8_128k_tflops_upstream"] = p.get("upstream_main_tflops") if p else None
@@ -661,7 +758,20 @@ def summarize(res) -> tuple[dict, dict]:
         s["decode_step_512k_b8_fraction_of_floor"] = None
         why["decode_step_512k_b8_fraction_of_floor"] = "point not measured (skipped or failed)"
     s["decode_step_512k_b8_fp8_index_speedup"] = None
-    why["decode_step_512k_b8_fp8_index_speedup"] = NO_FP8
+    why["decode_step_512k_b8_fp8_index_speedup"] = "point not measured (skipped or failed)" if not d else NO_FP8
+    if d and (d.get("fp8_step_speedup_graph") or d.get("fp8_step_speedup_eager")):
+        mode = "graph" if d.get("fp8_step_speedup_graph") else "eager"
+        s["decode_step_512k_b8_fp8_index_speedup"] = d[f"fp8_step_speedup_{mode}"]
+        s["decode_step_512k_b8_fp8_us"] = d.get(f"ours_fp8_{mode}_us")
+        s["fp8_topk_blocks_in_common_decode_512k_b8_random"] = d.get("fp8_topk_blocks_in_common")
+        f = lambda k: nan_if_none(d.get(k))  # noqa: E731
+        why["decode_step_512k_b8_fp8_index_speedup"] = (
+            f"8/1/1, B=8, 512k, {mode}: bf16 step {f('ours_graph_us_again' if mode == 'graph' else 'ours_eager_us'):.1f} us "
+            f"(timed just before) / fp8-index step {f(f'ours_fp8_{mode}_us'):.1f} us (indexer alone "
+            f"{f('ours_fp8_indexer_graph_us'):.1f} us graph vs bf16 {f('ours_indexer_graph_us'):.1f}); bytes per "
+            f"step {d['bytes_per_step_fp8_index'] / 1e9:.4g} GB vs {d['bytes_per_step'] / 1e9:.4g}; index-K stores "
+            f"excluded on both sides (fp8 store of the step's keys {f('ours_fp8_store_graph_us'):.1f} us graph); "
+            f"fp8 keeps {f('fp8_topk_blocks_in_common'):.3f} of the bf16 selection's blocks (random keys)")
     ws = [p.get("ours_layer_peak_extra_gib") if p.get("ours_layer_peak_extra_gib") is not None
           else p.get("ours_workspace_gib_analytic") for p in pts
           if p.get("kind") == "prefill" and p.get("layout") == "8/1/1" and p.get("chunk_name") == "16k"

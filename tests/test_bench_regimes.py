@@ -29,6 +29,8 @@ ISSUE_KEYS = [
     "indexer_fraction_of_matmul",
     "decode_step_512k_b8_fraction_of_floor",
     "decode_step_512k_b8_fp8_index_speedup",
+    "prefill_layer_rank8_128k_fp8_index_speedup_vs_upstream",
+    "prefill_layer_rank8_512k_fp8_index_speedup_vs_upstream",
     "workspace_gib_per_16k_chunk",
     "plan_included",
 ]
@@ -120,11 +122,17 @@ def test_smoke_run_writes_every_summary_key(tmp_path):
         assert key in summary, key
         assert key in res["targets"], key
     assert summary["plan_included"] is True
-    assert summary["decode_step_512k_b8_fp8_index_speedup"] is None  # no fp8 path: said, not invented
-    assert "fp8" in res["targets"]["decode_step_512k_b8_fp8_index_speedup"]["why"]
+    # the fp8 index path is measured beside bf16 in the same run (CPU: one interpreted call each)
+    assert summary["decode_step_512k_b8_fp8_index_speedup"] > 0
+    assert "fp8-index step" in res["targets"]["decode_step_512k_b8_fp8_index_speedup"]["why"]
+    for tier in ("128k", "512k"):
+        assert 0.5 <= summary[f"fp8_topk_blocks_in_common_rank8_{tier}_realistic"] <= 1.0
+        assert summary[f"fp8_indexer_speedup_vs_bf16_rank8_{tier}"] > 0
     cpu = not torch.cuda.is_available()
     upstream = res["upstream"].get("error") is None
-    for key in ("prefill_layer_rank8_128k_speedup_vs_upstream", "prefill_layer_rank8_512k_speedup_vs_upstream"):
+    for key in ("prefill_layer_rank8_128k_speedup_vs_upstream", "prefill_layer_rank8_512k_speedup_vs_upstream",
+                "prefill_layer_rank8_128k_fp8_index_speedup_vs_upstream",
+                "prefill_layer_rank8_512k_fp8_index_speedup_vs_upstream"):
         assert (summary[key] is not None) == upstream, key
     for key in ("main_prefill_rank8_128k_tflops", "indexer_fraction_of_matmul",
                 "decode_step_512k_b8_fraction_of_floor", "workspace_gib_per_16k_chunk"):
@@ -147,6 +155,13 @@ def test_smoke_run_writes_every_summary_key(tmp_path):
         # split-K indexer beside the unsplit one (1 index head): same selection, both timed
         assert p["indexer_split_k"] >= 2 and p["indexer_split_matches_unsplit"] is True
         assert p["indexer_split_ms"] > 0 and p["indexer_unsplit_ms"] > 0 and p["indexer_split_speedup"] > 0
+        # fp8 index path beside bf16: timed, and its selection compared with bf16's
+        for part in ("fp8_indexer", "fp8_layer", "fp8_index_k_store"):
+            assert p[f"ours_{part}_ms"] > 0, part
+        assert 0.0 < p["fp8_topk_blocks_in_common"] <= 1.0 and 0.0 <= p["fp8_topk_rows_identical_frac"] <= 1.0
+        assert p["fp8_out_max_abs_diff"] is not None and p["fp8_out_max_abs_diff"] >= 0
+        if upstream:
+            assert p["fp8_layer_speedup_vs_upstream"] > 0
         if upstream:
             for part in ("layer", "indexer", "main"):
                 assert p[f"upstream_{part}_ms"] > 0, part
@@ -160,6 +175,9 @@ def test_smoke_run_writes_every_summary_key(tmp_path):
     d = decode[0]
     assert d["batch"] == 8 and d["tier"] == "512k" and d["bytes_per_step"] > 0
     assert d["ours_eager_us"] > 0 and (d["ours_graph_us"] is None) == cpu
+    assert d["ours_fp8_eager_us"] > 0 and (d["ours_fp8_graph_us"] is None) == cpu
+    assert d["fp8_step_speedup_eager"] > 0 and 0.0 < d["fp8_topk_blocks_in_common"] <= 1.0
+    assert d["bytes_per_step_fp8_index"] < d["bytes_per_step"]
     if upstream:
         assert d["max_abs_diff_vs_upstream"] < 0.05
     assert res["references"]["copy"]["gbps"] > 0 and res["references"]["matmul"]["square"]["tflops"] > 0
