@@ -24,6 +24,7 @@ from test_msa_indexer import (
     make_batch,
     n_causal_rows,
 )
+from test_msa_indexer_split import poisoned_workspace  # noqa: F401 (fixture)
 
 from sglang_msa.kernels.msa_indexer import (
     IndexerDecode,
@@ -138,7 +139,12 @@ def test_fp8_argument_checks(device):
 # ----------------------------------------------------------------------------------------- prefill
 
 
-@pytest.mark.parametrize("case", PREFILL_CASES)
+# the bf16 tests' cases plus page 128 (a page holds 8 blocks of 16)
+FP8_PREFILL_CASES = PREFILL_CASES + [([33, 1, 70], [200, 9, 0], 2, 16, 128, 6, 0, 2)]
+FP8_DECODE_CASES = DECODE_CASES + [([300, 129, 7], 2, 16, 128, 5, 1, 1, 4)]
+
+
+@pytest.mark.parametrize("case", FP8_PREFILL_CASES)
 @pytest.mark.parametrize("score_type", ["max", "lse"])
 def test_prefill_fp8_matches_naive(case, score_type, device):
     ext, pre, heads, block, page, topk, init, local = case
@@ -157,15 +163,17 @@ def test_prefill_fp8_matches_naive(case, score_type, device):
 
 
 @pytest.mark.parametrize("split_k", [2, 3])
-def test_prefill_fp8_split_equals_unsplit(split_k, device):
-    b = make_batch([37, 5, 90], [20, 70, 0], num_heads=2, page_size=16, dtype=torch.float16, seed=4,
+@pytest.mark.parametrize("page", [16, 128])
+def test_prefill_fp8_split_equals_unsplit(split_k, page, device, poisoned_workspace):
+    b = make_batch([37, 5, 90], [20, 70, 0], num_heads=2, page_size=page, dtype=torch.float16, seed=4,
                    device=device)
     fb, scales = fp8_batch(b)
-    kw = dict(block_size=16, topk=4, init_blocks=1, local_blocks=1, score_type="max", page_size=16,
+    kw = dict(block_size=16, topk=4, init_blocks=1, local_blocks=1, score_type="max", page_size=page,
               idx_k_scale=scales)
     unsplit = indexer_prefill(**fb, split_k=1, **kw)
     out = torch.full_like(unsplit, POISON)
     assert torch.equal(indexer_prefill(**fb, split_k=split_k, out=out, **kw), unsplit)
+    assert poisoned_workspace == [(split_k, 132, 2, 4)]  # the NaN-filled workspace was the one used
 
 
 @pytest.mark.parametrize("heads,page", [(1, 1), (2, 16)])
@@ -196,7 +204,7 @@ def test_prefill_fp8_short_rows_pad_with_minus_one(device):
 # ----------------------------------------------------------------------------------------- decode
 
 
-@pytest.mark.parametrize("case", DECODE_CASES)
+@pytest.mark.parametrize("case", FP8_DECODE_CASES)
 @pytest.mark.parametrize("score_type", ["max", "lse"])
 def test_decode_fp8_matches_naive(case, score_type, device):
     seqs, heads, block, page, topk, init, local, splits = case
