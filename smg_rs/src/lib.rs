@@ -5,6 +5,7 @@
 pub mod avio;
 pub mod decode;
 pub mod error;
+mod hpass;
 pub mod limits;
 pub mod normalize;
 pub mod patchify;
