@@ -10,6 +10,7 @@ pub mod limits;
 pub mod normalize;
 pub mod patchify;
 pub mod pipeline;
+mod pool;
 pub mod presets;
 pub mod resize;
 pub mod sample;
