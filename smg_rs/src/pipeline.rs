@@ -158,13 +158,14 @@ impl<T: OutElem> FrameJob<'_, T> {
         let (oh, ow) = (self.layout.height, self.layout.width);
         let p = self.layout.geom.patch;
         let w3 = ow * 3;
-        // rows are normalized as they come and gathered into bands of one patch row, which
-        // go out patch by patch (sequential writes into the output)
-        let mut band = vec![0f32; p * w3];
+        // rows are normalized as they come into a band of one patch row, one plane per
+        // channel, which goes out patch by patch (sequential writes into the output)
+        let mut band = vec![0f32; 3 * p * ow];
         let done = frame_rows(&frame, self.plan, self.uint8, &mut |y, row| {
             assert!(y < oh && row.len() == w3, "resized frame does not match the plan");
-            self.norm.apply_rgb_row(row);
-            band[(y % p) * w3..(y % p + 1) * w3].copy_from_slice(row);
+            let (r, rest) = band[(y % p) * ow..].split_at_mut(p * ow);
+            let (g, b) = rest.split_at_mut(p * ow);
+            self.norm.apply_rgb_row_planar(row, [&mut r[..ow], &mut g[..ow], &mut b[..ow]]);
             if y % p == p - 1 {
                 unsafe { self.layout.write_band(group, slots.clone(), y / p, &band) };
             }
