@@ -36,11 +36,12 @@ fn main() {
             resample_rgb_rows(&rgb, &v, &hw, &mut scratch, &mut |_, r| sink += r[0]);
             let t2 = Instant::now();
             let ptr = out.as_mut_ptr();
-            let (p, w3) = (geom.patch, ow * 3);
-            let mut band = vec![0f32; p * w3];
+            let p = geom.patch;
+            let mut band = vec![0f32; 3 * p * ow];
             resample_rgb_rows(&rgb, &v, &hw, &mut scratch, &mut |y, r| {
-                norm.apply_rgb_row(r);
-                band[(y % p) * w3..(y % p + 1) * w3].copy_from_slice(r);
+                let (pr, rest) = band[(y % p) * ow..].split_at_mut(p * ow);
+                let (pg, pb) = rest.split_at_mut(p * ow);
+                norm.apply_rgb_row_planar(r, [&mut pr[..ow], &mut pg[..ow], &mut pb[..ow]]);
                 if y % p == p - 1 {
                     unsafe { layout.write_band(ptr, 0..1, y / p, &band) };
                 }

@@ -5,10 +5,12 @@
 pub mod avio;
 pub mod decode;
 pub mod error;
+mod hpass;
 pub mod limits;
 pub mod normalize;
 pub mod patchify;
 pub mod pipeline;
+mod pool;
 pub mod presets;
 pub mod resize;
 pub mod sample;

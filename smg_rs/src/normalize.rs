@@ -43,6 +43,22 @@ impl Normalizer {
             *v = (*v - m[j]) / s[j];
         }
     }
+
+    /// Normalizes an interleaved RGB row into one row per channel (`planes[c][x]`), the same
+    /// division per value as [`apply`]: the patch layout takes runs of one channel.
+    ///
+    /// [`apply`]: Normalizer::apply
+    pub fn apply_rgb_row_planar(&self, row: &[f32], planes: [&mut [f32]; 3]) {
+        let [r, g, b] = planes;
+        let n = row.len() / 3;
+        assert!(row.len() == n * 3 && r.len() == n && g.len() == n && b.len() == n);
+        let (m, s) = (self.mean_scaled, self.std_scaled);
+        for (x, px) in row.chunks_exact(3).enumerate() {
+            r[x] = (px[0] - m[0]) / s[0];
+            g[x] = (px[1] - m[1]) / s[1];
+            b[x] = (px[2] - m[2]) / s[2];
+        }
+    }
 }
 
 #[cfg(test)]
@@ -68,6 +84,12 @@ mod tests {
         n.apply_rgb_row(&mut r);
         for (i, (a, b)) in r.iter().zip(&row).enumerate() {
             assert_eq!(a.to_bits(), n.apply(*b, i % 3).to_bits());
+        }
+        let mut planes = vec![vec![f32::NAN; 7]; 3];
+        let [pr, pg, pb] = &mut planes[..] else { unreachable!() };
+        n.apply_rgb_row_planar(&row, [pr, pg, pb]);
+        for (i, v) in row.iter().enumerate() {
+            assert_eq!(planes[i % 3][i / 3].to_bits(), n.apply(*v, i % 3).to_bits());
         }
     }
 }

@@ -132,28 +132,40 @@ impl FrameLayout {
         (self.height / self.geom.patch) * (self.width / self.geom.patch) * self.geom.row_len()
     }
 
-    /// Writes one band of `patch` normalized output rows (`band`: rows `gy * patch ..`, each
-    /// `width * 3` interleaved floats) to the temporal slots `slots` of the group starting at
-    /// `group`, patch by patch in output order (contiguous `patch^2` runs per channel and slot).
+    /// Writes one band of `patch` normalized output rows to the temporal slots `slots` of the
+    /// group starting at `group`, patch by patch in output order (contiguous `patch^2` runs per
+    /// channel and slot). `band` is planar: row `py` of channel `c` is
+    /// `band[(c * patch + py) * width..][..width]`, so each patch row is one contiguous run.
     ///
     /// # Safety
     /// `group` must point to `group_len()` writable elements that nobody else reads or writes
     /// at the positions of these slots while this runs (other slots may be written by others).
     pub unsafe fn write_band<T: OutElem>(&self, group: *mut T, slots: std::ops::Range<usize>, gy: usize, band: &[f32]) {
         let PatchGeometry { patch: p, temporal_patch: tp, channels: c, .. } = self.geom;
-        let w3 = self.width * 3;
-        assert!(c == 3 && band.len() == p * w3 && gy < self.height / p && slots.end <= tp);
-        let pp = p * p;
+        assert!(c == 3 && band.len() == 3 * p * self.width && gy < self.height / p && slots.end <= tp);
+        // the usual patch size as a constant: fixed-length runs compile to plain moves
+        match p {
+            14 => self.write_band_runs::<T, 14>(group, slots, gy, band),
+            _ => self.write_band_runs::<T, 0>(group, slots, gy, band),
+        }
+    }
+
+    /// `P`: the patch size when known at compile time, else 0.
+    #[inline(always)]
+    unsafe fn write_band_runs<T: OutElem, const P: usize>(&self, group: *mut T, slots: std::ops::Range<usize>, gy: usize, band: &[f32]) {
+        let PatchGeometry { patch: p, temporal_patch: tp, .. } = self.geom;
+        let p = if P > 0 { P } else { p };
+        let (w, pp) = (self.width, p * p);
         let rb = self.row_base[gy * p];
-        for gx in 0..self.width / p {
+        for gx in 0..w / p {
             let base = rb + self.col_base[gx * p];
             for ch in 0..3 {
                 for ti in slots.clone() {
                     let dst = group.add(base + (ch * tp + ti) * pp);
                     for py in 0..p {
-                        let src = &band[py * w3 + gx * p * 3 + ch..];
-                        for px in 0..p {
-                            dst.add(py * p + px).write(T::from_f32(src[px * 3]));
+                        let src = &band[(ch * p + py) * w + gx * p..][..p];
+                        for (px, &v) in src.iter().enumerate() {
+                            dst.add(py * p + px).write(T::from_f32(v));
                         }
                     }
                 }
@@ -219,8 +231,13 @@ mod tests {
 
     #[test]
     fn frame_layout_writes_what_patchify_group_writes() {
-        let g = PatchGeometry { patch: 2, temporal_patch: 2, merge: 2, channels: 3 };
-        let (h, w) = (8, 12);
+        // a small patch (the generic path) and the usual 14 (its fixed-length path)
+        for (patch, h, w) in [(2, 8, 12), (14, 56, 84)] {
+            layout_case(PatchGeometry { patch, temporal_patch: 2, merge: 2, channels: 3 }, h, w);
+        }
+    }
+
+    fn layout_case(g: PatchGeometry, h: usize, w: usize) {
         let frames: Vec<Vec<f32>> = (0..2).map(|f| (0..h * w * 3).map(|i| (f * 1000 + i) as f32).collect()).collect();
         let norm = Normalizer::new([0.4, 0.5, 0.6], [0.2, 0.3, 0.25], 1.0 / 255.0);
         let layout = FrameLayout::new(g, h, w);
@@ -231,12 +248,14 @@ mod tests {
             patchify_group(&want_refs, h, w, &g, &norm, &mut want);
             let mut got = vec![f32::NAN; layout.group_len()];
             for (fi, sl) in refs.iter().zip(slots) {
-                let mut f = frames[*fi].clone();
-                for row in f.chunks_exact_mut(w * 3) {
-                    norm.apply_rgb_row(row);
-                }
-                for (gy, band) in f.chunks_exact(g.patch * w * 3).enumerate() {
-                    unsafe { layout.write_band(got.as_mut_ptr(), sl.clone(), gy, band) };
+                for (gy, rows) in frames[*fi].chunks_exact(g.patch * w * 3).enumerate() {
+                    let mut band = vec![f32::NAN; 3 * g.patch * w];
+                    for (py, row) in rows.chunks_exact(w * 3).enumerate() {
+                        let (r, rest) = band[py * w..].split_at_mut(g.patch * w);
+                        let (gp, bp) = rest.split_at_mut(g.patch * w);
+                        norm.apply_rgb_row_planar(row, [&mut r[..w], &mut gp[..w], &mut bp[..w]]);
+                    }
+                    unsafe { layout.write_band(got.as_mut_ptr(), sl.clone(), gy, &band) };
                 }
             }
             assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());

@@ -8,8 +8,8 @@ use crate::normalize::Normalizer;
 use crate::patchify::{patchify_group, FrameLayout, OutElem};
 use crate::presets::{Filter, Preset, SizeOverrides, Stage};
 use crate::resize::{resample_rgb_rows, resize_bicubic, AxisWeights, FloatFrame, ResampleScratch};
-use std::collections::HashMap;
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use crate::pool::{pool, prefault};
+use std::sync::{mpsc, Mutex};
 
 #[derive(Debug, Clone, Default)]
 pub struct VideoRequest {
@@ -50,23 +50,6 @@ pub struct DecodedVideo {
 
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8)
-}
-
-fn pool(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
-    let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = pools.get(&threads) {
-        return Ok(p.clone());
-    }
-    let p = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("smg-rs-{i}"))
-            .build()
-            .map_err(|e| SmgError::InvalidArgument(format!("cannot start {threads} threads: {e}")))?,
-    );
-    pools.insert(threads, p.clone());
-    Ok(p)
 }
 
 fn resolve_threads(threads: Option<usize>) -> Result<usize> {
@@ -175,13 +158,14 @@ impl<T: OutElem> FrameJob<'_, T> {
         let (oh, ow) = (self.layout.height, self.layout.width);
         let p = self.layout.geom.patch;
         let w3 = ow * 3;
-        // rows are normalized as they come and gathered into bands of one patch row, which
-        // go out patch by patch (sequential writes into the output)
-        let mut band = vec![0f32; p * w3];
+        // rows are normalized as they come into a band of one patch row, one plane per
+        // channel, which goes out patch by patch (sequential writes into the output)
+        let mut band = vec![0f32; 3 * p * ow];
         let done = frame_rows(&frame, self.plan, self.uint8, &mut |y, row| {
             assert!(y < oh && row.len() == w3, "resized frame does not match the plan");
-            self.norm.apply_rgb_row(row);
-            band[(y % p) * w3..(y % p + 1) * w3].copy_from_slice(row);
+            let (r, rest) = band[(y % p) * ow..].split_at_mut(p * ow);
+            let (g, b) = rest.split_at_mut(p * ow);
+            self.norm.apply_rgb_row_planar(row, [&mut r[..ow], &mut g[..ow], &mut b[..ow]]);
             if y % p == p - 1 {
                 unsafe { self.layout.write_band(group, slots.clone(), y / p, &band) };
             }
@@ -240,6 +224,12 @@ pub fn preprocess_video<T: OutElem>(source: Source<'_>, preset: &Preset, req: &V
     };
     let job = &job;
     let decode_result = workers.in_place_scope(|scope| -> Result<()> {
+        // fault the output in while the decoder gets to the first frame (jobs that get there
+        // first fault their pages themselves)
+        if bytes >= 1 << 20 {
+            let out = (job.out.0 as usize, bytes as usize);
+            scope.spawn(move |_| prefault(out.0 as *mut u8, out.1));
+        }
         decoder.decode_selected(&indices, |slot, frame| {
             timestamps[slot] = frame.pts_seconds;
             let _ = token_rx.recv();

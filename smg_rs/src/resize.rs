@@ -1,6 +1,9 @@
 //! Output sizes (the reference processors' integer/float arithmetic, reproduced exactly) and
 //! antialiased bicubic resampling of float frames.
 use crate::error::{invalid, Result};
+use crate::hpass::{horizontal_scalar, madd, Pairs};
+#[cfg(target_arch = "x86_64")]
+use crate::hpass::horizontal_avx2;
 use fast_image_resize as fr;
 
 /// Python's `round()` (half to even) for the non-negative values used here.
@@ -239,7 +242,7 @@ impl AxisWeights {
     }
 
     #[inline(always)]
-    fn taps(&self, i: usize) -> (usize, &[f32]) {
+    pub(crate) fn taps(&self, i: usize) -> (usize, &[f32]) {
         let s = i * self.stride;
         (self.start[i], &self.weights[s..s + self.len[i]])
     }
@@ -268,6 +271,7 @@ impl Component for f32 {
 pub struct ResampleScratch {
     column: Vec<f32>,
     row: Vec<f32>,
+    pairs: Pairs,
 }
 
 /// Separable antialiased bicubic resize of an interleaved RGB frame (`src`: `v.input` rows of
@@ -302,27 +306,25 @@ unsafe fn resample_avx2<C: Component>(src: &[C], v: &AxisWeights, h: &AxisWeight
     resample_generic::<C, true>(src, v, h, scratch, emit)
 }
 
-/// `a * b + c`: fused where the CPU has FMA (inside `resample_avx2`), else two roundings
-/// (`mul_add` without hardware FMA would be a libm call).
-#[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
 #[inline(always)]
 fn resample_generic<C: Component, const FMA: bool>(src: &[C], v: &AxisWeights, h: &AxisWeights, scratch: &mut ResampleScratch, emit: &mut dyn FnMut(usize, &mut [f32])) {
     let in_w = h.input * 3;
     let out_w = h.output * 3;
-    // one spare float: the horizontal pass loads four components (RGB + the next R) at once
-    scratch.column.clear();
-    scratch.column.resize(in_w + 1, 0.0);
-    scratch.row.clear();
-    scratch.row.resize(out_w, 0.0);
     let h_identity = h.input == h.output;
+    // AVX2 horizontal pass (same bits as the scalar one with FMA: crate::hpass)
+    #[cfg(target_arch = "x86_64")]
+    let simd = FMA && !h_identity && std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
+    if simd {
+        scratch.pairs.build(h);
+    }
+    // zeros after the column: the horizontal passes load four components (RGB + the next R)
+    // at once, and the AVX2 one runs every pixel to the axis' largest tap count
+    scratch.column.clear();
+    scratch.column.resize(in_w + Pairs::column_padding(h), 0.0);
+    scratch.row.clear();
+    scratch.row.resize(out_w + 1, 0.0);
     for y in 0..v.output {
         let (y0, wv) = v.taps(y);
         // vertical: column[x] = sum_k wv[k] * src[y0 + k][x]
@@ -345,19 +347,15 @@ fn resample_generic<C: Component, const FMA: bool>(src: &[C], v: &AxisWeights, h
             continue;
         }
         // horizontal: row[x] = sum_k wh[k] * column[x0 + k], RGB at once
-        let col = &scratch.column[..];
-        for (x, out) in scratch.row.chunks_exact_mut(3).enumerate() {
-            let (x0, wh) = h.taps(x);
-            let mut acc = [0f32; 4];
-            for (k, &wk) in wh.iter().enumerate() {
-                let p = &col[(x0 + k) * 3..(x0 + k) * 3 + 4];
-                for c in 0..4 {
-                    acc[c] = madd::<FMA>(wk, p[c], acc[c]);
-                }
-            }
-            out.copy_from_slice(&acc[..3]);
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: `simd` implies AVX2 and FMA (checked above); pairs were built from `h`.
+            unsafe { horizontal_avx2(&scratch.column, h, &scratch.pairs, &mut scratch.row) };
+            emit(y, &mut scratch.row[..out_w]);
+            continue;
         }
-        emit(y, &mut scratch.row);
+        horizontal_scalar::<FMA>(&scratch.column, h, &mut scratch.row, 0);
+        emit(y, &mut scratch.row[..out_w]);
     }
 }
 
