@@ -162,7 +162,20 @@ def _extend_batch(runner, reqs, prefix, extend):
         extend_seq_lens=torch.tensor(extend, dtype=torch.int32), extend_seq_lens_cpu=list(extend),
         extend_prefix_lens=torch.tensor(prefix, dtype=torch.int32), out_cache_loc=locs,
         minimax_m3_precached_sparse_layers=None,
+        # SGLang's host copies: the prefill plan reads these instead of syncing on the device tensors
+        extend_prefix_lens_cpu=list(prefix), seq_lens_cpu=torch.tensor([p + e for p, e in zip(prefix, extend)]),
     )
+
+
+def test_prefill_plan_takes_sglangs_host_lengths_when_they_agree():
+    from sglang_msa.backend.sparse import _host_lens
+
+    fb = SimpleNamespace(extend_seq_lens_cpu=[3, 5], extend_prefix_lens_cpu=[10, 0],
+                         seq_lens_cpu=torch.tensor([13, 5]))
+    assert _host_lens(fb, 2) == ([3, 5], [13, 5], [10, 0])
+    assert _host_lens(fb, 3) is None  # another request count (e.g. padded batches): read the device
+    assert _host_lens(SimpleNamespace(**{**vars(fb), "seq_lens_cpu": torch.tensor([14, 5])}), 2) is None
+    assert _host_lens(SimpleNamespace(**{**vars(fb), "extend_prefix_lens_cpu": None}), 2) is None
 
 
 @pytest.mark.parametrize("seed", [0, 1])

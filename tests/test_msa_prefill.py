@@ -314,6 +314,33 @@ def test_reverse_map_choice_from_the_environment(monkeypatch):
         plan(*args, **kw)
 
 
+@pytest.mark.parametrize("method", ["block_major", "union_tile", "query_major"])
+def test_plan_from_host_lens_reads_nothing_back(method, device, monkeypatch, nan_like):
+    """host_lens (SGLang's *_cpu fields) give the same plan and output without reading the device
+    length tensors back (each read is a sync with the GPU)."""
+    case = make_case(6, num_q_heads=8, num_kv_heads=2, extends=[37, 1, 20], prefixes=[30, 64, 0],
+                     block_size=BLOCK, topk=4, page_size=1, dtype=torch.float32, device=device)
+    want = nan_like(tuple(case["q"].shape), dtype=torch.float32, device=device)
+    ours(case, BLOCK, 1, method, want)
+    host = ([37, 1, 20], [67, 65, 20], [30, 64, 0])
+    banned = {id(case[k]) for k in ("cu_seqlens_q", "seq_lens", "prefix_lens")}
+    real_tolist = torch.Tensor.tolist
+
+    def guarded(t):
+        assert id(t) not in banned, "plan read a device length tensor back despite host_lens"
+        return real_tolist(t)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", guarded)
+    got = nan_like(tuple(case["q"].shape), dtype=torch.float32, device=device)
+    ours(case, BLOCK, 1, method, got, host_lens=host)
+    monkeypatch.undo()
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="host_lens"):
+        ours(case, BLOCK, 1, method, got, host_lens=(host[0][:2], host[1][:2], host[2][:2]))
+    with pytest.raises(ValueError, match="prefix_len"):  # inconsistent lengths are still refused
+        ours(case, BLOCK, 1, method, got, host_lens=(host[0], [68, 65, 20], host[2]))
+
+
 def test_sink_and_bad_shapes_raise(device):
     case = make_case(
         2, num_q_heads=8, num_kv_heads=2, extends=[5], prefixes=[3], block_size=BLOCK, topk=2,

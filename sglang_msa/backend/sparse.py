@@ -33,6 +33,23 @@ from sglang_msa.kernels.msa_indexer import IndexerDecode, indexer_prefill
 logger = logging.getLogger("sglang_msa")
 
 
+
+def _host_lens(forward_batch, num_reqs: int):
+    """SGLang's host copies of the extend/prefix/sequence lengths, so the prefill plan needs no
+    device->host sync; None (the plan then reads the device tensors back) where one is missing or
+    does not describe the same requests."""
+    ext = getattr(forward_batch, "extend_seq_lens_cpu", None)
+    pre = getattr(forward_batch, "extend_prefix_lens_cpu", None)
+    seq = getattr(forward_batch, "seq_lens_cpu", None)
+    if ext is None or pre is None or seq is None:
+        return None
+    seq = seq.tolist() if isinstance(seq, torch.Tensor) else list(seq)
+    if not len(ext) == len(pre) == len(seq) == num_reqs:
+        return None
+    if any(int(p) + int(e) != int(s) for e, p, s in zip(ext, pre, seq)):
+        return None
+    return ext, seq, pre
+
 class MSAConfigError(ValueError):
     """The model/server configuration is outside what the msa backend serves."""
 
@@ -176,7 +193,7 @@ class MSASparseAttnBackend(AttentionBackend):
             cu, seq_lens, prefix, forward_batch.req_pool_indices,
             num_q_heads=self.num_q_heads, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
             topk=self.topk, block_size=self.block_size, page_size=self.page_size,
-            dtype=self.kv_pool.main_pool.dtype,
+            dtype=self.kv_pool.main_pool.dtype, host_lens=_host_lens(forward_batch, extend_lens.shape[0]),
         )
 
     # --- forward -------------------------------------------------------------------------------

@@ -113,16 +113,31 @@ def plan(
     workspace_dtype: torch.dtype | None = None,
     tile_tokens: int | None = None,
     reverse_map: str | None = None,
+    host_lens: tuple | None = None,
 ) -> SparsePrefillPlan:
-    """Batch metadata + workspaces; syncs with the host (small [B] tensors only)."""
+    """Batch metadata + workspaces.
+
+    host_lens: ``(extend_lens, seq_lens, prefix_lens)`` as host integers (SGLang's
+    ``extend_seq_lens_cpu``, ``seq_lens_cpu``, ``extend_prefix_lens_cpu``). With them the plan never
+    waits for the GPU: host tables go up as pinned non-blocking copies. Without them the three small
+    [B] device tensors are read back, a sync that stalls the overlap scheduler's CPU work."""
     device = cu_seqlens_q.device
     if num_q_heads % num_kv_heads:
         raise ValueError(f"num_q_heads={num_q_heads} not a multiple of num_kv_heads={num_kv_heads}")
     if head_dim & (head_dim - 1) or block_size & (block_size - 1) or block_size < 16:
         raise ValueError("head_dim and block_size must be powers of two, block_size >= 16")
-    cu = [int(x) for x in cu_seqlens_q.tolist()]
-    lens = [int(x) for x in seq_lens.tolist()]
-    prefixes = [int(x) for x in prefix_lens.tolist()]
+    if host_lens is not None:
+        extend_h, lens, prefixes = ([int(x) for x in v] for v in host_lens)
+        if not len(extend_h) == len(lens) == len(prefixes) == cu_seqlens_q.shape[0] - 1:
+            raise ValueError(f"host_lens give {len(extend_h)}/{len(lens)}/{len(prefixes)} requests, "
+                             f"cu_seqlens_q has {cu_seqlens_q.shape[0] - 1}")
+        cu = [0]
+        for n in extend_h:
+            cu.append(cu[-1] + n)
+    else:
+        cu = [int(x) for x in cu_seqlens_q.tolist()]
+        lens = [int(x) for x in seq_lens.tolist()]
+        prefixes = [int(x) for x in prefix_lens.tolist()]
     num_reqs = len(cu) - 1
     num_tokens = cu[-1]
     for r in range(num_reqs):
@@ -157,8 +172,8 @@ def plan(
         paged_block=page_size >= block_size and page_size % block_size == 0,
         sm_scale_log2=scale * math.log2(math.e),
         dtype=dtype,
-        token_pos=token_pos_host.to(device),
-        token_req=token_req_host.to(device),
+        token_pos=_upload(token_pos_host, device),
+        token_req=_upload(token_req_host, device),
         seq_lens=seq_lens.to(device=device, dtype=torch.int32),
         req_pool_indices=req_pool_indices.to(device=device, dtype=torch.int64),
     )
@@ -173,6 +188,14 @@ def plan(
     if method != "query_major" and topk_idx is not None:
         bind_topk(p, topk_idx)
     return p
+
+
+def _upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host table -> device without waiting for the GPU: a copy from pageable memory first syncs the
+    stream, one from pinned memory is queued (the caching host allocator keeps the buffer alive)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _plan_union_tile(p, cu, lens, tile_tokens, num_warps, num_stages):
@@ -191,9 +214,9 @@ def _plan_union_tile(p, cu, lens, tile_tokens, num_warps, num_stages):
             reqs.append(r)
     p.num_tiles = len(starts)
     p.max_union = max_union_blocks(tt, p.topk, lens, p.block_size)
-    p.tile_start = torch.tensor(starts, dtype=torch.int32).to(device)
-    p.tile_len = torch.tensor(sizes, dtype=torch.int32).to(device)
-    p.tile_req = torch.tensor(reqs, dtype=torch.int32).to(device)
+    p.tile_start = _upload(torch.tensor(starts, dtype=torch.int32), device)
+    p.tile_len = _upload(torch.tensor(sizes, dtype=torch.int32), device)
+    p.tile_req = _upload(torch.tensor(reqs, dtype=torch.int32), device)
     p.num_warps = num_warps or (8 if tt * p.block_h >= 128 else 4)
     p.num_stages = num_stages or 2
 
@@ -223,9 +246,9 @@ def _plan_block_major(p, cu, lens, seg_tokens, chunk_tokens, item_tokens, num_wa
 
     req_of_block = torch.repeat_interleave(torch.arange(num_reqs, dtype=torch.int32), torch.tensor(blocks_per_req, dtype=torch.long))
     local_of_block = torch.cat([torch.arange(nb, dtype=torch.int32) for nb in blocks_per_req] or [torch.zeros(0, dtype=torch.int32)])
-    p.block_req = req_of_block.to(device)
-    p.block_local = local_of_block.to(device)
-    first_block = torch.tensor(cu_blocks[:-1], dtype=torch.int32, device=device)
+    p.block_req = _upload(req_of_block, device)
+    p.block_local = _upload(local_of_block, device)
+    first_block = _upload(torch.tensor(cu_blocks[:-1], dtype=torch.int32), device)
     t = torch.arange(p.num_tokens, device=device, dtype=torch.int32)
     p.token_key_base = (t // seg) * p.num_blocks_total + first_block[p.token_req.long()]
 
