@@ -9,6 +9,10 @@ Per forward batch (``init_forward_metadata_out_graph``): one prefill plan (exten
 decode plan (decode batches) shared by every sparse layer. Per layer: store K/V/index-K, run the
 indexer, run the sparse attention. Decode launches never sync or allocate, so SGLang's CUDA-graph
 runner can capture them.
+
+With ``SGLANG_MSA_FP8_INDEX=1`` (:mod:`sglang_msa.backend.fp8_index`) the pool's index-K cache is
+e4m3 with per-slot fp32 scales: ``_store`` writes main K/V through the pool and the index keys with
+``quantize_index_k`` (one launch), and both indexers get ``idx_k_scale=``. Off: nothing changes.
 """
 
 from __future__ import annotations
