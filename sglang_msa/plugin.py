@@ -18,6 +18,10 @@ What ``register()`` does, and nothing else:
 * registers one AROUND hook on ``TokenizerManager._validate_one_request`` that, for ``msa`` servers
   only, rejects client ``input_ids`` outside ``[0, vocab_size)`` with a 400 (SGLang 0.5.17 has no such
   check and an out-of-vocabulary id crashes the GPU gather; :mod:`sglang_msa.request_checks`);
+* with ``SGLANG_MSA_FP8_INDEX=1`` only (the opt-in fp8 index-K cache): one AROUND hook on
+  ``KVCacheConfigurator._build_minimax_sparse_kv_pool`` that, for ``msa`` servers, builds the MiniMax
+  pool with an e4m3 index-K cache plus per-slot scales (why, how, when it can go and how its memory is
+  counted: :mod:`sglang_msa.backend.fp8_index`); without the flag it is not registered at all;
 * with ``SGLANG_MSA_MODELS=1`` only (an explicit opt-in for every server): our model package and
   processor right away.
 
@@ -28,7 +32,8 @@ runs exactly as stock SGLang: the same model classes, processors and attention b
 which inherit them and build their model registry from them (``SGLANG_MSA_MODELS=0`` keeps SGLang's
 classes even then).
 
-Apart from those two documented hooks it patches nothing. It is idempotent, never raises (failures are logged), and can be
+Apart from those documented hooks (the third only with ``SGLANG_MSA_FP8_INDEX=1``) it patches
+nothing. It is idempotent, never raises (failures are logged), and can be
 switched off with ``SGLANG_MSA_DISABLE=1``.
 """
 

@@ -43,7 +43,8 @@ from sglang.srt.plugins import load_plugins
 load_plugins()
 out = {}
 for name, case in cases.items():
-    os.environ.pop("SGLANG_MSA_MODELS", None)
+    for var in ("SGLANG_MSA_MODELS", "SGLANG_MSA_FP8_INDEX"):
+        os.environ.pop(var, None)
     os.environ.update(case.get("env", {}))
     try:
         s = sa.ServerArgs(model_path=models[case.get("model", "rank8")], load_format="dummy", device="cuda",
@@ -87,6 +88,13 @@ REJECTED = {
     "deepep": ({"moe_a2a_backend": "deepep", "tp_size": 2, "ep_size": 2}, "--moe-a2a-backend", "MoE all-to-all"),
 }
 
+# name -> (extra server args, flag the message must name); rejected only with SGLANG_MSA_FP8_INDEX=1
+FP8_INDEX_REJECTED = {
+    "hicache": ({"enable_hierarchical_cache": True}, "--enable-hierarchical-cache"),
+    "pd_prefill": ({"disaggregation_mode": "prefill"}, "--disaggregation-mode"),
+    "pd_decode": ({"disaggregation_mode": "decode"}, "--disaggregation-mode"),
+}
+
 SUPPORTED = {
     "page1": {"page_size": 1},
     "page64": {"page_size": 64},
@@ -116,6 +124,14 @@ def _cases() -> dict:
     # SGLANG_MSA_MODELS=0: SGLang's in-tree class with the msa backend; the model rows do not apply.
     for name in ("pipeline", "redundant_experts", "fp8_e4m3", "dp_attention"):
         cases[f"msa_intree:{name}"] = {"args": {**MSA, **REJECTED[name][0]}, "env": {"SGLANG_MSA_MODELS": "0"}}
+    # SGLANG_MSA_FP8_INDEX=1: features that copy index-K bytes are refused with msa only.
+    fp8 = {"SGLANG_MSA_FP8_INDEX": "1"}
+    for name, (args, _flag) in FP8_INDEX_REJECTED.items():
+        cases[f"msa_fp8:{name}"] = {"args": {**MSA, **args}, "env": fp8}
+        cases[f"plain_fp8:{name}"] = {"args": dict(args), "env": fp8}
+        cases[f"msa:{name}"] = {"args": {**MSA, **args}}  # flag off: not this row's business
+        cases[f"plain:{name}"] = {"args": dict(args)}
+    cases["msa_fp8:default"] = {"args": dict(MSA), "env": fp8}
     cases["msa:index_value"] = {"args": dict(MSA), "model": "index_value"}
     cases["plain:index_value"] = {"args": {}, "model": "index_value"}
     cases["msa:vl_dp_attention"] = {"args": {**MSA, **REJECTED["dp_attention"][0]}, "model": "vl"}
@@ -184,6 +200,24 @@ def test_same_flags_without_msa_resolve_as_stock_sglang(on, off, name):
     mine, stock = on[f"plain:{name}"], off[f"plain:{name}"]
     assert mine.get("error") != "MSAUnsupportedFeature"
     assert mine == stock
+
+
+@pytest.mark.parametrize("name", sorted(FP8_INDEX_REJECTED))
+def test_fp8_index_refuses_index_k_byte_copies(on, off, name):
+    _args, flag = FP8_INDEX_REJECTED[name]
+    r = on[f"msa_fp8:{name}"]
+    assert r.get("error") == "MSAUnsupportedFeature", r
+    msg = r["message"]
+    assert flag in msg and "SGLANG_MSA_FP8_INDEX=1" in msg and "[fp8 index cache + index-K byte copies]" in msg, msg
+    assert "unset SGLANG_MSA_FP8_INDEX" in msg, msg
+    # The flag does nothing to servers without msa, and the row is silent when the flag is off.
+    assert on[f"plain_fp8:{name}"] == off[f"plain:{name}"]
+    assert "fp8 index" not in on[f"msa:{name}"].get("message", "")
+
+
+def test_fp8_index_flag_alone_resolves_like_msa(on):
+    mine, base = on["msa_fp8:default"]["fields"], on["msa:overlap_default"]["fields"]
+    assert mine == base
 
 
 def test_in_tree_model_class_lifts_only_the_model_rows(on):

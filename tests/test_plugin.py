@@ -242,3 +242,21 @@ def test_importing_sglang_msa_is_cheap():
         """
     )
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("flag", ["", "1"])
+def test_fp8_index_pool_hook_only_with_the_flag(flag):
+    """SGLANG_MSA_FP8_INDEX: without it SGLang's KV-pool builder is not wrapped at all (a server that
+    did not opt in is unchanged); with it, load_plugins() wraps it with our hook."""
+    proc = run_python(
+        """
+        import sys
+        from sglang.srt.plugins import load_plugins
+        load_plugins()
+        from sglang.srt.mem_cache.kv_cache_configurator import KVCacheConfigurator
+        print("WRAPPED", hasattr(KVCacheConfigurator._build_minimax_sparse_kv_pool, "__wrapped__"))
+        """,
+        env={"SGLANG_MSA_FP8_INDEX": flag} if flag else None,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"WRAPPED {flag == '1'}" in proc.stdout, proc.stdout[-2000:]

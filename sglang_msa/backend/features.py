@@ -185,6 +185,38 @@ def _sparse_layout(sa, hf):
     return None
 
 
+def _fp8_index_copies(sa, hf):
+    """With ``SGLANG_MSA_FP8_INDEX=1``: features that copy index-K bytes without its per-slot scales."""
+    from sglang_msa.backend.fp8_index import FP8_INDEX_ENV, fp8_index_enabled
+
+    if not fp8_index_enabled():
+        return None
+    detail = f"with {FP8_INDEX_ENV}=1"
+    if getattr(sa, "enable_hierarchical_cache", False):
+        return "--enable-hierarchical-cache", detail
+    if getattr(sa, "hicache_storage_backend", None):
+        return "--hicache-storage-backend", f"{sa.hicache_storage_backend} {detail}"
+    if getattr(sa, "enable_lmcache", False):
+        return "--enable-lmcache", detail
+    mode = getattr(sa, "disaggregation_mode", "null") or "null"
+    if mode != "null":
+        return "--disaggregation-mode", f"{mode} {detail}"
+    if getattr(sa, "disaggregation_decode_enable_offload_kvcache", False):
+        return "--disaggregation-decode-enable-offload-kvcache", detail
+    return None
+
+
+def _fp8_index_in_tree_rocm(sa, hf):
+    """SGLang's in-tree MiniMax-M3 class on ROCm caches bf16 index keys itself (a fused kernel)."""
+    from sglang_msa.backend.fp8_index import FP8_INDEX_ENV, fp8_index_enabled
+
+    import torch
+
+    if fp8_index_enabled() and getattr(torch.version, "hip", None) and not serves_our_model(hf):
+        return f"{FP8_INDEX_ENV}=1", "SGLANG_MSA_MODELS=0 on ROCm"
+    return None
+
+
 # ----------------------------------------------------------------------------- the table
 
 FEATURES: tuple[Feature, ...] = (
@@ -226,11 +258,38 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature(
         "fp8 KV cache", "--kv-cache-dtype fp8_e4m3 / fp8_e5m2 / mxfp8 / nvfp4 / fp4_*", REJECTED, BACKEND,
-        "msa's indexer and sparse-attention kernels read bf16/fp16/fp32 K, V and index-K pages and "
-        "have no fp8 dequantisation or KV scales; its accuracy with an fp8 cache is unmeasured.",
+        "msa's sparse-attention kernels read bf16/fp16/fp32 K and V pages and have no fp8 "
+        "dequantisation or KV scales (the index-K cache alone has an opt-in fp8 path, below); its "
+        "accuracy with an fp8 KV cache is unmeasured.",
         "--kv-cache-dtype bf16 (or auto on a bf16 checkpoint), or serve fp8 KV without "
         "--attention-backend msa.",
         _kv_cache_dtype,
+    ),
+    Feature(
+        "fp8 index cache (opt-in)", "SGLANG_MSA_FP8_INDEX=1 (environment; off by default)", SUPPORTED, BACKEND,
+        "index keys of the sparse layers stored as float8 e4m3 + one fp32 scale per slot (main K/V "
+        "unchanged); the indexers score them with e4m3 dots. The KV pool is still sized for a bf16 "
+        "index cache (no extra tokens yet; the scales fit in that budget). Tested on CPU only: its "
+        "speed and its accuracy on GPU are not yet measured. Design: sglang_msa/backend/fp8_index.py.",
+    ),
+    Feature(
+        "fp8 index cache + index-K byte copies",
+        "SGLANG_MSA_FP8_INDEX=1 with --enable-hierarchical-cache, --hicache-storage-backend, "
+        "--enable-lmcache, --disaggregation-mode prefill/decode, "
+        "--disaggregation-decode-enable-offload-kvcache", REJECTED, BACKEND,
+        "these copy the index-K cache between GPU, host, storage or hosts byte for byte, and the fp8 "
+        "index path keeps each slot's scale in a tensor of its own that they do not copy: the copied "
+        "keys would be scored with whatever scale the destination slot held.",
+        "unset SGLANG_MSA_FP8_INDEX (the bf16 index cache works with them), or drop those flags.",
+        _fp8_index_copies,
+    ),
+    Feature(
+        "fp8 index cache + SGLang's MiniMax-M3 class on ROCm", "SGLANG_MSA_FP8_INDEX=1 with SGLANG_MSA_MODELS=0 (ROCm)",
+        REJECTED, BACKEND,
+        "SGLang's in-tree class caches bf16 index keys itself with a fused ROCm kernel "
+        "(minimax_m3_precached_sparse_layers), which would write them into the fp8 cache.",
+        "unset SGLANG_MSA_FP8_INDEX, or keep our MiniMax-M3 class (SGLANG_MSA_MODELS unset).",
+        _fp8_index_in_tree_rocm,
     ),
     Feature(
         "EPLB / redundant experts",

@@ -1,5 +1,6 @@
-"""The attention hook the plugin installs through SGLang's own plugin hook registry (the other
-one, an msa-only input-id range check, is :mod:`sglang_msa.request_checks`).
+"""The attention hook the plugin installs through SGLang's own plugin hook registry (the others:
+an msa-only input-id range check, :mod:`sglang_msa.request_checks`; and, only with the opt-in
+``SGLANG_MSA_FP8_INDEX=1``, the KV-pool build hook of :mod:`sglang_msa.backend.fp8_index`).
 
 Why: for MiniMax sparse models SGLang's ``attn_backend_wrapper`` wraps whatever full-attention
 backend was chosen into ``MiniMaxHybridAttnBackend(full, MiniMaxSparseAttnBackend(runner), ...)``,
@@ -61,3 +62,6 @@ def register_hooks() -> None:
     already = any(h is wrap_minimax_sparse_with_msa for _, h, _ in HookRegistry._hooks.get(WRAPPER_TARGET, []))
     if not already:
         HookRegistry.register(WRAPPER_TARGET, wrap_minimax_sparse_with_msa, HookType.AROUND)
+    from sglang_msa.backend.fp8_index import register_pool_hook
+
+    register_pool_hook()  # nothing unless SGLANG_MSA_FP8_INDEX=1

@@ -9,6 +9,10 @@ Per forward batch (``init_forward_metadata_out_graph``): one prefill plan (exten
 decode plan (decode batches) shared by every sparse layer. Per layer: store K/V/index-K, run the
 indexer, run the sparse attention. Decode launches never sync or allocate, so SGLang's CUDA-graph
 runner can capture them.
+
+With ``SGLANG_MSA_FP8_INDEX=1`` (:mod:`sglang_msa.backend.fp8_index`) the pool's index-K cache is
+e4m3 with per-slot fp32 scales: ``_store`` writes main K/V through the pool and the index keys with
+``quantize_index_k`` (one launch), and both indexers get ``idx_k_scale=``. Off: nothing changes.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sglang_msa.kernels import msa_prefill
 from sglang_msa.kernels.msa_decode import SparseDecodeWrapper
 from sglang_msa.kernels.msa_indexer import IndexerDecode, indexer_prefill
+from sglang_msa.kernels.msa_indexer.quant import quantize_index_k
 
 logger = logging.getLogger("sglang_msa")
 
@@ -103,6 +108,7 @@ class MSASparseAttnBackend(AttentionBackend):
         self.local_blocks = _blocks_from_tokens(cfg, "sparse_local_block", "sparse_local_tokens", self.block_size, 1)
         self.idx_head_dim = int(cfg["sparse_index_dim"])
         self.page_size = pool.page_size
+        self._idx_k_scales = self._fp8_index_scales(pool)  # layer id -> fp32 [slots]; {} on the bf16 path
 
         self.num_q_heads = runner.model_config.num_attention_heads // _attn_tp_size(runner)
         self.num_kv_heads = pool.main_pool.head_num
@@ -126,6 +132,28 @@ class MSASparseAttnBackend(AttentionBackend):
             "score %s, page %d)", self.num_q_heads, self.num_kv_heads, self.block_size, self.topk,
             self.init_blocks, self.local_blocks, self.score_type, self.page_size,
         )
+
+    def _fp8_index_scales(self, pool) -> dict:
+        """The fp8 index path (``SGLANG_MSA_FP8_INDEX=1``, :mod:`sglang_msa.backend.fp8_index`): the
+        per-slot scale row of each sparse layer, fixed views made once (decode launches stay
+        allocation-free). Empty, and nothing changes, when the flag is off."""
+        from sglang_msa.backend.fp8_index import FP8_INDEX_ENV, INDEX_DTYPE, SCALE_ATTR, fp8_index_enabled
+
+        scales = getattr(pool, SCALE_ATTR, None)
+        if not fp8_index_enabled():
+            if scales is not None:
+                raise MSAConfigError(f"the KV pool carries fp8 index scales but {FP8_INDEX_ENV} is off")
+            return {}
+        k_pool = getattr(pool, "index_k_pool", None)
+        if scales is None or k_pool is None or k_pool.dtype != INDEX_DTYPE:
+            raise MSAConfigError(
+                f"{FP8_INDEX_ENV}=1 but the KV pool was not built with an fp8 index-K cache and scales "
+                "(the plugin's pool hook did not run in this process: was the flag set only after "
+                "SGLang loaded its plugins?)")
+        rows = {lid: scales[row] for lid, row in pool.index_k_layer_id_mapping.items()}
+        logger.info("sglang-msa: %s=1: fp8 index-K cache (e4m3 + per-slot scales) for sparse layers %s",
+                    FP8_INDEX_ENV, sorted(rows))
+        return rows
 
     # --- per-batch metadata --------------------------------------------------------------------
     def _ensure_decode_buffers(self, max_bs: int) -> None:
@@ -206,7 +234,20 @@ class MSASparseAttnBackend(AttentionBackend):
     def _store(self, layer, forward_batch, k, v, idx_k, idx_v):
         precached = getattr(forward_batch, "minimax_m3_precached_sparse_layers", None)
         if precached is not None and layer.layer_id in precached:
+            if self._idx_k_scales:
+                # SGLang's in-tree class (ROCm fused norm/rope/cache kernel) wrote bf16 index keys
+                # into the fp8 cache; features.py refuses that setup at startup, this is the backstop.
+                raise RuntimeError("sglang-msa: the fp8 index path cannot take index keys the model "
+                                   "cached itself (unset SGLANG_MSA_FP8_INDEX)")
             return  # the model's fused kernel already wrote this layer's caches
+        scales = self._idx_k_scales.get(layer.layer_id)
+        if scales is not None:
+            # fp8 index path: main K/V through the pool's own store, index keys quantized to e4m3 +
+            # per-slot scale in one launch (no sync, no allocation: CUDA-graph safe).
+            loc = forward_batch.out_cache_loc
+            self.kv_pool.set_kv_buffer(layer, loc, k, v, layer.k_scale_float, layer.v_scale_float)
+            quantize_index_k(idx_k, self.kv_pool.get_index_k_buffer(layer.layer_id), scales, loc)
+            return
         # The pool's own store: main K/V + index K in one launch where SGLang can fuse it.
         self.kv_pool.set_fused_kv_index_buffer(
             layer, forward_batch.out_cache_loc, k, v, idx_k, None, layer.k_scale_float,
@@ -240,6 +281,7 @@ class MSASparseAttnBackend(AttentionBackend):
             self._prefill_seq_lens, self._prefill_prefix, max_seqlen_q=self._max_seqlen_q,
             block_size=self.block_size, topk=self.topk, init_blocks=self.init_blocks,
             local_blocks=self.local_blocks, score_type=self.score_type, page_size=self.page_size,
+            idx_k_scale=self._idx_k_scales.get(layer.layer_id),
         )
         out = q.new_empty(original_tokens, self.num_q_heads * self.head_dim)
         msa_prefill.run(plan, q, k_cache, v_cache, self.req_to_token, topk_idx,
@@ -262,7 +304,8 @@ class MSASparseAttnBackend(AttentionBackend):
         idx_k_cache = self.kv_pool.get_index_k_buffer(layer.layer_id)
         topk_idx = self._topk_buf[:, :bs]
         self.decode_indexer.run(idx_q, idx_k_cache, self.req_to_token, forward_batch.req_pool_indices,
-                                forward_batch.seq_lens, out=topk_idx)
+                                forward_batch.seq_lens, out=topk_idx,
+                                idx_k_scale=self._idx_k_scales.get(layer.layer_id))
         out = q.new_empty(bs, self.num_q_heads * self.head_dim)
         wrapper.run(q, k_cache, v_cache, topk_idx, out=out.view(bs, self.num_q_heads, self.head_dim))
         return None, out
