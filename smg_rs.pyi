@@ -116,3 +116,12 @@ def preprocess_image(
     dtype: Literal["float32", "float16"] = "float32",
 ) -> VideoFeatures:
     """Patch features of one RGB uint8 `(H, W, 3)` image, or encoded PNG/JPEG/WebP/BMP bytes."""
+
+def buffer_cache_stats() -> tuple[int, int, int]:
+    """(buffers kept, bytes kept, cap in bytes) of the cache of output buffers: a features array's
+    memory goes there when the array and all its views are gone, for a later call whose output
+    has (up to 1/8 less than) its size. Cap: SMG_RS_BUFFER_CACHE_MB (default 512, 0 disables);
+    buffers under 1 MiB are not kept."""
+
+def clear_buffer_cache() -> None:
+    """Frees every buffer the output buffer cache keeps."""

@@ -447,8 +447,9 @@ def summarize(classes: dict, paths: dict, conc: dict, mal: dict, wheel: dict, rs
         "see ffmpeg_subprocess_stages_ms); throughput_videos_per_s: thread pool of "
         "N concurrent requests (one decoder thread each) cycling over the videos + videos_bframes clips; "
         "videos_per_s_concurrent: the older 2-worker pool over eight 360p requests; wheel_needs_system_ffmpeg: the "
-        "extension's ELF NEEDED names libav*/libsw* not shipped in the wheel; rss_growth: fresh process, RSS after "
-        "warm-up calls vs after 100 more; timings are medians on a shared VM, so treat as rough",
+        "extension's ELF NEEDED names libav*/libsw* not shipped in the wheel; rss_growth: fresh process, RSS read after "
+        "each of --rss-calls calls after warm-up, lowest reading of the last tenth minus lowest of the first tenth "
+        "(>= 5 each) per 100 calls: glibc arena heaps swing single readings by ~3-5 MB, a leak lifts every one; timings are medians on a shared VM, so treat as rough",
     }
     summary["target_met"] = summary["speedup_vs_sglang_python"] >= summary["target_speedup_vs_sglang_python"]
     return summary

@@ -237,3 +237,18 @@ def test_quick_run_writes_every_summary_key_and_target(tmp_path):
                 assert {"ffmpeg_subprocess_ms", "speedup_vs_ffmpeg_subprocess", "fraction_of_decode_bound",
                         "ffmpeg_subprocess_decode_ms"} <= set(r)
                 assert r["ffmpeg_subprocess_max_abs_err_vs_hf"] <= 0.02
+
+
+def test_rss_window_growth_ignores_arena_swings_but_not_a_leak():
+    from benchmarks import preprocess_peers as peers
+
+    # the 8 MB clip's shape over calls: flat, with single readings ~3.3 MB up (glibc arena heaps)
+    base = 42_300
+    swings = [base + (3_400 if i % 7 in (1, 3) else 0) + i // 50 for i in range(51)]
+    swings[-1] += 3_400  # the last reading up: the plain first/last difference reads 6.6 MB/100
+    growth, calls = peers.rss_window_growth(swings)
+    assert abs(growth * 100 / calls) < 1.0
+    # a leak of 100 KB per call (~1/80 of that clip) on top of the same swings
+    leak = [x + 100 * i for i, x in enumerate(swings)]
+    growth, calls = peers.rss_window_growth(leak)
+    assert growth * 100 / calls > 5.0

@@ -2,7 +2,8 @@
 
 Each call used to leak every packet it read (the packet scan and the decode loop both refilled one
 packet with ``av_read_frame`` without unreferencing it), so RSS grew by about the input's size per
-call. Measured in a fresh process, after a warm-up call, over calls whose leak would be ~40x the bound.
+call. Measured in a fresh process, after a warm-up call, over calls whose leak would be ~40x the bound;
+preprocess_video too (its output goes through the output buffer cache).
 """
 
 from __future__ import annotations
@@ -51,3 +52,43 @@ def test_repeated_decode_does_not_leak_the_input(tmp_path):
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["input_mb"] > 2.0, report  # the clip is large enough for a leak to show
     assert report["growth_mb"] < BOUND_MB, report
+
+
+_CHILD_FEATURES = textwrap.dedent("""
+    import gc, json, sys
+    import smg_rs
+    path, calls = sys.argv[1], int(sys.argv[2])
+    data = open(path, "rb").read()
+
+    def rss_mb():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 1e6
+
+    out_mb = 0.0
+    for source in (path, data):
+        out_mb = smg_rs.preprocess_video(source).pixel_values.nbytes / 1e6
+    trace = []
+    for i in range(calls):
+        feats = smg_rs.preprocess_video(path if i % 2 else data)
+        del feats
+        gc.collect()
+        trace.append(rss_mb())
+    k = 5  # glibc arena heaps move single readings by a few MB and back: compare window minima
+    print(json.dumps({"growth_mb": min(trace[-k:]) - min(trace[:k]), "first_last_mb": trace[-1] - trace[0],
+                      "input_mb": len(data) / 1e6, "output_mb": out_mb, "cache": smg_rs.buffer_cache_stats()}))
+""")
+
+
+def test_repeated_preprocess_does_not_leak_input_or_output(tmp_path):
+    # Same clip as above; the features (float32) go through the output buffer cache: a buffer
+    # never returned or freed would leak the output's size per call, a packet leak the input's.
+    clip = fv.make(tmp_path / "big.mp4", "1280x720", 30, 4, ["-c:v", "libx264", "-preset", "ultrafast",
+                                                             "-crf", "8", "-g", "30", "-pix_fmt", "yuv420p"])
+    r = subprocess.run([sys.executable, "-c", _CHILD_FEATURES, str(clip), str(CALLS)], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["input_mb"] > 2.0 and report["output_mb"] > 2.0, report
+    # 35 calls between the windows: a leak of either size would be > 70 MB
+    assert report["growth_mb"] < BOUND_MB, report
+    assert report["cache"][1] <= report["cache"][2], report  # kept bytes within the cap

@@ -3,6 +3,7 @@
 //! The pure-Rust core (decode, sample, resize, normalize, patchify) builds and tests without
 //! Python; the `extension-module` feature adds the thin PyO3 layer in `python.rs`.
 pub mod avio;
+pub mod bufcache;
 pub mod decode;
 pub mod error;
 mod hpass;

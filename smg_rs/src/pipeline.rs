@@ -8,6 +8,7 @@ use crate::normalize::Normalizer;
 use crate::patchify::{patchify_group, FrameLayout, OutElem};
 use crate::presets::{Filter, Preset, SizeOverrides, Stage};
 use crate::resize::{resample_rgb_rows, resize_bicubic, AxisWeights, FloatFrame, ResampleScratch};
+use crate::bufcache::Cacheable;
 use crate::pool::{pool, prefault};
 use std::sync::{mpsc, Mutex};
 
@@ -177,7 +178,7 @@ impl<T: OutElem> FrameJob<'_, T> {
 }
 
 /// Decodes, samples and turns a video into patch features for `preset`.
-pub fn preprocess_video<T: OutElem>(source: Source<'_>, preset: &Preset, req: &VideoRequest) -> Result<Features<T>> {
+pub fn preprocess_video<T: OutElem + Cacheable>(source: Source<'_>, preset: &Preset, req: &VideoRequest) -> Result<Features<T>> {
     if let Some(0) = req.max_frames {
         return invalid("max_frames must be >= 1");
     }
@@ -202,8 +203,11 @@ pub fn preprocess_video<T: OutElem>(source: Source<'_>, preset: &Preset, req: &V
     let norm = Normalizer::new(preset.mean, preset.std, preset.rescale_factor);
     let layout = FrameLayout::new(geom, out_h as usize, out_w as usize);
     debug_assert_eq!(layout.group_len(), gh * gw * cols);
-    let mut pixel_values = vec![T::default(); rows * cols];
+    // a cached buffer of an earlier call's output (old data; mapped already), else a fresh one:
+    // every element is written below (each sampled frame fills its slots of its group)
+    let (mut pixel_values, reused) = crate::bufcache::global().take::<T>(rows * cols);
     let mut timestamps = vec![0.0; indices.len()];
+    let mut delivered = vec![false; indices.len()];
     let failure: Mutex<Option<SmgError>> = Mutex::new(None);
     let workers = pool(threads)?;
     // Bounded number of frames in flight, so decoded frames cannot pile up in memory.
@@ -226,12 +230,13 @@ pub fn preprocess_video<T: OutElem>(source: Source<'_>, preset: &Preset, req: &V
     let decode_result = workers.in_place_scope(|scope| -> Result<()> {
         // fault the output in while the decoder gets to the first frame (jobs that get there
         // first fault their pages themselves)
-        if bytes >= 1 << 20 {
+        if bytes >= 1 << 20 && !reused {
             let out = (job.out.0 as usize, bytes as usize);
             scope.spawn(move |_| prefault(out.0 as *mut u8, out.1));
         }
         decoder.decode_selected(&indices, |slot, frame| {
             timestamps[slot] = frame.pts_seconds;
+            delivered[slot] = true;
             let _ = token_rx.recv();
             let tx = token_tx.clone();
             scope.spawn(move |_| {
@@ -242,6 +247,10 @@ pub fn preprocess_video<T: OutElem>(source: Source<'_>, preset: &Preset, req: &V
         })
     });
     decode_result?;
+    if let Some(slot) = delivered.iter().position(|&d| !d) {
+        // decode_selected delivers every slot or fails; a reused buffer must not keep old data
+        return Err(SmgError::VideoDecode(format!("sampled frame {slot} was not delivered")));
+    }
     if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }

@@ -4,8 +4,9 @@ use crate::error::SmgError as CoreError;
 use crate::limits::Limits;
 use crate::pipeline::{self, Features, FrameSelection, VideoRequest};
 use crate::presets::{Preset, SizeOverrides};
-use numpy::ndarray::{Array2, Array4};
-use numpy::{IntoPyArray, PyReadonlyArray3, PyUntypedArrayMethods};
+use crate::bufcache::{self, Buffer, Cacheable};
+use numpy::ndarray::{Array4, ArrayView2};
+use numpy::{IntoPyArray, PyArray2, PyReadonlyArray3, PyUntypedArrayMethods};
 use pyo3::create_exception;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -152,10 +153,34 @@ impl DecodedFrames {
     }
 }
 
-fn features_to_py<T: numpy::Element + crate::patchify::OutElem>(py: Python<'_>, f: Features<T>) -> PyResult<VideoFeatures> {
-    let arr = Array2::from_shape_vec((f.rows, f.cols), f.pixel_values)
-        .map_err(|e| InvalidArgumentError::new_err(e.to_string()))?
-        .into_pyarray(py);
+/// The owner (NumPy `base`) of a features array's memory: when the array and every view of it
+/// are gone, Python drops this, and the buffer goes to the buffer cache (bufcache.rs) for a later
+/// call of the same output size instead of being unmapped.
+#[pyclass(frozen, module = "smg_rs")]
+struct FeatureBuffer(Option<Buffer>);
+
+impl Drop for FeatureBuffer {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            bufcache::global().put_buffer(b);
+        }
+    }
+}
+
+fn features_to_py<T: numpy::Element + crate::patchify::OutElem + Cacheable>(py: Python<'_>, f: Features<T>) -> PyResult<VideoFeatures> {
+    let (rows, cols) = (f.rows, f.cols);
+    if f.pixel_values.len() != rows * cols {
+        return Err(InvalidArgumentError::new_err("features do not match their shape"));
+    }
+    let ptr = f.pixel_values.as_ptr();
+    // the Vec's heap memory stays where it is when the Vec moves into its owner
+    let owner = Bound::new(py, FeatureBuffer(Some(T::wrap(f.pixel_values))))?;
+    // SAFETY: `ptr` points at rows * cols initialized elements owned by `owner`, which the
+    // array keeps alive (its base) and nothing else touches until `owner` is dropped.
+    let arr = unsafe {
+        let view = ArrayView2::from_shape_ptr((rows, cols), ptr);
+        PyArray2::<T>::borrow_from_array(&view, owner.into_any())
+    };
     Ok(VideoFeatures {
         pixel_values: arr.into_any().unbind(),
         grid_thw: f.grid_thw,
@@ -165,6 +190,20 @@ fn features_to_py<T: numpy::Element + crate::patchify::OutElem>(py: Python<'_>, 
         duration: f.duration,
         num_source_frames: f.num_source_frames,
     })
+}
+
+/// (buffers kept, bytes kept, cap in bytes) of the output buffer cache (`SMG_RS_BUFFER_CACHE_MB`).
+#[pyfunction]
+fn buffer_cache_stats() -> (usize, usize, usize) {
+    let c = bufcache::global();
+    let (n, bytes) = c.stats();
+    (n, bytes, c.cap_bytes())
+}
+
+/// Frees the buffers the output buffer cache keeps.
+#[pyfunction]
+fn clear_buffer_cache() {
+    bufcache::global().clear()
 }
 
 #[derive(Clone, Copy)]
@@ -354,6 +393,8 @@ fn smg_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(preprocess_image, m)?)?;
     m.add_class::<VideoFeatures>()?;
     m.add_class::<DecodedFrames>()?;
+    m.add_function(wrap_pyfunction!(buffer_cache_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(clear_buffer_cache, m)?)?;
     m.add("SmgError", py.get_type::<SmgError>())?;
     m.add("VideoDecodeError", py.get_type::<VideoDecodeError>())?;
     m.add("UnsupportedFormatError", py.get_type::<UnsupportedFormatError>())?;
@@ -368,6 +409,8 @@ fn smg_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
             "preprocess_image",
             "VideoFeatures",
             "DecodedFrames",
+            "buffer_cache_stats",
+            "clear_buffer_cache",
             "SmgError",
             "VideoDecodeError",
             "UnsupportedFormatError",
