@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
@@ -297,7 +298,6 @@ def warm_up(server: Server, vocab_size: int, tokens: int = CHUNK + 4096) -> floa
     first H100 run: the first agentic point of each server ran at a third of its later speed).
     Returns its seconds, None if it failed."""
     import random
-    from concurrent.futures import ThreadPoolExecutor
 
     rng = random.Random(0)
 
@@ -580,7 +580,6 @@ def main(argv=None) -> int:
         # warm passes of three servers took 4.5 of a call's 9 minutes (H100, 2026-12-06).
         to_warm = [(n, s) for n, s in live.items() if n not in results["adopted_servers"]]
         if to_warm:
-            from concurrent.futures import ThreadPoolExecutor
             with ThreadPoolExecutor(len(to_warm)) as pool:
                 list(pool.map(lambda ns: warm(*ns), to_warm))
         results["measuring_plan"] = [f"rep {r} {n}" + (" (live)" if kept else "") for r, n, kept in plan]

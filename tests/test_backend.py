@@ -142,19 +142,17 @@ def _layer(layer_id):
                            tp_q_head_num=HQ, v_head_dim=DIM, k_scale=None, v_scale=None)
 
 
-def _assign_slots(runner, lens, gen):
-    """Give each request whole pages in shuffled order (page == block)."""
-    r2t = runner.req_to_token_pool.req_to_token
-    pages = torch.randperm(r2t.numel() // BLOCK, generator=gen)
+def _assign_slots(r2t, lens, gen, block=BLOCK):
+    """Give each request of the req_to_token table whole pages in shuffled order (page == block)."""
+    pages = torch.randperm(r2t.numel() // block, generator=gen)
     at = 0
     for r, n in enumerate(lens):
-        for j in range((n + BLOCK - 1) // BLOCK):
-            r2t[r, j * BLOCK:(j + 1) * BLOCK] = pages[at] * BLOCK + torch.arange(BLOCK)
+        for j in range((n + block - 1) // block):
+            r2t[r, j * block:(j + 1) * block] = pages[at] * block + torch.arange(block)
             at += 1
 
 
-def _extend_batch(runner, reqs, prefix, extend):
-    r2t = runner.req_to_token_pool.req_to_token
+def _extend_batch(r2t, reqs, prefix, extend):
     locs = torch.cat([r2t[r, p:p + e] for r, p, e in zip(reqs, prefix, extend)]).long()
     return SimpleNamespace(
         forward_mode=ForwardMode.EXTEND, req_pool_indices=torch.tensor(reqs, dtype=torch.int64),
@@ -186,13 +184,13 @@ def test_sparse_backend_extend_then_decode_matches_reference(seed):
     pool, r2t = runner.token_to_kv_pool, runner.req_to_token_pool.req_to_token
     layer = _layer(2)
     full = [83, 61]  # final lengths; request 1 reaches its length in two chunks (prefix reuse)
-    _assign_slots(runner, [n + 1 for n in full], gen)
+    _assign_slots(runner.req_to_token_pool.req_to_token, [n + 1 for n in full], gen)
 
     def rand(*shape):
         return torch.randn(*shape, generator=gen)
 
     def run_extend(reqs, prefix, extend):
-        fb = _extend_batch(runner, reqs, prefix, extend)
+        fb = _extend_batch(runner.req_to_token_pool.req_to_token, reqs, prefix, extend)
         backend.init_forward_metadata(fb)
         t = sum(extend)
         q, k, v = rand(t, HQ, DIM), rand(t, HKV, DIM), rand(t, HKV, DIM)

@@ -38,6 +38,7 @@ from sglang_msa.kernels.msa_indexer.quant import quantize_index_k_torch  # noqa:
 from sglang_msa.kernels.msa_prefill import naive_sparse_prefill  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from test_backend import _assign_slots, _extend_batch, _layer  # noqa: E402  (the same batch fakes)
 
 HQ, HKV, DIM = 16, 1, 128
 LAYERS = [0, 1, 1]  # one dense layer, two sparse layers (ids 1, 2)
@@ -214,31 +215,6 @@ def test_scales_fit_in_the_budget_sglang_charges(monkeypatch, sglang_ctx, dtype)
 # ----------------------------------------------------------------------------- the backend, end to end
 
 
-def _layer(layer_id):
-    return SimpleNamespace(layer_id=layer_id, k_scale_float=None, v_scale_float=None, idx_k_scale_float=None,
-                           tp_q_head_num=HQ, v_head_dim=DIM, k_scale=None, v_scale=None)
-
-
-def _assign_slots(r2t, lens, block, gen):
-    pages = torch.randperm(r2t.numel() // block, generator=gen)
-    at = 0
-    for r, n in enumerate(lens):
-        for j in range((n + block - 1) // block):
-            r2t[r, j * block:(j + 1) * block] = pages[at] * block + torch.arange(block)
-            at += 1
-
-
-def _extend_batch(r2t, reqs, prefix, extend):
-    locs = torch.cat([r2t[r, p:p + e] for r, p, e in zip(reqs, prefix, extend)]).long()
-    return SimpleNamespace(
-        forward_mode=ForwardMode.EXTEND, req_pool_indices=torch.tensor(reqs, dtype=torch.int64),
-        seq_lens=torch.tensor([p + e for p, e in zip(prefix, extend)], dtype=torch.int64),
-        extend_seq_lens=torch.tensor(extend, dtype=torch.int32), extend_seq_lens_cpu=list(extend),
-        extend_prefix_lens=torch.tensor(prefix, dtype=torch.int32), out_cache_loc=locs,
-        minimax_m3_precached_sparse_layers=None,
-    )
-
-
 def _decode_batch(r2t, lens):
     reqs = torch.arange(len(lens), dtype=torch.int64)
     return SimpleNamespace(
@@ -277,7 +253,7 @@ def test_fp8_extend_then_decode_matches_the_fp8_reference(monkeypatch, sglang_ct
     scales = backend._idx_k_scales[2]
     untouched_layer = pool.get_index_k_buffer(1).view(torch.uint8).clone(), backend._idx_k_scales[1].clone()
     full = [83, 61]
-    _assign_slots(r2t, [n + 1 for n in full], block, gen)
+    _assign_slots(r2t, [n + 1 for n in full], gen, block)
 
     def rand(*shape):
         return torch.randn(*shape, generator=gen)
@@ -352,7 +328,7 @@ def test_fp8_output_stays_close_to_the_flag_off_path_on_coherent_inputs(monkeypa
         backend = MSASparseAttnBackend(runner)
         cap = Capture(monkeypatch)
         r2t = runner.req_to_token_pool.req_to_token
-        _assign_slots(r2t, [ctx + 1], block, torch.Generator().manual_seed(0))
+        _assign_slots(r2t, [ctx + 1], torch.Generator().manual_seed(0), block)
         layer = _layer(1)
         # Prefill ctx - rows tokens, then one chunk of `rows` (the rows compared), then one decode step.
         outs = []

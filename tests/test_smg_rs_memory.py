@@ -23,8 +23,9 @@ pytestmark = [pytest.mark.cpu, pytest.mark.skipif(not fv.have_ffmpeg(), reason="
 CALLS = 40
 BOUND_MB = 16.0
 
-_CHILD = textwrap.dedent("""
-    import json, sys
+# What both child processes start with: the clip as a path and as bytes, and the process's RSS.
+_CHILD_HEAD = textwrap.dedent("""
+    import gc, json, sys
     import smg_rs
     path, calls = sys.argv[1], int(sys.argv[2])
     data = open(path, "rb").read()
@@ -32,7 +33,9 @@ _CHILD = textwrap.dedent("""
     def rss_mb():
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * 4096 / 1e6
+""")
 
+_CHILD = _CHILD_HEAD + textwrap.dedent("""
     for source in (path, data):  # a file path, then bytes in memory
         smg_rs.decode_frames(source, frame_indices=[0])
     before = rss_mb()
@@ -42,28 +45,24 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def test_repeated_decode_does_not_leak_the_input(tmp_path):
-    # A high-bitrate clip (~4 MB): a per-call leak of its packets would be ~160 MB over the calls.
+def _run_child(script: str, tmp_path, timeout: int) -> dict:
+    """Runs ``script`` over CALLS calls on a high-bitrate clip (~4 MB) in a fresh process; its report."""
     clip = fv.make(tmp_path / "big.mp4", "1280x720", 30, 4, ["-c:v", "libx264", "-preset", "ultrafast",
                                                              "-crf", "8", "-g", "30", "-pix_fmt", "yuv420p"])
-    r = subprocess.run([sys.executable, "-c", _CHILD, str(clip), str(CALLS)], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run([sys.executable, "-c", script, str(clip), str(CALLS)], capture_output=True, text=True,
+                       timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads(r.stdout.strip().splitlines()[-1])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_repeated_decode_does_not_leak_the_input(tmp_path):
+    # A per-call leak of the clip's packets would be ~160 MB over the calls.
+    report = _run_child(_CHILD, tmp_path, timeout=300)
     assert report["input_mb"] > 2.0, report  # the clip is large enough for a leak to show
     assert report["growth_mb"] < BOUND_MB, report
 
 
-_CHILD_FEATURES = textwrap.dedent("""
-    import gc, json, sys
-    import smg_rs
-    path, calls = sys.argv[1], int(sys.argv[2])
-    data = open(path, "rb").read()
-
-    def rss_mb():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096 / 1e6
-
+_CHILD_FEATURES = _CHILD_HEAD + textwrap.dedent("""
     out_mb = 0.0
     for source in (path, data):
         out_mb = smg_rs.preprocess_video(source).pixel_values.nbytes / 1e6
@@ -82,12 +81,7 @@ _CHILD_FEATURES = textwrap.dedent("""
 def test_repeated_preprocess_does_not_leak_input_or_output(tmp_path):
     # Same clip as above; the features (float32) go through the output buffer cache: a buffer
     # never returned or freed would leak the output's size per call, a packet leak the input's.
-    clip = fv.make(tmp_path / "big.mp4", "1280x720", 30, 4, ["-c:v", "libx264", "-preset", "ultrafast",
-                                                             "-crf", "8", "-g", "30", "-pix_fmt", "yuv420p"])
-    r = subprocess.run([sys.executable, "-c", _CHILD_FEATURES, str(clip), str(CALLS)], capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads(r.stdout.strip().splitlines()[-1])
+    report = _run_child(_CHILD_FEATURES, tmp_path, timeout=600)
     assert report["input_mb"] > 2.0 and report["output_mb"] > 2.0, report
     # 35 calls between the windows: a leak of either size would be > 70 MB
     assert report["growth_mb"] < BOUND_MB, report

@@ -38,7 +38,6 @@ from sglang_msa.kernels.msa_indexer.quant import quantize_index_k
 logger = logging.getLogger("sglang_msa")
 
 
-
 def _host_lens(forward_batch, num_reqs: int):
     """SGLang's host copies of the extend/prefix/sequence lengths, so the prefill plan needs no
     device->host sync; None (the plan then reads the device tensors back) where one is missing or
@@ -54,6 +53,7 @@ def _host_lens(forward_batch, num_reqs: int):
     if any(int(p) + int(e) != int(s) for e, p, s in zip(ext, pre, seq)):
         return None
     return ext, seq, pre
+
 
 class MSAConfigError(ValueError):
     """The model/server configuration is outside what the msa backend serves."""
