@@ -117,6 +117,37 @@ def test_quantize_rounds_to_nearest_even_like_torch(device):
     assert torch.equal(quantize_e4m3(rows)[0].float(), rows.to(torch.float8_e4m3fn).float())
 
 
+def test_reference_quantization_matches_kernel_where_448_over_absmax_is_inexact(device):
+    """bf16-valued rows with absmax 3 etc.: 448 / absmax is not exact, and values like -0.140625 x
+    (448 / 3) land on an e4m3 tie. The reference must divide correctly rounded, as the kernels do
+    (it once computed 448 x (1 / absmax) and moved ~0.05% of such values by a whole e4m3 step, which
+    the GPU tier caught as block scores ~1% off the kernels')."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, 128, generator=g).to(torch.bfloat16).float()
+    x[0] = 0.0
+    x[0, :2] = torch.tensor([3.0, -0.140625])  # -21.0 exactly after scaling: ties to even, -20
+    vals = torch.empty(x.shape[0], 1, 128, dtype=torch.float8_e4m3fn, device=device)
+    scales = torch.empty(x.shape[0], device=device)
+    quantize_index_k(x[:, None].to(device), vals, scales)
+    ref_vals, ref_scales = quantize_e4m3(x)
+    assert ref_vals[0, 1].float() == -20.0
+    assert torch.equal(vals[:, 0].cpu().float(), ref_vals.float())
+    assert torch.equal(scales.cpu(), ref_scales)
+
+
+def test_prefill_fp8_block128_prefix_matches_naive_exactly(device):
+    """The GPU tier's case at 1 index head, block 128 and page 128 (whole blocks per page), over
+    prefixes of 0 / 2100 / 517 tokens, in fp32: the same blocks as the reference, row for row."""
+    ext, pre = [1500, 700, 333], [0, 2100, 517]
+    b = make_batch(ext, pre, num_heads=1, page_size=128, dtype=torch.bfloat16, seed=0, device="cpu")
+    b = {k: (v.float() if v.is_floating_point() else v).to(device) for k, v in b.items()}
+    fb, scales = fp8_batch(b)
+    kw = dict(block_size=128, topk=16, init_blocks=1, local_blocks=2, score_type="max")
+    ours = indexer_prefill(**fb, idx_k_scale=scales, page_size=128, max_seqlen_q=max(ext), **kw)
+    ref = naive_indexer_prefill(**fb, idx_k_scale=scales, **kw)
+    assert torch.equal(ours.cpu(), ref.cpu())
+
+
 def test_fp8_argument_checks(device):
     b = make_batch([5], [20], num_heads=1, page_size=1, dtype=torch.float16, seed=0, device=device)
     kw = dict(block_size=16, topk=2, init_blocks=0, local_blocks=1)
