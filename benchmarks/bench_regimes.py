@@ -423,18 +423,23 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
     pt["ours_plan_ms"] = bench_ms(lambda: plan(cu, seq, pre, pool, **pkw))
     pbm = plan(cu, seq, pre, pool, **{**pkw, "method": "block_major"})  # the parts, on a block-major plan
     bind_topk(pbm, topk)
-    pt["ours_reverse_map_ms"] = bench_ms(lambda: bind_topk(pbm, topk))
-    # the counting-sort reverse map (SGLANG_MSA_REVERSE_MAP=counting, opt-in until measured) on the same plan
-    pbm.reverse_map = "counting"
-    pt["ours_reverse_map_counting_ms"] = bench_ms(lambda: bind_topk(pbm, topk))
+    # both reverse maps on the same plan, whichever is the default (SGLANG_MSA_REVERSE_MAP): the counting
+    # sort (default since the 2026-12-06 H200 run) and the stable sort
+    pt["reverse_map_default"] = pbm.reverse_map
+    for rm in ("counting", "sort"):
+        pbm.reverse_map = rm
+        pt[f"ours_reverse_map_{rm}_ms"] = bench_ms(lambda: bind_topk(pbm, topk))
+    pt["ours_reverse_map_ms"] = pt[f"ours_reverse_map_{pt['reverse_map_default']}_ms"]
     if pt.get("method") == "block_major":
-        out_c = torch.empty_like(q)
-        pt["ours_main_counting_ms"] = bench_ms(lambda: run(plan(cu, seq, pre, pool, **pkw, reverse_map="counting"),
-                                                           q, k_cache, v_cache, r2t, topk, out=out_c))
-        pt["counting_map_output_identical"] = bool(torch.equal(out_c, ours_out))
-        pt["counting_map_main_speedup"] = pt["ours_main_ms"] / pt["ours_main_counting_ms"]
-        del out_c
-    pbm.reverse_map = "sort"
+        outs = {}
+        for rm in ("counting", "sort"):
+            outs[rm] = torch.empty_like(q)
+            pt[f"ours_main_{rm}_ms"] = bench_ms(lambda: run(plan(cu, seq, pre, pool, **pkw, reverse_map=rm),
+                                                            q, k_cache, v_cache, r2t, topk, out=outs[rm]))
+        pt["counting_map_output_identical"] = bool(torch.equal(outs["counting"], outs["sort"]))
+        pt["counting_map_main_speedup"] = pt["ours_main_sort_ms"] / pt["ours_main_counting_ms"]
+        del outs
+    pbm.reverse_map = pt["reverse_map_default"]
     pt["ours_main_kernel_ms"] = bench_ms(lambda: launch_block_major(pbm, q, k_cache, v_cache, r2t))
     pt["ours_combine_ms"] = bench_ms(lambda: launch_combine(pbm, out, topk))
     del pbm
@@ -786,10 +791,11 @@ def summarize(res) -> tuple[dict, dict]:
         if pp:
             s[f"union_per_tile_64_rank8_128k_{sel}"] = pp["selection_stats"]["union_per_tile_64"]
             s[f"neighbour_jaccard_rank8_128k_{sel}"] = pp["selection_stats"]["neighbour_jaccard"]
-    for tier in ("128k", "512k"):  # the counting-sort reverse map against the sorted one (opt-in until this says)
+    for tier in ("128k", "512k"):  # the counting-sort reverse map (the default) against the sorted one
         pp = find(pts, kind="prefill", layout="8/1/1", chunk_name="16k", tier=tier, selection="realistic")
         if pp and pp.get("ours_reverse_map_counting_ms"):
-            s[f"reverse_map_counting_speedup_rank8_{tier}"] = pp["ours_reverse_map_ms"] / pp["ours_reverse_map_counting_ms"]
+            s[f"reverse_map_counting_speedup_rank8_{tier}"] = (pp["ours_reverse_map_sort_ms"]
+                                                               / pp["ours_reverse_map_counting_ms"])
             s[f"main_counting_speedup_rank8_{tier}"] = pp.get("counting_map_main_speedup")
     return s, why
 

@@ -149,7 +149,7 @@ def test_smoke_run_writes_every_summary_key(tmp_path):
         assert p["prefix"] == p["context"] - p["chunk"] > 0
         assert p["ours_out_finite"] and p["method"] == "block_major"
         for part in ("layer", "indexer", "main", "plan", "reverse_map", "main_kernel", "combine",
-                     "reverse_map_counting", "main_counting"):
+                     "reverse_map_counting", "main_counting", "reverse_map_sort", "main_sort"):
             assert p[f"ours_{part}_ms"] > 0, part
         assert p["counting_map_output_identical"] is True  # the counting-sort map: same layer output
         # split-K indexer beside the unsplit one (1 index head): same selection, both timed

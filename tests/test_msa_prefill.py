@@ -305,10 +305,11 @@ def test_reverse_map_choice_from_the_environment(monkeypatch):
     args = (torch.tensor([0, 3], dtype=torch.int32), torch.tensor([3], dtype=torch.int32),
             torch.tensor([0], dtype=torch.int32), torch.tensor([0]))
     kw = dict(num_q_heads=2, num_kv_heads=1, head_dim=HEAD_DIM, topk=2, block_size=BLOCK, method="block_major")
+    monkeypatch.delenv("SGLANG_MSA_REVERSE_MAP", raising=False)
+    assert plan(*args, **kw).reverse_map == "counting"  # the default
+    monkeypatch.setenv("SGLANG_MSA_REVERSE_MAP", "sort")
     assert plan(*args, **kw).reverse_map == "sort"
-    monkeypatch.setenv("SGLANG_MSA_REVERSE_MAP", "counting")
-    assert plan(*args, **kw).reverse_map == "counting"
-    assert plan(*args, **kw, reverse_map="sort").reverse_map == "sort"  # the argument wins
+    assert plan(*args, **kw, reverse_map="counting").reverse_map == "counting"  # the argument wins
     monkeypatch.setenv("SGLANG_MSA_REVERSE_MAP", "radix")
     with pytest.raises(ValueError, match="reverse map"):
         plan(*args, **kw)

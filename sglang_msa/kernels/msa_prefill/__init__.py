@@ -2,8 +2,8 @@
 and a union-tile path for coherent selections).
 
 Files: ``naive.py`` (fp32 reference), ``reverse_map.py`` (token->block map inverted to block->tokens),
-``reverse_map_counting.py`` (the same map by counting sort: atomics, no stable sort; opt-in with
-``SGLANG_MSA_REVERSE_MAP=counting``), ``block_major.py`` (one program per selected block), ``combine.py`` (LSE merge of the per-block
+``reverse_map_counting.py`` (the same map by counting sort: atomics, no stable sort; the default,
+``SGLANG_MSA_REVERSE_MAP=sort`` picks the sorted one), ``block_major.py`` (one program per selected block), ``combine.py`` (LSE merge of the per-block
 partials), ``query_major.py`` (one program per token), ``union_tile.py`` (one program per query tile
 walking the union of its tokens' blocks, no partials; its device-side union builder and the
 ``mean_tile_union`` / ``prefer_union_tile`` helpers), ``tiles.py`` (shared K/V block loads),
