@@ -171,6 +171,16 @@ def test_shared_expert_sum_in_the_down_projection(report):
     assert r["fallback"] <= ATOL["mlp"] * max(1.0, r["ref_max"]), r
 
 
+def test_shared_expert_fused_into_fused_moe_loads_and_sums_like_the_unfused_block(report):
+    f = report["fused_shared"]
+    assert f["unfused_reason_on_cpu"] == "needs CUDA"  # a server on CUDA fuses, like SGLang's own M3
+    assert f["num_fused"] == 1 and not f["has_shared_mlp"] and f["experts"] == 8 + 1, f
+    assert f["not_loaded"] == [] and f["warnings"] == [], f
+    assert f["w13_is_shared_gate_up"] and f["w2_is_shared_down"], f
+    assert f["routed_scaling_factor"] != 1.0, "a scale of 1 would hide where it is applied"
+    assert f["out"]["max_abs"] <= ATOL["mlp"] * max(1.0, f["out"]["ref_max"]), f
+
+
 @pytest.mark.parametrize("what", ["dense_mlp", "shared_expert", "moe_block"])
 def test_mlps_match_transformers(report, what):
     m = report["math"][what]
@@ -658,6 +668,44 @@ def _forward_check(model, tf_model) -> dict:
     return out
 
 
+def _fused_shared_check(cls, path: str, model) -> dict:
+    """The shared expert as FusedMoE's last expert (CUDA only in a server; forced here): the loader
+    puts the checkpoint's shared_experts into expert E, and the block's output equals the unfused one's
+    given TopK's fused convention (SGLang's grouped_topk_gpu / topk_sigmoid: the shared id appended
+    with weight 1, the routed weights x routed_scaling_factor)."""
+    from sglang.srt.layers.moe.topk import StandardTopKOutput
+
+    from sglang_msa.models import m3_layers
+
+    unfused_reason = model.model.layers[2].block_sparse_moe.unfused_reason
+    real = m3_layers.shared_expert_fusion
+    m3_layers.shared_expert_fusion = lambda config, quant_config=None: (1, None)
+    try:
+        info, fused, _ = _load_check(cls, path)
+    finally:
+        m3_layers.shared_expert_fusion = real
+    cfg = model.config
+    e = cfg.num_local_experts
+    ours, moe = model.model.layers[2].block_sparse_moe, fused.model.layers[2].block_sparse_moe
+    shared = ours.shared_experts
+    x = torch.randn(29, cfg.hidden_size, generator=torch.Generator().manual_seed(5)) * 3.0
+    top = ours.route(x)
+    rsf = ours.routed_scaling_factor
+    n = len(x)
+    fused_top = StandardTopKOutput(
+        torch.cat([top.topk_weights * rsf, torch.ones(n, 1)], 1),
+        torch.cat([top.topk_ids, torch.full((n, 1), e, dtype=top.topk_ids.dtype)], 1), top.router_logits)
+    moe.route = lambda hidden_states: fused_top
+    want = ours(x.clone())
+    return {"unfused_reason_on_cpu": unfused_reason, "num_fused": fused.num_fused_shared_experts,
+            "has_shared_mlp": moe.shared_experts is not None, "experts": int(moe.experts.w13_weight.shape[0]),
+            "not_loaded": info["not_loaded"], "warnings": info["warnings"],
+            "w13_is_shared_gate_up": bool(torch.equal(moe.experts.w13_weight[e], shared.gate_up_proj.weight)),
+            "w2_is_shared_down": bool(torch.equal(moe.experts.w2_weight[e], shared.down_proj.weight)),
+            "routed_scaling_factor": rsf,
+            "out": {**_diff(moe(x.clone()), want), "ref_max": float(want.abs().max())}}
+
+
 # ----------------------------------------------------------------------------- subprocess: main
 
 
@@ -693,6 +741,8 @@ def _main(paths: dict) -> None:
         note("layer math")
         report["forward"] = _forward_check(model, tf_model)
         note("forward")
+        report["fused_shared"] = _fused_shared_check(cls, paths["text"], model)
+        note("fused shared expert")
     print("REPORT " + json.dumps(report), flush=True)
     os._exit(0)  # skip process-group teardown (seconds)
 

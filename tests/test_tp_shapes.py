@@ -10,7 +10,7 @@ and the numbers the msa backend derives (q heads per rank, the KV pool's heads, 
 KV head). EP (``--ep-size 8``) is checked as well.
 
 SGLang's class on CUDA fuses the shared expert into FusedMoE as one extra expert; here (CPU) it keeps
-it as a separate TP-sharded MLP, as ours always does (``num_fused_shared_experts = 0``): the same
+it as a separate TP-sharded MLP, as ours does too off CUDA (``shared_expert_fusion``): the same
 weights and math, a different layout.
 """
 

@@ -229,6 +229,14 @@ FEATURES: tuple[Feature, ...] = (
         "not yet served on several GPUs.",
     ),
     Feature(
+        "shared-expert fusion", "(default), --disable-shared-experts-fusion", SUPPORTED, MODEL,
+        "as in SGLang's own MiniMax-M3: on CUDA (SM80+, no expert parallelism) the shared expert runs "
+        "as FusedMoE's extra expert (TopK appends it with weight 1 and scales the routed weights), "
+        "else, or with the flag, as its own TP-sharded MLP summed in the down projection's GEMM. The "
+        "server log says which (\"sglang-msa: built ...\"). Loading and the block's sum are "
+        "CPU-tested (tests/test_m3_model.py); not yet measured on a GPU.",
+    ),
+    Feature(
         "DP attention", "--enable-dp-attention, --enable-dp-lm-head", REJECTED, BACKEND,
         "our MiniMax-M3 class has no LayerCommunicator: it neither gathers the DP ranks' tokens "
         "before the MoE nor scatters them after, and it all-reduces over the whole TP group, so "
@@ -253,8 +261,10 @@ FEATURES: tuple[Feature, ...] = (
         "the next batch's metadata is built on the same forward stream after this batch's launches "
         "are queued; the sparse backend's per-batch state is read only while launching, and buffers "
         "reused across batches (decode block tables, top-k, split workspaces) are written by "
-        "stream-ordered kernels. The prefill plan reads lengths on the host (a stream sync), which "
-        "costs overlap on extend batches, not correctness.",
+        "stream-ordered kernels. The prefill plan takes SGLang's host copies of the lengths "
+        "(extend_seq_lens_cpu, seq_lens_cpu, extend_prefix_lens_cpu) and uploads its tables as "
+        "pinned non-blocking copies: no stream sync (a batch without those host copies reads the "
+        "device lengths back, one sync).",
     ),
     Feature(
         "fp8 KV cache", "--kv-cache-dtype fp8_e4m3 / fp8_e5m2 / mxfp8 / nvfp4 / fp4_*", REJECTED, BACKEND,

@@ -43,6 +43,9 @@ _FUSED = {
 }
 # block_sparse_moe.experts.<j>.<w1|w2|w3>.<leaf>: w1 = gate, w3 = up (both into w13), w2 = down.
 _EXPERT = re.compile(r"^(?P<moe>.+\.experts)\.(?P<expert>\d+)\.(?P<w>w[123])\.(?P<leaf>[^.]+)$")
+# block_sparse_moe.shared_experts.<gate|up|down>_proj.<leaf>: with the fusion, FusedMoE's last expert.
+_SHARED = re.compile(r"^(?P<moe>.+)\.shared_experts\.(?P<proj>gate|up|down)_proj\.(?P<leaf>[^.]+)$")
+_SHARED_AS_EXPERT = {"gate": "w1", "up": "w3", "down": "w2"}
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 _MTP = re.compile(r"(?:^|\.)mtp\.")
 
@@ -85,7 +88,7 @@ class MiniMaxM3SparseForCausalLM(nn.Module):
         "index_qkv_proj": ["index_q_proj", "index_k_proj", "index_v_proj"],
         "gate_up_proj": ["gate_proj", "up_proj"],
     }
-    num_fused_shared_experts = 0  # the shared expert runs as its own MLP
+    num_fused_shared_experts = 0  # 1 once built where the shared expert runs inside FusedMoE (m3_layers)
 
     def __init__(self, config, quant_config=None, prefix: str = ""):
         super().__init__()
@@ -97,8 +100,12 @@ class MiniMaxM3SparseForCausalLM(nn.Module):
         if getattr(config, "tie_word_embeddings", False):
             self.lm_head.weight = self.model.embed_tokens.weight
         self.logits_processor = LogitsProcessor(config)
-        logger.info("sglang-msa: built %s (sglang_msa.models), %d layers", type(self).__name__,
-                    config.num_hidden_layers)
+        moes = [m.block_sparse_moe for m in self.model.layers if getattr(m, "is_moe", False)]
+        self.num_fused_shared_experts = max((m.num_fused_shared for m in moes), default=0)
+        fusion = ("shared expert fused into FusedMoE" if self.num_fused_shared_experts
+                  else f"shared expert as its own MLP ({moes[0].unfused_reason})" if moes else "no MoE layers")
+        logger.info("sglang-msa: built %s (sglang_msa.models), %d layers, %s", type(self).__name__,
+                    config.num_hidden_layers, fusion)
 
     @property
     def start_layer(self) -> int:
@@ -142,6 +149,8 @@ class MiniMaxM3SparseForCausalLM(nn.Module):
             layer = _LAYER.search(name)
             if layer is not None and int(layer.group(1)) >= num_layers:
                 continue  # MTP layers stored after the decoder layers
+            if self.num_fused_shared_experts:
+                name = self._shared_as_expert(name)
             target = self._load_one(params, name, tensor)
             if target is None:
                 unknown.append(name)
@@ -151,6 +160,14 @@ class MiniMaxM3SparseForCausalLM(nn.Module):
             logger.warning("sglang-msa MiniMax-M3: %d checkpoint tensors have no parameter, e.g. %s",
                            len(unknown), unknown[:5])
         return loaded
+
+    def _shared_as_expert(self, name: str) -> str:
+        """With the fusion, the shared expert's checkpoint name as FusedMoE's last expert (id E)."""
+        shared = _SHARED.match(name)
+        if shared is None:
+            return name
+        w = _SHARED_AS_EXPERT[shared["proj"]]
+        return f"{shared['moe']}.experts.{self.config.num_local_experts}.{w}.{shared['leaf']}"
 
     @staticmethod
     def _load_one(params: dict, name: str, tensor: torch.Tensor) -> Optional[str]:

@@ -332,7 +332,7 @@ class MiniMaxM3SparseForConditionalGeneration(nn.Module):
 
     # The text model's fusions; the tower's qkv_proj fuses the same names.
     packed_modules_mapping = MiniMaxM3SparseForCausalLM.packed_modules_mapping
-    num_fused_shared_experts = 0
+    num_fused_shared_experts = 0  # set per instance from the text model (shared_expert_fusion)
 
     def __init__(self, config, quant_config=None, prefix: str = ""):
         super().__init__()
@@ -355,6 +355,7 @@ class MiniMaxM3SparseForConditionalGeneration(nn.Module):
             add_prefix("patch_merge_mlp", prefix), names=("linear_1", "linear_2"))
         self.language_model = MiniMaxM3SparseForCausalLM(config.text_config, quant_config,
                                                          add_prefix("language_model", prefix))
+        self.num_fused_shared_experts = self.language_model.num_fused_shared_experts
         # Both VL classes carry SGLang's name; this line tells in a server log which one was built.
         logger.info("sglang-msa: built %s (sglang_msa.models)", type(self).__name__)
 
