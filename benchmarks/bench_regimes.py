@@ -607,6 +607,9 @@ def decode_point(args, cfg, up, layout_name, tier, batch, l2_bytes):
     step_loc = r2t[torch.arange(batch, device=DEV), seq.long() - 1].contiguous()
     step_k = idx_k[step_loc.long()]
     pt["ours_fp8_store_graph_us"] = graph_us([lambda: quantize_index_k(step_k, ik8, iks, step_loc)])
+    if CUDA:
+        pt["indexer_decode_sweep"] = indexer_decode_sweep(hi, Di, cfg, batch, ctx, ind_steps, iqs, idx_k, ik8, iks,
+                                                          r2t, pools, seq, topk_buf, rot)
     for mode, base in (("graph", "ours_graph_us_again"), ("eager", "ours_eager_us")):
         if pt.get(base) and pt.get(f"ours_fp8_{mode}_us"):
             pt[f"fp8_step_speedup_{mode}"] = pt[base] / pt[f"ours_fp8_{mode}_us"]
@@ -634,6 +637,37 @@ def decode_point(args, cfg, up, layout_name, tier, batch, l2_bytes):
         if o and u:
             pt[f"speedup_{mode}_vs_upstream"] = u / o
     return pt
+
+
+# Decode indexer launch configs (programs per SM, warps, pipeline stages) timed under graph replay for the
+# bf16 and the fp8 index-K cache: fp8 moves half the bytes per block, so it may want more in flight than
+# the default (8, 4, 3) tuned on bf16. Recorded for choosing defaults; the step figures use the default.
+DECODE_SWEEP = [(8, 4, 3), (8, 4, 4), (8, 4, 6), (16, 4, 3), (16, 4, 4), (4, 8, 4), (8, 8, 3)]
+
+
+def indexer_decode_sweep(hi, di, cfg, batch, ctx, ind_steps, iqs, idx_k, ik8, iks, r2t, pools, seq, ref_topk, rot):
+    out = []
+    for pps, warps, stages in DECODE_SWEEP:
+        row = {"programs_per_sm": pps, "num_warps": warps, "num_stages": stages}
+        try:
+            ix = IndexerDecode(num_heads=hi, head_dim=di, block_size=cfg["block"], topk=cfg["topk"],
+                               init_blocks=cfg["init"], local_blocks=cfg["local"], page_size=cfg["page"],
+                               programs_per_sm=pps, num_warps=warps,
+                               num_stages=stages).plan(batch, ctx, DEV)
+            got = torch.full_like(ref_topk, -1)
+            ix.run(iqs[0], idx_k, r2t, pools[0], seq, out=got)
+            want = torch.full_like(ref_topk, -1)
+            ind_steps[0]()  # the default config's selection for the same inputs, into ref_topk
+            want.copy_(ref_topk)
+            row["same_selection_as_default"] = bool(torch.equal(got, want))
+            row["bf16_graph_us"] = graph_us([lambda r=r: ix.run(iqs[r], idx_k, r2t, pools[r], seq, out=got)
+                                             for r in range(rot)])
+            row["fp8_graph_us"] = graph_us([lambda r=r: ix.run(iqs[r], ik8, r2t, pools[r], seq, out=got,
+                                                               idx_k_scale=iks) for r in range(rot)])
+        except Exception as err:  # noqa: BLE001 - a config that does not compile or fit is a finding
+            row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+        out.append(row)
+    return out
 
 
 # ----------------------------------------------------------------------------------------- references
@@ -789,6 +823,13 @@ def summarize(res) -> tuple[dict, dict]:
             f"step {d['bytes_per_step_fp8_index'] / 1e9:.4g} GB vs {d['bytes_per_step'] / 1e9:.4g}; index-K stores "
             f"excluded on both sides (fp8 store of the step's keys {f('ours_fp8_store_graph_us'):.1f} us graph); "
             f"fp8 keeps {f('fp8_topk_blocks_in_common'):.3f} of the bf16 selection's blocks (random keys)")
+    for dt in ("bf16", "fp8"):  # the decode indexer's launch-config sweep: the fastest config of each cache
+        rows = [r for r in (d or {}).get("indexer_decode_sweep", []) if r.get(f"{dt}_graph_us")]
+        if rows:
+            best = min(rows, key=lambda r: r[f"{dt}_graph_us"])
+            s[f"decode_512k_b8_{dt}_indexer_sweep_best"] = {
+                k: best.get(k) for k in ("programs_per_sm", "num_warps", "num_stages", f"{dt}_graph_us",
+                                         "same_selection_as_default")}
     ws = [p.get("ours_layer_peak_extra_gib") if p.get("ours_layer_peak_extra_gib") is not None
           else p.get("ours_workspace_gib_analytic") for p in pts
           if p.get("kind") == "prefill" and p.get("layout") == "8/1/1" and p.get("chunk_name") == "16k"
