@@ -365,8 +365,9 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
     out = torch.empty_like(q)
     ikw = dict(max_seqlen_q=T, block_size=B, topk=TOPK, init_blocks=cfg["init"], local_blocks=cfg["local"],
                page_size=PAGE)
+    # the plan as the backend calls it: with SGLang's host copies of the lengths (no device->host sync)
     pkw = dict(num_q_heads=hq, num_kv_heads=hk, head_dim=D, topk=TOPK, block_size=B, page_size=PAGE, dtype=dtype,
-               method=args.method)
+               method=args.method, host_lens=([T], [L], [prefix]))
 
     def ours_indexer():
         return indexer_prefill(iq, idx_k, r2t, pool, cu, seq, pre, **ikw)
@@ -433,6 +434,8 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
     del out8, topk8, ik8, iks
     pt["ours_main_ms"] = bench_ms(lambda: ours_main(topk))  # plan + reverse map + main + combine
     pt["ours_plan_ms"] = bench_ms(lambda: plan(cu, seq, pre, pool, **pkw))
+    # the same plan reading the lengths back from the device (three syncs; the runs before 2026-12-07)
+    pt["ours_plan_device_lens_ms"] = bench_ms(lambda: plan(cu, seq, pre, pool, **{**pkw, "host_lens": None}))
     pbm = plan(cu, seq, pre, pool, **{**pkw, "method": "block_major"})  # the parts, on a block-major plan
     bind_topk(pbm, topk)
     # both reverse maps on the same plan, whichever is the default (SGLANG_MSA_REVERSE_MAP): the counting
@@ -1012,6 +1015,9 @@ def main(argv=None) -> int:
             "ratios: upstream time / our time, one measurement each in this run (medians of do_bench, CUDA events)",
             "prefill layer = indexer + plan() from scratch + reverse map + main + combine (ours); upstream's "
             "minimax_sparse_prefill (indexer + top-k + main) with the backend's arguments (block_size_q 1)",
+            "plan() is called as the backend calls it, with SGLang's host copies of the lengths (host_lens, no "
+            "device->host sync); ours_plan_device_lens_ms is the same plan reading them back (three syncs), as "
+            "runs before 2026-12-07 timed it; the plan is once per batch in a server, once per layer here",
             "upstream_main_ms runs upstream's main kernel on our indexer's selection (same blocks as ours_main_ms)",
             "decode step = one sparse layer: indexer + sparse attention (ours: IndexerDecode.run + "
             "SparseDecodeWrapper.run; upstream: minimax_sparse_decode with max_seqlen = the context); the "
