@@ -53,6 +53,9 @@ ALLREDUCE = {"busbw_gb_s": 400.0, "small_latency_us": 12.0, "ranks": 8, "per_lay
 CHUNK = 16384  # --chunked-prefill-size of every server
 A_LOG = re.compile(r"MiniMax-M3 on (\w+): attention_backend=(\w+), page_size=(\w+)")
 B_LOG = re.compile(r"sglang-msa: dense attention layers on (\w+) \((.*?)\), page size (\w+)")
+# Where each server runs the MoE shared expert: SGLang's M3 logs "Shared experts fusion optimization
+# enabled." (or "... is disabled."); our class logs "shared expert fused into FusedMoE" or "as its own MLP".
+FUSION_LOG = re.compile(r"Shared experts fusion optimization (enabled|is disabled)|shared expert (fused into FusedMoE|as its own MLP)")
 JIT_TRACE_DIR = ROOT / "benchmarks" / "jit_trace"
 JIT_LINE = re.compile(r"\[jit-trace\] [\d.]+ pid=\d+ compile (\S+) (-?\d+) ms")
 AUTOTUNE_LINE = re.compile(r"Triton autotuning for function ([^,\s]+),\s*with key as .{0,2000}?\s*finished after "
@@ -147,6 +150,8 @@ def summarize(rows: list[dict], points: list[dict], logs: dict, model: dict) -> 
         "a_page_size": (logs.get("A") or logs.get("A2") or {}).get("page_size"),
         "b_dense_backend": logs.get("B", {}).get("dense_backend"),
         "b_page_size": logs.get("B", {}).get("page_size"),
+        "shared_expert_fused": {n: v.get("shared_expert_fused") for n, v in logs.items()
+                                if isinstance(v, dict) and "shared_expert_fused" in v},
         "min_output_throughput_ratio": min((e["output_throughput_ratio"] for e in measured), default=None),
         "ratio_by_workload": ratio_by_workload,
         "output_throughput_ratio_128k": _geomean(list(tp128.values())),
@@ -188,6 +193,8 @@ def read_choices(log_text: str) -> dict:
         out.update(gpu_family=m.group(1), attention_backend=m.group(2), page_size=m.group(3))
     if m := B_LOG.search(log_text):
         out.update(dense_backend=m.group(1), dense_reason=m.group(2), page_size=m.group(3))
+    if m := FUSION_LOG.search(log_text):
+        out["shared_expert_fused"] = m.group(1) == "enabled" or m.group(2) == "fused into FusedMoE"
     return out
 
 

@@ -117,6 +117,14 @@ def test_read_choices_from_server_logs():
          "page size 128")
     assert ab_default.read_choices(a) == {"gpu_family": "Hopper", "attention_backend": "fa3", "page_size": "128"}
     assert ab_default.read_choices(b)["dense_backend"] == "fa3" and ab_default.read_choices(b)["page_size"] == "128"
+    # where the shared expert runs: SGLang's M3 and ours each say so in the log
+    assert ab_default.read_choices("x\nShared experts fusion optimization enabled.")["shared_expert_fused"] is True
+    assert ab_default.read_choices("Needs CUDA. Shared experts fusion optimization is disabled.")[
+        "shared_expert_fused"] is False
+    ours = "sglang-msa: built MiniMaxM3SparseForCausalLM (sglang_msa.models), 8 layers, shared expert {}"
+    assert ab_default.read_choices(ours.format("fused into FusedMoE"))["shared_expert_fused"] is True
+    assert ab_default.read_choices(ours.format("as its own MLP (needs CUDA)"))["shared_expert_fused"] is False
+    assert "shared_expert_fused" not in ab_default.read_choices(a)
 
 
 def test_server_commands_differ_only_by_the_compared_flag(tmp_path):
