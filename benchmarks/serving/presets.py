@@ -88,9 +88,10 @@ def _gsp_extra(n: int, prefix: int, question: int) -> tuple[str, ...]:
 
 
 def _agentic(concurrency: int = 8) -> list[Point]:
-    # Four waves of requests: with two, one slow prefill moved a point's throughput by 2x (H100, 16
-    # requests, ~2 s per point); each request costs well under a second.
-    n = max(MIN_REQUESTS, 4 * concurrency)
+    # Eight waves of requests: with two, one slow prefill moved a point's throughput by 2x (H100, 16
+    # requests, ~2 s per point); with four (32 requests, 3-4.5 s per point on an H200) one server's
+    # repeats still spread 1183-1821 tok/s. Each request costs well under a second.
+    n = max(MIN_REQUESTS, 8 * concurrency)
     return [Point("agentic", AGENTIC_PREFIX + AGENTIC_QUESTION, 256, concurrency, n,
                   dataset="generated-shared-prefix", extra=_gsp_extra(n, AGENTIC_PREFIX, AGENTIC_QUESTION),
                   shared_prefix=AGENTIC_PREFIX, range_ratio=AGENTIC_RANGE)]
