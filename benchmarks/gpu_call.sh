@@ -60,6 +60,9 @@ W=/tmp/gpu-out
 mkdir -p "$W"
 : > "$W/status.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$W/gpus.txt"
+# Whether this machine could decode video on the GPU (issue #15's opt-in NVDEC path needs the driver's
+# libnvcuvid, which containers only get with NVIDIA_DRIVER_CAPABILITIES including "video").
+echo "nvdec: libnvcuvid $(ldconfig -p 2>/dev/null | grep -c libnvcuvid) found, driver capabilities ${NVIDIA_DRIVER_CAPABILITIES:-unset}" >> "$W/gpus.txt"
 python3 -c 'import sglang, torch, triton, sglang_msa; print(sglang.__version__, torch.__version__, triton.__version__, sglang_msa.__file__)' > "$W/versions.txt" 2>&1
 if [ "${SKIP_FA3_CHECK:-0}" = 1 ]; then  # already checked on this kind of card in this session
   echo "fa3-pruned skipped (SKIP_FA3_CHECK=1)" >> "$W/status.txt"
