@@ -6,6 +6,10 @@ Starts two SGLang servers on the same checkpoint, side by side on one GPU:
      (``--models intree|ours`` puts the same class on both, so that only the backend differs),
 greedy-decodes the same token-id prompts on both (long enough to be sparse, plus prompts that share
 a prefix so B serves cached prefixes from the radix cache), and compares tokens and logprobs.
+``--num-prompts N`` spaces N prompt lengths geometrically from ``--min-len`` to ``--max-len``;
+``--fp32-reference`` then scores both servers' continuations with transformers' fp32 model of the same
+checkpoint (``benchmarks/reference_fp32.py``) once the servers are stopped: issue #14's comparison,
+``logprob_gap_vs_fp32_ours_over_intree`` = B's mean |dlogp| to fp32 over A's (A in-tree, B ours).
 Writes ``e2e-correctness-<card>-<date>.json`` with a ``summary`` object.
 """
 
@@ -79,6 +83,35 @@ def agreement(rows: list[dict]) -> dict:
     }
 
 
+def prompt_lengths(num: int, lo: int, hi: int) -> list[int]:
+    """``num`` lengths from ``lo`` to ``hi``, geometrically spaced (distinct, ascending)."""
+    if num < 1 or not 1 <= lo <= hi:
+        raise ValueError(f"need num >= 1 and 1 <= min-len <= max-len (got {num}, {lo}, {hi})")
+    if num == 1:
+        return [hi]
+    out = sorted({round(lo * (hi / lo) ** (i / (num - 1))) for i in range(num)})
+    return out
+
+
+def reference_summary(rows: list[dict], models: str) -> dict:
+    """Per server: mean / max |dlogp| to the fp32 reference over every scored token, and the fraction
+    of prompts whose whole greedy continuation is the reference's argmax at each step."""
+    out: dict = {"mean_abs_dlogp_vs_fp32": {}, "max_abs_dlogp_vs_fp32": {}, "greedy_equals_fp32_fraction": {}}
+    for s in ("a", "b"):
+        refs = [r[f"fp32_{s}"] for r in rows if r.get(f"fp32_{s}") and r[f"fp32_{s}"]["mean_abs_dlogp"] is not None]
+        if not refs:
+            continue
+        n = [len(r["tokens_a" if s == "a" else "tokens_b"]) for r in rows if r.get(f"fp32_{s}")]
+        total = sum(x["mean_abs_dlogp"] * k for x, k in zip(refs, n))
+        out["mean_abs_dlogp_vs_fp32"][s.upper()] = total / sum(n)
+        out["max_abs_dlogp_vs_fp32"][s.upper()] = max(x["max_abs_dlogp"] for x in refs)
+        out["greedy_equals_fp32_fraction"][s.upper()] = sum(x["greedy_equals_reference"] for x in refs) / len(refs)
+    m = out["mean_abs_dlogp_vs_fp32"]
+    out["logprob_gap_vs_fp32_ours_over_intree"] = (m["B"] / m["A"] if models == "mixed" and m.get("A")
+                                                   and "B" in m else None)
+    return out
+
+
 def compare(a: dict, b: dict) -> dict:
     return {
         **greedy_divergence(a["output_ids"], b["output_ids"], a["logprobs"], b["logprobs"]),
@@ -102,6 +135,13 @@ def main(argv=None) -> int:
     ap.add_argument("--models", choices=["mixed", "intree", "ours"], default="mixed",
                     help="MiniMax-M3 classes: mixed = A SGLang's in-tree, B ours (the issue's pairing); "
                          "intree / ours = the same classes on both servers, so only the backend differs")
+    ap.add_argument("--num-prompts", type=int, default=0, help="N prompt lengths from --min-len to --max-len "
+                    "(geometric) instead of --prompt-lens")
+    ap.add_argument("--min-len", type=int, default=128)
+    ap.add_argument("--max-len", type=int, default=65536)
+    ap.add_argument("--fp32-reference", action="store_true", help="score both servers' continuations with "
+                    "transformers' fp32 model of the checkpoint after the servers stop (reference_fp32.py)")
+    ap.add_argument("--reference-chunk", type=int, default=256)
     ap.add_argument("--log-dir", default="/tmp/e2e-logs")
     ap.add_argument("--port-base", type=int, default=30000, help="A listens here, B on the next port")
     args = ap.parse_args(argv)
@@ -125,9 +165,11 @@ def main(argv=None) -> int:
     results = {"card": card_name(), "date": date.today().isoformat(), "command": " ".join(sys.argv),
                "versions": versions(), "models": args.models, "servers": {}, "prompts": []}
     failed = 0
+    scored: list[tuple] = []
     try:
         start_all_or_exit((a, b), log_dir, args.health_timeout, results["servers"])
-        lens = [int(x) for x in args.prompt_lens.split(",")]
+        lens = (prompt_lengths(args.num_prompts, args.min_len, min(args.max_len, args.context_length - args.new_tokens - 8))
+                if args.num_prompts else [int(x) for x in args.prompt_lens.split(",")])
         for name, ids in make_prompts(lens, vocab, args.seed):
             with ThreadPoolExecutor(2) as pool:
                 fa = pool.submit(generate, a, ids, args.new_tokens)
@@ -141,10 +183,25 @@ def main(argv=None) -> int:
                     continue
             row = {"name": name, "len": len(ids), **compare(ra, rb)}
             results["prompts"].append(row)
+            scored.append((row, ids, ra, rb))
             print(f"{name:>22} len={len(ids):>6} exact={row['exact_match']!s:>5} "
                   f"first_div={row['first_divergence']} max|dlogp|={row['max_logprob_abs_diff']}", flush=True)
     finally:
         stop_and_record((a, b), results["servers"])
+    if args.fp32_reference and scored:
+        from benchmarks import reference_fp32
+
+        model = reference_fp32.load(args.model_path)
+        results["fp32_reference"] = ("transformers' minimax_m3_vl text model in fp32 on the same checkpoint, "
+                                     f"prompt in {args.reference_chunk}-token chunks through its DynamicCache, "
+                                     "teacher-forced on each server's own continuation")
+        for row, ids, ra, rb in scored:
+            for s, r in (("a", ra), ("b", rb)):
+                ref = reference_fp32.score(model, ids, r["output_ids"], chunk=args.reference_chunk)
+                row[f"fp32_{s}"] = reference_fp32.compare_to_reference(r["logprobs"], r["output_ids"], ref)
+            print(f"{row['name']:>22} fp32 |dlogp| mean A {row['fp32_a']['mean_abs_dlogp']} "
+                  f"B {row['fp32_b']['mean_abs_dlogp']}", flush=True)
+        del model
 
     results["summary"] = {
         "card": results["card"],
@@ -152,6 +209,8 @@ def main(argv=None) -> int:
         "cuda_graph": args.cuda_graph == "on",
         "failed_requests": failed,
         "prompt_tokens": [r["len"] for r in results["prompts"]],
+        "prompts": len(results["prompts"]),
+        **(reference_summary(results["prompts"], args.models) if args.fp32_reference else {}),
     }
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

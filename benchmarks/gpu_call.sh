@@ -19,6 +19,9 @@
 #                                         where three fit, else A2,B), AB_TRACE_JIT=1 (--trace-jit)
 #   bash benchmarks/gpu_call.sh regimes   one GPU: bench_regimes.py (REGIMES_ARGS)
 #   bash benchmarks/gpu_call.sh reliability  one GPU: reliability.py (REL_PHASES, REL_LOAD, REL_LAYERS)
+#   bash benchmarks/gpu_call.sh accuracy  one GPU: e2e_correctness.py on the tiny checkpoint, ACC_PROMPTS
+#                                         prompts of 128 to ACC_MAX_LEN tokens, both servers scored against
+#                                         transformers' fp32 model (issue #14); then the GPU test tier
 #
 # Every mode first checks the bundle's pruned FlashAttention-3 (.gpu/test_fa3_pruned.py under
 # CUDA_MODULE_LOADING=EAGER; SKIP_FA3_CHECK=1 skips it): SGLang's default backend for MiniMax-M3 on Hopper,
@@ -26,7 +29,7 @@
 # Everything lands in /tmp/gpu-out; $OUT gets results.tar.gz (all logs and JSON) plus the summaries, and
 # jit-cache.tar.xz (Triton + FlashInfer JIT caches; put it in .gpu/ to start the next fresh machine warm).
 set -u
-MODE=${1:?usage: gpu_call.sh check|vl|default|regimes|reliability}
+MODE=${1:?usage: gpu_call.sh check|vl|default|regimes|reliability|accuracy}
 LIMIT=${GPU_CALL_LIMIT_S:-560}  # leave the call's last ~40 s for packing up
 T0=$(date +%s)
 left() { echo $((LIMIT - ($(date +%s) - T0))); }
@@ -168,7 +171,25 @@ reliability)
     echo "== reliability.log"; tail -n 60 "$W/reliability.log"
   ) &
   ;;
-*) echo "unknown mode $MODE (check|vl|default|regimes|reliability)"; exit 2 ;;
+accuracy)
+  # One GPU: A (in-tree class + SGLang's sparse backend) and B (ours + msa) side by side on the tiny
+  # checkpoint, greedy continuations of ACC_PROMPTS prompts, then the fp32 reference once they stop;
+  # the GPU test tier with what time is left.
+  (
+    export CUDA_VISIBLE_DEVICES=0
+    python3 -m sglang_msa_tools.tiny_m3 /tmp/tiny > "$W/tiny.log" 2>&1
+    # the tiny checkpoint's max_position_embeddings is 65536; prompts stop 24 tokens short of the context
+    timeout $(( $(left) - 60 )) python3 benchmarks/e2e_correctness.py --model-path /tmp/tiny --out-dir "$W/e2e" \
+      --num-prompts "${ACC_PROMPTS:-64}" --max-len "${ACC_MAX_LEN:-65536}" --context-length 65536 --new-tokens 16 \
+      --fp32-reference --port-base 31000 --health-timeout 300 --log-dir "$W/e2e/logs" > "$W/e2e.log" 2>&1
+    echo "e2e-accuracy rc=$?" >> "$W/status.txt"
+    timeout $(( $(left) - 10 )) python3 -m pytest tests/test_msa_indexer_fp8.py tests/test_msa_indexer.py \
+      tests/test_msa_prefill.py tests/test_msa_decode.py tests/test_backend.py -m gpu -q -p no:cacheprovider \
+      --tb=line > "$W/pytest-gpu.log" 2>&1
+    echo "pytest-gpu rc=$?" >> "$W/status.txt"
+  ) &
+  ;;
+*) echo "unknown mode $MODE (check|vl|default|regimes|reliability|accuracy)"; exit 2 ;;
 esac
 wait
 tar czf "$OUT/results.tar.gz" --exclude=rank8-model --exclude="prof-*" --exclude="*.pt.trace.json*" -C "$W" . 2>/dev/null
