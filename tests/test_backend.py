@@ -51,6 +51,11 @@ def fake_runner(hf_config, *, page_size=BLOCK, max_reqs=4, context=256, dtype=to
         idx_head_dim=DIM, dense_layer_ids=[0], sparse_layer_ids=[1, 2], device="cpu",
         disable_value_sparse_layer_ids=[1, 2], start_layer=0, end_layer=len(LAYERS),
     )
+    return runner_over(pool, hf_config, max_reqs=max_reqs, context=context)
+
+
+def runner_over(pool, hf_config, *, max_reqs, context):
+    """What the backend reads of SGLang's ModelRunner, around a KV pool."""
     return SimpleNamespace(
         token_to_kv_pool=pool,
         req_to_token_pool=SimpleNamespace(req_to_token=torch.zeros(max_reqs, context, dtype=torch.int32),

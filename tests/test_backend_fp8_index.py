@@ -38,10 +38,17 @@ from sglang_msa.kernels.msa_indexer.quant import quantize_index_k_torch  # noqa:
 from sglang_msa.kernels.msa_prefill import naive_sparse_prefill  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from test_backend import _assign_slots, _extend_batch, _layer  # noqa: E402  (the same batch fakes)
+from test_backend import (  # noqa: E402  (the same fakes and shapes: one dense layer, two sparse layers)
+    DIM,
+    HKV,
+    HQ,
+    LAYERS,
+    _assign_slots,
+    _extend_batch,
+    _layer,
+    runner_over,
+)
 
-HQ, HKV, DIM = 16, 1, 128
-LAYERS = [0, 1, 1]  # one dense layer, two sparse layers (ids 1, 2)
 FLAG = fp8_index.FP8_INDEX_ENV
 ORIGINAL = getattr(kvc_mod.KVCacheConfigurator._build_minimax_sparse_kv_pool, "__wrapped__",
                    kvc_mod.KVCacheConfigurator._build_minimax_sparse_kv_pool)
@@ -85,17 +92,6 @@ def build_pool(hf, *, tokens, page, dtype=torch.float32, backend="msa"):
     return pool
 
 
-def runner_for(pool, hf, *, max_reqs, context):
-    return SimpleNamespace(
-        token_to_kv_pool=pool,
-        req_to_token_pool=SimpleNamespace(req_to_token=torch.zeros(max_reqs, context, dtype=torch.int32),
-                                          size=max_reqs),
-        model_config=SimpleNamespace(hf_config=hf, context_len=context, num_attention_heads=HQ),
-        server_args=SimpleNamespace(speculative_algorithm=None, attention_backend="msa"),
-        tp_size=1,
-    )
-
-
 # ----------------------------------------------------------------------------- flag off / on: the pool
 
 
@@ -109,7 +105,7 @@ def test_flag_off_changes_nothing(monkeypatch, sglang_ctx):
         assert not hasattr(pool, fp8_index.SCALE_ATTR)
     assert ours.mem_usage == stock.mem_usage
     assert ours.get_index_k_buffer(2).shape == stock.get_index_k_buffer(2).shape
-    backend = MSASparseAttnBackend(runner_for(ours, hf, max_reqs=2, context=128))
+    backend = MSASparseAttnBackend(runner_over(ours, hf, max_reqs=2, context=128))
     assert backend._idx_k_scales == {}
     # No hook at all is registered without the flag.
     from sglang.srt.plugins.hook_registry import HookRegistry
@@ -148,7 +144,7 @@ def test_flag_on_builds_an_fp8_index_and_per_slot_scales(monkeypatch, sglang_ctx
     # SGLang's own log figure includes the scales.
     index_saved = (tokens + page) * DIM * 2 * (4 - 1) / (1 << 30)  # fp32 -> e4m3 values, two layers
     assert pool.mem_usage == pytest.approx(stock.mem_usage - index_saved + scales.numel() * 4 / (1 << 30))
-    backend = MSASparseAttnBackend(runner_for(pool, hf, max_reqs=2, context=128))
+    backend = MSASparseAttnBackend(runner_over(pool, hf, max_reqs=2, context=128))
     assert sorted(backend._idx_k_scales) == [1, 2]
     for row, lid in enumerate((1, 2)):
         assert backend._idx_k_scales[lid].data_ptr() == scales[row].data_ptr()
@@ -159,11 +155,11 @@ def test_backend_refuses_a_pool_that_does_not_match_the_flag(monkeypatch, sglang
     monkeypatch.setenv(FLAG, "1")
     plain = ORIGINAL(configurator(hf, page=16), max_total_num_tokens=256)
     with pytest.raises(MSAConfigError, match="not built with an fp8 index-K cache"):
-        MSASparseAttnBackend(runner_for(plain, hf, max_reqs=2, context=128))
+        MSASparseAttnBackend(runner_over(plain, hf, max_reqs=2, context=128))
     fp8_pool = build_pool(hf, tokens=256, page=16)
     monkeypatch.delenv(FLAG)
     with pytest.raises(MSAConfigError, match="is off"):
-        MSASparseAttnBackend(runner_for(fp8_pool, hf, max_reqs=2, context=128))
+        MSASparseAttnBackend(runner_over(fp8_pool, hf, max_reqs=2, context=128))
 
 
 def test_hook_refuses_a_pool_it_cannot_make_fp8(monkeypatch, sglang_ctx):
@@ -244,7 +240,7 @@ def test_fp8_extend_then_decode_matches_the_fp8_reference(monkeypatch, sglang_ct
     block, topk, context, max_reqs = 16, 3, 256, 4
     hf = hf_config(block, topk)
     pool = build_pool(hf, tokens=max_reqs * context, page=block)
-    runner = runner_for(pool, hf, max_reqs=max_reqs, context=context)
+    runner = runner_over(pool, hf, max_reqs=max_reqs, context=context)
     backend = MSASparseAttnBackend(runner)
     cap = Capture(monkeypatch)
     r2t = runner.req_to_token_pool.req_to_token
@@ -324,7 +320,7 @@ def test_fp8_output_stays_close_to_the_flag_off_path_on_coherent_inputs(monkeypa
     for flag in ("0", "1"):
         monkeypatch.setenv(FLAG, flag)
         pool = build_pool(hf, tokens=2 * ctx, page=block)
-        runner = runner_for(pool, hf, max_reqs=1, context=ctx + block)
+        runner = runner_over(pool, hf, max_reqs=1, context=ctx + block)
         backend = MSASparseAttnBackend(runner)
         cap = Capture(monkeypatch)
         r2t = runner.req_to_token_pool.req_to_token
