@@ -35,7 +35,8 @@ logger = logging.getLogger("sglang_msa")
 
 DENSE_ENV = "SGLANG_MSA_DENSE_BACKEND"
 FALLBACK_BACKEND = "triton"
-_BACKEND_FIELDS = ("attention_backend", "prefill_attention_backend", "decode_attention_backend")
+# the server-args fields that name an attention backend (msa may be picked in any of them)
+BACKEND_FIELDS = ("attention_backend", "prefill_attention_backend", "decode_attention_backend")
 
 
 class DenseBackendError(ValueError):
@@ -63,7 +64,7 @@ def sglang_default_choice(server_args, hf_config=None) -> tuple[str, int | None]
     # A private copy with the user's backend and page size removed. SGLang freezes resolved server
     # args against assignment; the copy is ours alone, so its fields are written past that guard.
     pristine = copy.copy(server_args)
-    for name in (*_BACKEND_FIELDS, "page_size"):
+    for name in (*BACKEND_FIELDS, "page_size"):
         object.__setattr__(pristine, name, None)
     if hf_config is None:
         hf_config = pristine.get_model_config().hf_config

@@ -64,12 +64,9 @@ def fp8_index_enabled() -> bool:
 
 def serves_msa(server_args) -> bool:
     from sglang_msa import BACKEND_NAME
+    from sglang_msa.backend.dense import BACKEND_FIELDS
 
-    return BACKEND_NAME in (
-        getattr(server_args, "attention_backend", None),
-        getattr(server_args, "prefill_attention_backend", None),
-        getattr(server_args, "decode_attention_backend", None),
-    )
+    return any(getattr(server_args, f, None) == BACKEND_NAME for f in BACKEND_FIELDS)
 
 
 def index_bytes_per_token(num_sparse_layers: int, idx_head_dim: int,

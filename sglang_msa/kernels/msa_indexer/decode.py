@@ -24,6 +24,7 @@ from .common import (
     INT64_MIN,
     LOG2E,
     check_common,
+    check_fp8_cache,
     force_scores,
     key_block_id,
     order_key,
@@ -168,9 +169,8 @@ class IndexerDecode:
         if batch == 0:
             return out
         ws = self.workspace
+        check_fp8_cache(idx_k_cache, idx_k_scale)  # host-side only: nothing reaches a captured graph
         fp8 = idx_k_scale is not None
-        if fp8 != (idx_k_cache.dtype == torch.float8_e4m3fn):
-            raise ValueError("idx_k_scale goes with a float8_e4m3fn idx_k_cache, and only with one")
         _decode_block_scores_kernel[(self.num_splits(batch), batch)](
             idx_q, idx_k_cache, idx_k_scale if fp8 else idx_k_cache, req_to_token, req_pool_indices, seq_lens, ws,
             num_heads, self.sm_scale,

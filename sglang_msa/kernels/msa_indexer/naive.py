@@ -26,11 +26,11 @@ def quantize_e4m3(x: torch.Tensor):
     the fp8 index path's rule for keys (stored) and queries (in the kernels)."""
     x = x.float()
     amax = x.abs().amax(dim=-1)
-    amax = torch.where(amax > 0, amax, torch.full_like(amax, E4M3_MAX))
+    e4m3_max = torch.full_like(amax, E4M3_MAX)
+    amax = torch.where(amax > 0, amax, e4m3_max)
     # tensor / tensor: correctly rounded like the kernels' div_rn. A Python scalar over a tensor
     # (448 / amax) is computed as 448 * (1 / amax) on CPU, an ulp off at times, and that ulp moves
     # values sitting on an e4m3 rounding tie by a whole e4m3 step (~0.05% of random bf16 values).
-    e4m3_max = torch.full_like(amax, E4M3_MAX)
     inv = e4m3_max / amax
     vals = (x * inv[..., None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
     return vals, amax / e4m3_max
