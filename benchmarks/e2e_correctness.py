@@ -98,12 +98,14 @@ def reference_summary(rows: list[dict], models: str) -> dict:
     of prompts whose whole greedy continuation is the reference's argmax at each step."""
     out: dict = {"mean_abs_dlogp_vs_fp32": {}, "max_abs_dlogp_vs_fp32": {}, "greedy_equals_fp32_fraction": {}}
     for s in ("a", "b"):
-        refs = [r[f"fp32_{s}"] for r in rows if r.get(f"fp32_{s}") and r[f"fp32_{s}"]["mean_abs_dlogp"] is not None]
-        if not refs:
+        # (comparison, tokens scored) of the rows with a scored continuation, kept together
+        scored = [(r[f"fp32_{s}"], len(r[f"tokens_{s}"])) for r in rows
+                  if r.get(f"fp32_{s}") and r[f"fp32_{s}"]["mean_abs_dlogp"] is not None]
+        if not scored:
             continue
-        n = [len(r["tokens_a" if s == "a" else "tokens_b"]) for r in rows if r.get(f"fp32_{s}")]
-        total = sum(x["mean_abs_dlogp"] * k for x, k in zip(refs, n))
-        out["mean_abs_dlogp_vs_fp32"][s.upper()] = total / sum(n)
+        refs = [x for x, _ in scored]
+        total = sum(x["mean_abs_dlogp"] * k for x, k in scored)
+        out["mean_abs_dlogp_vs_fp32"][s.upper()] = total / sum(k for _, k in scored)
         out["max_abs_dlogp_vs_fp32"][s.upper()] = max(x["max_abs_dlogp"] for x in refs)
         out["greedy_equals_fp32_fraction"][s.upper()] = sum(x["greedy_equals_reference"] for x in refs) / len(refs)
     m = out["mean_abs_dlogp_vs_fp32"]

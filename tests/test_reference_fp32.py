@@ -70,6 +70,11 @@ def test_compare_to_reference_and_summary():
     assert s["logprob_gap_vs_fp32_ours_over_intree"] == pytest.approx(0.125 / 0.225)
     assert s["greedy_equals_fp32_fraction"] == {"A": 1.0, "B": 0.5}
     assert e2e_correctness.reference_summary(rows, "ours")["logprob_gap_vs_fp32_ours_over_intree"] is None
+    # an empty continuation (nothing scored) before the others counts for nothing, and shifts nothing
+    empty = reference_fp32.compare_to_reference([], [], {"logprobs": [], "argmax": []})
+    s = e2e_correctness.reference_summary([{"tokens_a": [], "tokens_b": [], "fp32_a": empty, "fp32_b": empty}]
+                                          + rows, "mixed")
+    assert s["mean_abs_dlogp_vs_fp32"] == {"A": pytest.approx(0.225), "B": pytest.approx(0.125)}
 
 
 def test_prompt_lengths_are_geometric_and_bounded():
