@@ -19,6 +19,7 @@ import math
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import triton
 
@@ -123,30 +124,26 @@ def plan(
 
     host_lens: ``(extend_lens, seq_lens, prefix_lens)`` as host integers (SGLang's
     ``extend_seq_lens_cpu``, ``seq_lens_cpu``, ``extend_prefix_lens_cpu``). With them the plan never
-    waits for the GPU: host tables go up as pinned non-blocking copies. Without them the three small
-    [B] device tensors are read back, a sync that stalls the overlap scheduler's CPU work."""
+    waits for the GPU: the host tables go up as one pinned non-blocking copy. Without them the three
+    small [B] device tensors are read back (one copy), a sync that stalls the overlap scheduler's CPU work."""
     device = cu_seqlens_q.device
     if num_q_heads % num_kv_heads:
         raise ValueError(f"num_q_heads={num_q_heads} not a multiple of num_kv_heads={num_kv_heads}")
     if head_dim & (head_dim - 1) or block_size & (block_size - 1) or block_size < 16:
         raise ValueError("head_dim and block_size must be powers of two, block_size >= 16")
     if host_lens is not None:
-        extend_h, lens, prefixes = ([int(x) for x in v] for v in host_lens)
-        if not len(extend_h) == len(lens) == len(prefixes) == cu_seqlens_q.shape[0] - 1:
-            raise ValueError(f"host_lens give {len(extend_h)}/{len(lens)}/{len(prefixes)} requests, "
+        extend, lens, prefixes = (np.asarray(v, dtype=np.int64) for v in host_lens)
+        if not len(extend) == len(lens) == len(prefixes) == cu_seqlens_q.shape[0] - 1:
+            raise ValueError(f"host_lens give {len(extend)}/{len(lens)}/{len(prefixes)} requests, "
                              f"cu_seqlens_q has {cu_seqlens_q.shape[0] - 1}")
-        cu = [0]
-        for n in extend_h:
-            cu.append(cu[-1] + n)
+        cu = np.concatenate(([0], np.cumsum(extend)))
     else:
-        cu = [int(x) for x in cu_seqlens_q.tolist()]
-        lens = [int(x) for x in seq_lens.tolist()]
-        prefixes = [int(x) for x in prefix_lens.tolist()]
-    num_reqs = len(cu) - 1
-    num_tokens = cu[-1]
-    for r in range(num_reqs):
-        if prefixes[r] + cu[r + 1] - cu[r] != lens[r]:
-            raise ValueError(f"request {r}: prefix_len + extend_len != seq_len")
+        cu, lens, prefixes = _read_back_lens(cu_seqlens_q, seq_lens, prefix_lens)
+        extend = np.diff(cu)
+    bad = np.flatnonzero(prefixes + extend != lens)
+    if bad.size:
+        raise ValueError(f"request {bad[0]}: prefix_len + extend_len != seq_len")
+    num_tokens = int(cu[-1])
     group = num_q_heads // num_kv_heads
     block_h = triton.next_power_of_2(group)
     if method == "auto":
@@ -157,12 +154,6 @@ def plan(
         raise ValueError(f"unknown method {method!r}")
     scale = head_dim**-0.5 if sm_scale is None else sm_scale
 
-    extend = [cu[r + 1] - cu[r] for r in range(num_reqs)]
-    token_req_host = torch.repeat_interleave(torch.arange(num_reqs, dtype=torch.int32), torch.tensor(extend, dtype=torch.long))
-    token_pos_host = torch.cat(
-        [torch.arange(prefixes[r], lens[r], dtype=torch.int32) for r in range(num_reqs)]
-        or [torch.zeros(0, dtype=torch.int32)]
-    )
     p = SparsePrefillPlan(
         method=method,
         num_tokens=num_tokens,
@@ -176,63 +167,102 @@ def plan(
         paged_block=page_size >= block_size and page_size % block_size == 0,
         sm_scale_log2=scale * math.log2(math.e),
         dtype=dtype,
-        token_pos=_upload(token_pos_host, device),
-        token_req=_upload(token_req_host, device),
-        seq_lens=seq_lens.to(device=device, dtype=torch.int32),
+        # the int32 tables are set below from one packed upload
+        token_pos=None,
+        token_req=None,
+        seq_lens=None,
         req_pool_indices=req_pool_indices.to(device=device, dtype=torch.int64),
     )
+    tables = _token_tables(cu, extend, lens, prefixes)
     if method == "block_major":
         p.prefetch = prefetch
         p.reverse_map = reverse_map or os.environ.get(REVERSE_MAP_ENV, "").strip().lower() or DEFAULT_REVERSE_MAP
         if p.reverse_map not in REVERSE_MAPS:
             raise ValueError(f"unknown reverse map {p.reverse_map!r} (one of {REVERSE_MAPS}; {REVERSE_MAP_ENV})")
-        _plan_block_major(p, cu, lens, seg_tokens, chunk_tokens, item_tokens, num_warps, num_stages, workspace_dtype)
+        tables |= _plan_block_major(p, device, extend, lens, seg_tokens, chunk_tokens, item_tokens, num_warps,
+                                    num_stages, workspace_dtype)
     elif method == "union_tile":
-        _plan_union_tile(p, cu, lens, tile_tokens, num_warps, num_stages)
+        tables |= _plan_union_tile(p, cu, extend, lens, tile_tokens, num_warps, num_stages)
+    for name, view in _upload_tables(tables, device).items():
+        setattr(p, name, view)
     if method != "query_major" and topk_idx is not None:
         bind_topk(p, topk_idx)
     return p
 
 
+def _read_back_lens(cu_seqlens_q, seq_lens, prefix_lens):
+    """(cu, seq_lens, prefix_lens) as int64 numpy arrays, in one device->host copy (one sync)."""
+    device = cu_seqlens_q.device
+    num_reqs = cu_seqlens_q.shape[0] - 1
+    host = torch.cat([t.to(device=device, dtype=torch.int64) for t in (cu_seqlens_q, seq_lens, prefix_lens)]).cpu().numpy()
+    return host[: num_reqs + 1], host[num_reqs + 1 : 2 * num_reqs + 1], host[2 * num_reqs + 1 :]
+
+
+def _token_tables(cu, extend, lens, prefixes):
+    """Per-token position and request, and the sequence lengths (int64 numpy; packed as int32)."""
+    num_tokens = int(cu[-1])
+    token_req = np.repeat(np.arange(len(lens)), extend)
+    token_pos = np.arange(num_tokens) + np.repeat(prefixes - cu[:-1], extend)
+    return {"token_pos": token_pos, "token_req": token_req, "seq_lens": lens}
+
+
+# Views into the packed buffer start on 16 int32s (64 bytes), as separate allocations did: Triton
+# specialises pointer arguments on 16-byte alignment, so a misaligned table would compile another variant.
+TABLE_ALIGN = 16
+
+
+def _upload_tables(tables: dict, device: torch.device) -> dict:
+    """Every host table in one int32 buffer, one upload, and a contiguous device view per table.
+
+    plan() is host-bound: with a torch op or an ``_upload`` per table it took 0.68 ms for one 16k-token
+    chunk over a 112k prefix on an H200, more than the block-major kernel (0.52 ms;
+    benchmarks/results/kernels-NVIDIA-H200-2026-12-06-regimes.json). Numpy tables + one copy remove that."""
+    starts, total = [], 0
+    for a in tables.values():
+        starts.append(total)
+        total += -(-a.size // TABLE_ALIGN) * TABLE_ALIGN
+    packed = np.zeros(total, dtype=np.int32)
+    for start, a in zip(starts, tables.values()):
+        packed[start : start + a.size] = a
+    on_device = _upload(torch.from_numpy(packed), device)
+    return {name: on_device[start : start + a.size] for start, (name, a) in zip(starts, tables.items())}
+
+
 def _upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host table -> device without waiting for the GPU: a copy from pageable memory first syncs the
-    stream, one from pinned memory is queued (the caching host allocator keeps the buffer alive)."""
+    stream, one from pinned memory is queued (the caching host allocator keeps the buffer alive until
+    the copy is done, so no pinned buffer is kept here across calls)."""
     if device.type != "cuda":
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
 
 
-def _plan_union_tile(p, cu, lens, tile_tokens, num_warps, num_stages):
+def _plan_union_tile(p, cu, extend, lens, tile_tokens, num_warps, num_stages):
     """Query tiles of ``tile_tokens`` consecutive tokens of one request, and the union buffer width."""
-    device = p.token_pos.device
     # default: 128 MMA rows (8 tokens x 16 heads for M3, 16 x 8 at TP8), at most 64 tokens; unmeasured on GPU
     tt = tile_tokens or min(64, max(1, 128 // p.block_h))
     if tt & (tt - 1) or tt * p.block_h < 16:
         raise ValueError(f"tile_tokens={tt} must be a power of two with tile_tokens * {p.block_h} heads >= 16")
     p.tile_tokens = tt
-    starts, sizes, reqs = [], [], []
-    for r in range(len(lens)):
-        for t in range(cu[r], cu[r + 1], tt):
-            starts.append(t)
-            sizes.append(min(tt, cu[r + 1] - t))
-            reqs.append(r)
-    p.num_tiles = len(starts)
-    p.max_union = max_union_blocks(tt, p.topk, lens, p.block_size)
-    p.tile_start = _upload(torch.tensor(starts, dtype=torch.int32), device)
-    p.tile_len = _upload(torch.tensor(sizes, dtype=torch.int32), device)
-    p.tile_req = _upload(torch.tensor(reqs, dtype=torch.int32), device)
+    tiles_per_req = -(-extend // tt)
+    first_tile = np.cumsum(tiles_per_req) - tiles_per_req
+    p.num_tiles = int(tiles_per_req.sum())
+    tile_req = np.repeat(np.arange(len(lens)), tiles_per_req)
+    # tile k of request r starts at cu[r] + (k - first_tile[r]) * tt
+    tile_start = np.arange(p.num_tiles) * tt + np.repeat(cu[:-1] - first_tile * tt, tiles_per_req)
+    tile_len = np.minimum(tt, np.repeat(cu[1:], tiles_per_req) - tile_start)
+    p.max_union = max_union_blocks(tt, p.topk, lens.tolist(), p.block_size)
     p.num_warps = num_warps or (8 if tt * p.block_h >= 128 else 4)
     p.num_stages = num_stages or 2
+    return {"tile_start": tile_start, "tile_len": tile_len, "tile_req": tile_req}
 
 
-def _plan_block_major(p, cu, lens, seg_tokens, chunk_tokens, item_tokens, num_warps, num_stages, workspace_dtype):
-    device = p.token_pos.device
-    num_reqs = len(lens)
-    blocks_per_req = [triton.cdiv(n, p.block_size) for n in lens]
-    cu_blocks = [0]
-    for nb in blocks_per_req:
-        cu_blocks.append(cu_blocks[-1] + nb)
-    p.num_blocks_total = max(cu_blocks[-1], 1)
+def _plan_block_major(p, device, extend, lens, seg_tokens, chunk_tokens, item_tokens, num_warps, num_stages,
+                      workspace_dtype):
+    blocks_per_req = -(-lens // p.block_size)
+    first_block = np.cumsum(blocks_per_req) - blocks_per_req
+    num_blocks = int(blocks_per_req.sum())
+    p.num_blocks_total = max(num_blocks, 1)
     seg = seg_tokens or DEFAULT_SEG_TOKENS
     num_seg = max(triton.cdiv(p.num_tokens, seg), 1)
     p.bucket_stride_group = num_seg * p.num_blocks_total
@@ -248,17 +278,17 @@ def _plan_block_major(p, cu, lens, seg_tokens, chunk_tokens, item_tokens, num_wa
     num_entries = p.num_kv_heads * p.num_tokens * p.topk
     p.num_items = max_work_items(num_entries, p.num_buckets, p.item_tokens)
 
-    req_of_block = torch.repeat_interleave(torch.arange(num_reqs, dtype=torch.int32), torch.tensor(blocks_per_req, dtype=torch.long))
-    local_of_block = torch.cat([torch.arange(nb, dtype=torch.int32) for nb in blocks_per_req] or [torch.zeros(0, dtype=torch.int32)])
-    p.block_req = _upload(req_of_block, device)
-    p.block_local = _upload(local_of_block, device)
-    first_block = _upload(torch.tensor(cu_blocks[:-1], dtype=torch.int32), device)
-    t = torch.arange(p.num_tokens, device=device, dtype=torch.int32)
-    p.token_key_base = (t // seg) * p.num_blocks_total + first_block[p.token_req.long()]
-
     ws_dtype = workspace_dtype or p.dtype
     p.ws_o = torch.empty(num_entries * p.group, p.head_dim, dtype=ws_dtype, device=device)
     p.ws_lse = torch.empty(num_entries * p.group, dtype=torch.float32, device=device)
+    # (t // seg) * num_blocks_total, repeated per segment rather than divided per token (4x cheaper)
+    segment_base = np.repeat(np.arange(num_seg) * p.num_blocks_total, seg)[: p.num_tokens]
+    return {
+        "block_req": np.repeat(np.arange(len(lens)), blocks_per_req),
+        "block_local": np.arange(num_blocks) - np.repeat(first_block, blocks_per_req),
+        # < bucket_stride_group, as the reverse map's int32 keys already require
+        "token_key_base": segment_base + np.repeat(first_block, extend),
+    }
 
 
 def bind_topk(p: SparsePrefillPlan, topk_idx: torch.Tensor) -> None:
