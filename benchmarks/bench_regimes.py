@@ -21,7 +21,9 @@ Matrix (issue #13):
   (``fp8_topk_blocks_in_common``) and the layer-output change that causes (``fp8_out_max_abs_diff``);
   Mean union of the blocks selected per 64/128-row query tile and the neighbour Jaccard are reported
   from the selection actually used Ours' main is also timed with plan(method="union_tile") on the same inputs
-  (``ours_union_ms``, plan included; ``union_speedup_vs_block_major`` when the default is block-major);
+  (``ours_union_ms``, plan included; ``union_speedup_vs_block_major`` when the default is block-major),
+  and its kernel variants (``union_variants``: prefetch 0/1/2 at 64/128 MMA rows, 4/8 warps) as union
+  map + kernel and kernel alone, against block-major's map + main + combine and its main kernel;
 - decode: one sparse layer's step (indexer + sparse attention) at 128k, 512k, 1M, B = 1, 8, 32,
   under CUDA-graph replay (and eager), next to the bandwidth floor: bytes that must move (index-K
   scan + selected K/V + q/out) / device copy bandwidth measured in the same run; the same step with
@@ -79,7 +81,7 @@ from sglang_msa.kernels.msa_indexer.prefill import auto_split_k  # noqa: E402
 from sglang_msa.kernels.msa_prefill import bind_topk, plan, run  # noqa: E402
 from sglang_msa.kernels.msa_prefill.block_major import launch_block_major  # noqa: E402
 from sglang_msa.kernels.msa_prefill.combine import launch_combine  # noqa: E402
-from sglang_msa.kernels.msa_prefill.union_tile import mean_tile_union  # noqa: E402
+from sglang_msa.kernels.msa_prefill.union_tile import launch_union_tile, mean_tile_union  # noqa: E402
 from sglang_msa_tools.tiny_m3 import SPARSE_COMMON  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -476,6 +478,7 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
     except Exception as err:  # noqa: BLE001
         pt["ours_union_error"] = f"{type(err).__name__}: {str(err)[:400]}"
         traceback.print_exc()
+    union_variants(pt, cu, seq, pre, pool, ukw, q, k_cache, v_cache, r2t, topk, ours_out)
     if CUDA:
         torch.cuda.empty_cache()
     if up is not None:
@@ -524,6 +527,65 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
         if pt.get("ours_fp8_layer_ms"):
             pt["fp8_layer_speedup_vs_upstream"] = pt["upstream_layer_ms"] / pt["ours_fp8_layer_ms"]
     return pt
+
+
+# Union-tile kernel variants (union_tile.py; plan(prefetch=, tile_tokens=, num_warps=, num_stages=)), each
+# timed as the union map build + kernel (bind_topk + launch; the plan is outside, as block-major's parts
+# are) and as the kernel alone. MMA rows = tile tokens x the group's padded q heads, so the same variant
+# means 16 / 8 tokens at 8 q heads per KV head (TP8) and 8 / 4 at 16. First: today's default kernel.
+# The sm_90 builds (offline) spill ~280 B/thread for prefetch 1 at 128 rows and ~56 B at 64 rows on 8
+# warps; prefetch 2 keeps K/V in shared memory (num_stages 3: 224 / 208 KB) and spills < 64 B.
+UNION_VARIANTS = [  # (name, prefetch, MMA rows, num_warps, num_stages)
+    ("p0_r128_w8_s2", 0, 128, 8, 2),
+    ("p1_r128_w8_s2", 1, 128, 8, 2),
+    ("p1_r64_w8_s2", 1, 64, 8, 2),
+    ("p2_r128_w8_s3", 2, 128, 8, 3),
+    ("p2_r64_w8_s3", 2, 64, 8, 3),
+    ("p2_r64_w4_s3", 2, 64, 4, 3),
+]
+
+
+def union_variants(pt, cu, seq, pre, pool, ukw, q, k_cache, v_cache, r2t, topk, ours_out):
+    """pt["union_variants"]: per variant map+kernel ms, kernel ms, output max abs diff vs block-major, and
+    speedups over block-major's map + main + combine (no plan either side) and over its main kernel."""
+    bm = pt.get("method") == "block_major"
+    bm_parts = [pt.get(k) for k in ("ours_reverse_map_ms", "ours_main_kernel_ms", "ours_combine_ms")]
+    bm_ms = sum(bm_parts) if all(bm_parts) else None
+    rows = []
+    for name, prefetch, mma_rows, warps, stages in UNION_VARIANTS:
+        row = dict(name=name, prefetch=prefetch, mma_rows=mma_rows, num_warps=warps, num_stages=stages)
+        try:
+            block_h = triton.next_power_of_2(pt["heads"]["q"] // pt["heads"]["kv"])
+            pv = plan(cu, seq, pre, pool, **ukw, prefetch=prefetch, tile_tokens=max(1, mma_rows // block_h),
+                      num_warps=warps, num_stages=stages)
+            row["tile_tokens"] = pv.tile_tokens
+            out_v = torch.empty_like(q)
+
+            def map_and_kernel(pv=pv, out_v=out_v):
+                bind_topk(pv, topk)
+                launch_union_tile(pv, q, k_cache, v_cache, r2t, topk, out_v)
+
+            row["map_kernel_ms"] = bench_ms(map_and_kernel)
+            row["kernel_ms"] = bench_ms(lambda pv=pv, out_v=out_v: launch_union_tile(pv, q, k_cache, v_cache, r2t, topk,
+                                                                                      out_v))
+            row["max_abs_diff_vs_block_major"] = float((out_v.float() - ours_out.float()).abs().max()) if bm else None
+            row["out_finite"] = bool(torch.isfinite(out_v).all())
+            if bm and bm_ms:
+                row["speedup_vs_block_major"] = bm_ms / row["map_kernel_ms"]
+                row["kernel_speedup_vs_block_major_kernel"] = pt["ours_main_kernel_ms"] / row["kernel_ms"]
+            del pv, out_v
+        except Exception as err:  # noqa: BLE001 - a variant that does not compile or fit is a finding
+            row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+            traceback.print_exc()
+        rows.append(row)
+    pt["union_variants"] = rows
+    pt["block_major_map_main_combine_ms"] = bm_ms
+    timed = [r for r in rows if r.get("map_kernel_ms") and r.get("out_finite")]
+    if timed:
+        best = min(timed, key=lambda r: r["map_kernel_ms"])
+        pt["union_best_variant"] = best["name"]
+        pt["union_best_map_kernel_ms"] = best["map_kernel_ms"]
+        pt["union_best_speedup_vs_block_major"] = best.get("speedup_vs_block_major")
 
 
 # ----------------------------------------------------------------------------------------- decode
@@ -846,6 +908,19 @@ def summarize(res) -> tuple[dict, dict]:
         if pp:
             s[f"union_per_tile_64_rank8_128k_{sel}"] = pp["selection_stats"]["union_per_tile_64"]
             s[f"neighbour_jaccard_rank8_128k_{sel}"] = pp["selection_stats"]["neighbour_jaccard"]
+    # union-tile kernel variants (union map + kernel) against block-major's map + main + combine, no plan
+    pu = find(pts, kind="prefill", layout="8/1/1", chunk_name="16k", tier="128k", selection="realistic")
+    s["union_tile_best_speedup_vs_block_major_rank8_128k_realistic"] = (
+        pu.get("union_best_speedup_vs_block_major") if pu else None)
+    s["union_tile_best_variant_rank8_128k_realistic"] = pu.get("union_best_variant") if pu else None
+    rows = [r for r in (pu or {}).get("union_variants", []) if r.get("kernel_speedup_vs_block_major_kernel")]
+    s["union_tile_best_kernel_speedup_vs_block_major_kernel_rank8_128k_realistic"] = (
+        max(r["kernel_speedup_vs_block_major_kernel"] for r in rows) if rows else None)
+    # every variant's union map + kernel ms (kernel alone), beside block-major's map + main + combine (main)
+    s["union_tile_variants_ms_rank8_128k_realistic"] = {
+        "block_major": [pu.get("block_major_map_main_combine_ms"), pu.get("ours_main_kernel_ms")],
+        **{r["name"]: [r.get("map_kernel_ms"), r.get("kernel_ms")] for r in pu["union_variants"]},
+    } if pu and pu.get("union_variants") else None
     for tier in ("128k", "512k"):  # the counting-sort reverse map (the default) against the sorted one
         pp = find(pts, kind="prefill", layout="8/1/1", chunk_name="16k", tier=tier, selection="realistic")
         if pp and pp.get("ours_reverse_map_counting_ms"):

@@ -6,6 +6,7 @@ issue #13, the matrix's points with their parts, and selection statistics that t
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -20,6 +21,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import selections as sel  # noqa: E402
+
+
+def bench_constant(name):
+    """A literal module constant of bench_regimes.py (importing the script would set TRITON_INTERPRET here)."""
+    tree = ast.parse((ROOT / "benchmarks" / "bench_regimes.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise KeyError(name)
+
 
 # issue #13's summary keys (``issues show 13``, "Targets")
 ISSUE_KEYS = [
@@ -137,6 +148,13 @@ def test_smoke_run_writes_every_summary_key(tmp_path):
     for key in ("main_prefill_rank8_128k_tflops", "indexer_fraction_of_matmul",
                 "decode_step_512k_b8_fraction_of_floor", "workspace_gib_per_16k_chunk"):
         assert summary[key] is not None and summary[key] > 0, key
+    # union-tile kernel variants (prefetch 0/1/2, 64/128 MMA rows, 4/8 warps) against block-major
+    variants = [v[0] for v in bench_constant("UNION_VARIANTS")]
+    assert len(variants) == 6
+    assert summary["union_tile_best_speedup_vs_block_major_rank8_128k_realistic"] > 0
+    assert summary["union_tile_best_kernel_speedup_vs_block_major_kernel_rank8_128k_realistic"] > 0
+    assert summary["union_tile_best_variant_rank8_128k_realistic"] in variants
+    assert set(summary["union_tile_variants_ms_rank8_128k_realistic"]) == {"block_major", *variants}
 
     prefill = [p for p in res["points"] if p["kind"] == "prefill"]
     decode = [p for p in res["points"] if p["kind"] == "decode"]
@@ -167,6 +185,12 @@ def test_smoke_run_writes_every_summary_key(tmp_path):
                 assert p[f"upstream_{part}_ms"] > 0, part
             assert p["max_abs_diff_vs_upstream"] < 0.05  # same layer output as upstream (fp16)
             assert p["topk_rows_differing_frac"] < 0.05
+        assert [v["name"] for v in p["union_variants"]] == variants
+        for v in p["union_variants"]:
+            assert "error" not in v and v["out_finite"], v
+            assert v["map_kernel_ms"] > 0 and v["kernel_ms"] > 0 and v["speedup_vs_block_major"] > 0, v
+            assert v["max_abs_diff_vs_block_major"] < 0.05, v  # the same layer output (fp16)
+        assert p["union_best_variant"] in variants and p["block_major_map_main_combine_ms"] > 0
         st = p["selection_stats"]
         assert st["selected_per_row"] > 1 and st["union_per_tile_64"] >= st["selected_per_row"]
     by = {(p["tier"], p["selection"]): p for p in prefill}

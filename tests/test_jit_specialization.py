@@ -88,6 +88,8 @@ BATCHES = [dict(extends=[37, 5], prefixes=[20, 0]), dict(extends=[16, 32], prefi
     ("block_major", {"reverse_map": "counting"}, ["rm_key_count", "rm_scatter", "rm_items"]),
     ("query_major", {}, ["query_major"]),
     ("union_tile", {}, ["union_tile"]),
+    ("union_tile", {"prefetch": 1}, ["union_tile"]),  # hand-pipelined K/V + precomputed multiplicities
+    ("union_tile", {"prefetch": 2}, ["union_tile"]),  # block table in registers
 ])
 def test_sparse_prefill_launches_do_not_specialize_on_batch_shape(launches, device, method, kw, kernels):
     for seed, b in enumerate(BATCHES):

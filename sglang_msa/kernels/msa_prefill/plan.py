@@ -114,7 +114,7 @@ def plan(
     item_tokens: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
-    prefetch: bool = True,
+    prefetch: bool | int | None = None,  # hand-pipelined loads; None: block_major on, union_tile off
     workspace_dtype: torch.dtype | None = None,
     tile_tokens: int | None = None,
     reverse_map: str | None = None,
@@ -175,7 +175,7 @@ def plan(
     )
     tables = _token_tables(cu, extend, lens, prefixes)
     if method == "block_major":
-        p.prefetch = prefetch
+        p.prefetch = True if prefetch is None else prefetch
         p.reverse_map = reverse_map or os.environ.get(REVERSE_MAP_ENV, "").strip().lower() or DEFAULT_REVERSE_MAP
         if p.reverse_map not in REVERSE_MAPS:
             raise ValueError(f"unknown reverse map {p.reverse_map!r} (one of {REVERSE_MAPS}; {REVERSE_MAP_ENV})")
@@ -183,6 +183,14 @@ def plan(
                                     num_stages, workspace_dtype)
     elif method == "union_tile":
         tables |= _plan_union_tile(p, cu, extend, lens, tile_tokens, num_warps, num_stages)
+        # prefetch (union_tile.py): 0/False plain loop, 1/True K/V prefetched by hand, 2 block table in
+        # registers + Triton's cp.async stages (3 by default); 1 and 2 read precomputed multiplicities.
+        # Off until measured on GPU.
+        p.prefetch = int(prefetch or 0)
+        if p.prefetch not in (0, 1, 2):
+            raise ValueError(f"union_tile prefetch={prefetch!r} (0/False, 1/True or 2)")
+        if p.prefetch == 2 and not num_stages:
+            p.num_stages = 3
     for name, view in _upload_tables(tables, device).items():
         setattr(p, name, view)
     if method != "query_major" and topk_idx is not None:
@@ -317,6 +325,7 @@ def bind_topk(p: SparsePrefillPlan, topk_idx: torch.Tensor) -> None:
             block_size=p.block_size,
             tile_tokens=p.tile_tokens,
             max_union=p.max_union,
+            multiplicity=p.prefetch > 0,
         )
     p.bound_topk = topk_idx
 

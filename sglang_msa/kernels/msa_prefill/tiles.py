@@ -39,3 +39,27 @@ def load_kv_block(
     b_k = tl.load(p_k, mask=m_k[:, None], other=0.0)
     b_v = tl.load(p_v, mask=m_k[:, None], other=0.0)
     return b_k, b_v, o_k, m_k
+
+
+# The two halves of load_kv_block, for kernels that pipeline them by hand (the slots of a later block
+# are looked up while an earlier block's K/V are in flight). load_kv_block itself stays one piece so the
+# kernels that use it compile as before.
+@triton.jit
+def kv_block_slots(p_r2t, i_blk, seq_len, live, BLOCK: tl.constexpr, PAGED_BLOCK: tl.constexpr):
+    """Slots [BLOCK] int64, positions o_k and key mask m_k of block i_blk; live=False (a prefetch past
+    the last block) masks every key and reads nothing."""
+    o_k = i_blk * BLOCK + tl.arange(0, BLOCK)
+    m_k = (o_k < seq_len) & live
+    if PAGED_BLOCK:
+        slots = tl.load(p_r2t + i_blk * BLOCK, mask=live, other=0).to(tl.int64) + tl.arange(0, BLOCK).to(tl.int64)
+    else:
+        slots = tl.load(p_r2t + o_k, mask=m_k, other=0).to(tl.int64)
+    return slots, o_k, m_k
+
+
+@triton.jit
+def load_block_rows(ptr, slots, m_k, i_g, stride_s, stride_h, HEAD_DIM: tl.constexpr):
+    """K or V tile [BLOCK, HEAD_DIM] of KV group i_g at the given slots; masked keys read as zeros."""
+    o_d = tl.arange(0, HEAD_DIM)
+    p = ptr + slots[:, None] * stride_s + i_g.to(tl.int64) * stride_h + o_d[None, :]
+    return tl.load(p, mask=m_k[:, None], other=0.0)
