@@ -346,14 +346,16 @@ def client_deadline(now: float, t_end: float, plan_left: list[tuple], points: li
     server comes first: it gets the time its points are estimated to need while the first repeats
     still to come can get theirs too; later repeats split what is left equally. (An equal split of
     three servers x three repeats left every point of a call unmeasured: its shares were shorter than
-    one agentic point.)"""
+    one agentic point.) When the first repeats do not all fit, they split what is left equally, so that
+    every server measures the same leading points: taking what the later first repeats would need from
+    the current one gave A nothing and B everything (H100, 2026-12-07, servers ready after 270 s)."""
     left = t_end - now
     need = sum(estimate_s(p) for p in points) + overhead_s
     equal = left / max(1, len(plan_left))
     share = equal
     if plan_left and plan_left[0][0] == first_rep:
-        firsts_after = sum(1 for r, _, _ in plan_left[1:] if r == first_rep)
-        share = max(equal, min(need, left - firsts_after * need))
+        firsts = 1 + sum(1 for r, _, _ in plan_left[1:] if r == first_rep)
+        share = max(equal, need if left >= firsts * need else left / firsts)
     return now + share - overhead_s
 
 

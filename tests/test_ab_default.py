@@ -454,6 +454,13 @@ def test_client_deadline_measures_every_first_repeat_before_later_ones():
     assert d2 - now == pytest.approx(max(2 * need / 7, need) - 30)
     d3 = ab_default.client_deadline(now, now + 300, plan[3:], points, first_rep=0)
     assert d3 - now == pytest.approx(300 / 6 - 30)
-    # Too little time for every first repeat: the equal split, never more than is left.
+    # Too little time for every first repeat: the first repeats split it equally (never more than is
+    # left), so no server's first repeat is starved for the next one's.
     d_short = ab_default.client_deadline(now, now + 60, plan, points, first_rep=0)
-    assert d_short - now == pytest.approx(60 / 9 - 30)
+    assert d_short - now == pytest.approx(60 / 3 - 30)
+    left = 1.5 * need  # two first repeats (A then B) but time for one and a half
+    two = [(0, "A", True), (0, "B", True), (1, "B", True), (1, "A", True)]
+    d_a = ab_default.client_deadline(now, now + left, two, points, first_rep=0)
+    assert d_a - now == pytest.approx(left / 2 - 30)
+    d_b = ab_default.client_deadline(d_a + 30, now + left, two[1:], points, first_rep=0)
+    assert d_b - (d_a + 30) == pytest.approx(d_a - now)  # B, starting when A's client ends, gets what A got
