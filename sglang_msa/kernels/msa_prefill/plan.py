@@ -224,7 +224,8 @@ def _upload_tables(tables: dict, device: torch.device) -> dict:
 
     plan() is host-bound: with a torch op or an ``_upload`` per table it took 0.68 ms for one 16k-token
     chunk over a 112k prefix on an H200, more than the block-major kernel (0.52 ms;
-    benchmarks/results/kernels-NVIDIA-H200-2026-12-06-regimes.json). Numpy tables + one copy remove that."""
+    benchmarks/results/kernels-NVIDIA-H200-2026-12-06-regimes.json). With numpy tables and one copy it
+    took 0.41 ms on an H100 (kernels-NVIDIA-H100-80GB-HBM3-2026-12-07-regimes.json)."""
     starts, total = [], 0
     for a in tables.values():
         starts.append(total)
