@@ -14,7 +14,9 @@ Matrix (issue #13):
   by part. Upstream's main is also timed on our indexer's selection (same blocks for both mains).
   At 1 index head our indexer is also timed unsplit (``indexer_unsplit_ms``, split_k=1) and split-K
   (``indexer_split_ms`` at ``indexer_split_k`` ranges, the automatic rule; 2 on CPU), with
-  ``indexer_split_speedup`` and ``indexer_split_matches_unsplit`` (the selections are equal);
+  ``indexer_split_speedup`` and ``indexer_split_matches_unsplit`` (the selections are equal), and
+  with a top-2 list instead of top-k (``indexer_small_topk_ms``; ``indexer_topk_upkeep_share`` = the
+  share of the unsplit time that the per-block top-k upkeep costs at most; ``indexer_tuned_config``);
   the opt-in fp8 index path (e4m3 index keys + per-slot scales, ``idx_k_scale=``) is timed beside the
   bf16 one on the same inputs (``ours_fp8_indexer_ms``, ``ours_fp8_layer_ms``; the store of the chunk's
   keys apart, ``ours_fp8_index_k_store_ms``), with the share of the bf16 selection's blocks it keeps
@@ -77,6 +79,7 @@ from sglang_msa.kernels.msa_indexer import (  # noqa: E402
     quantize_index_k,
     quantize_index_k_cache,
 )
+from sglang_msa.kernels.msa_indexer import prefill as indexer_prefill_module  # noqa: E402
 from sglang_msa.kernels.msa_indexer.prefill import auto_split_k  # noqa: E402
 from sglang_msa.kernels.msa_prefill import bind_topk, plan, run  # noqa: E402
 from sglang_msa.kernels.msa_prefill.block_major import launch_block_major  # noqa: E402
@@ -411,6 +414,19 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
         pt["indexer_split_speedup"] = pt["indexer_unsplit_ms"] / pt["indexer_split_ms"]
         pt["indexer_split_matches_unsplit"] = bool(torch.equal(held[1], held[sk]))
         del held
+        # Where the indexer's time goes (it is 0.50 of the matmul rate): the same kernel keeping a top-2
+        # list instead of a top-16 one does the same K stream and dots with ~1/8 of the list upkeep, so
+        # the difference bounds what the per-block top-k offer costs.
+        best = getattr(indexer_prefill_module._indexer_prefill_tuned, "best_config", None)
+        pt["indexer_tuned_config"] = str(best) if best is not None and DEV == "cuda" else None
+        small = max(2, cfg["init"] + cfg["local"])
+        if small < TOPK:
+            ikw_small = {**ikw, "topk": small}
+            indexer_prefill(iq, idx_k, r2t, pool, cu, seq, pre, split_k=1, **ikw_small)  # autotune outside timing
+            pt["indexer_small_topk"] = small
+            pt["indexer_small_topk_ms"] = bench_ms(lambda: indexer_prefill(
+                iq, idx_k, r2t, pool, cu, seq, pre, split_k=1, **ikw_small))
+            pt["indexer_topk_upkeep_share"] = 1.0 - pt["indexer_small_topk_ms"] / pt["indexer_unsplit_ms"]
     # fp8 index path (#13): the cache as the server would hold it (e4m3 + per-slot scales); the store of
     # this chunk's keys is timed apart (a server stores every forward's keys, bf16 or fp8 alike)
     ik8, iks = quantize_index_k_cache(idx_k)
@@ -844,6 +860,8 @@ def summarize(res) -> tuple[dict, dict]:
     s["indexer_rank8_128k_tflops"] = p.get("ours_indexer_tflops") if p else None
     s["indexer_fraction_of_matmul"] = ratio(s["indexer_rank8_128k_tflops"], mm)
     s["indexer_rank8_128k_speedup_vs_upstream"] = p.get("indexer_speedup_vs_upstream") if p else None
+    s["indexer_topk_upkeep_share_rank8_128k"] = p.get("indexer_topk_upkeep_share") if p else None
+    s["indexer_tuned_config_rank8_128k"] = p.get("indexer_tuned_config") if p else None
     why["indexer_fraction_of_matmul"] = (
         f"1 index head, 16k chunk over a 112k prefix: ours {s['indexer_rank8_128k_tflops'] or float('nan'):.0f} "
         f"TFLOP/s of q.k vs dense matmul {mm or float('nan'):.0f} TFLOP/s (square GEMM, same run); the prefill "

@@ -151,6 +151,7 @@ def test_smoke_run_writes_every_summary_key(tmp_path):
     # union-tile kernel variants (prefetch 0/1/2, 64/128 MMA rows, 4/8 warps) against block-major
     variants = [v[0] for v in bench_constant("UNION_VARIANTS")]
     assert len(variants) == 6
+    assert summary["indexer_topk_upkeep_share_rank8_128k"] < 1.0
     assert summary["union_tile_best_speedup_vs_block_major_rank8_128k_realistic"] > 0
     assert summary["union_tile_best_kernel_speedup_vs_block_major_kernel_rank8_128k_realistic"] > 0
     assert summary["union_tile_best_variant_rank8_128k_realistic"] in variants
@@ -173,6 +174,9 @@ def test_smoke_run_writes_every_summary_key(tmp_path):
         # split-K indexer beside the unsplit one (1 index head): same selection, both timed
         assert p["indexer_split_k"] >= 2 and p["indexer_split_matches_unsplit"] is True
         assert p["indexer_split_ms"] > 0 and p["indexer_unsplit_ms"] > 0 and p["indexer_split_speedup"] > 0
+        # the same indexer with a top-2 list: what the top-k upkeep costs
+        assert p["indexer_small_topk"] == 2 and p["indexer_small_topk_ms"] > 0
+        assert p["indexer_topk_upkeep_share"] < 1.0
         # fp8 index path beside bf16: timed, and its selection compared with bf16's
         for part in ("fp8_indexer", "fp8_layer", "fp8_index_k_store"):
             assert p[f"ours_{part}_ms"] > 0, part
