@@ -396,6 +396,30 @@ def adopt_servers(state: Path, names: list[str], specs: dict, ports: dict) -> tu
     return adopted, released
 
 
+def stop_kept(state: Path, timeout_s: float = 60.0) -> list[str]:
+    """Stop every server that a ``--keep-running`` call left in ``state`` (OUT/live-servers.json) and wait
+    for them to exit, so that the next job on this GPU gets its memory back; the file is removed. A
+    benchmark run after a serving call with ``pkill`` shared the GPU with both servers (63 GB still
+    held: H100, 2026-12-07). Returns the names of those that were still running."""
+    try:
+        saved = json.loads(state.read_text())
+    except (OSError, ValueError):
+        return []
+    stopped = []
+    for name, e in saved.items():
+        server = Server(name, e["port"], e.get("args", []), env=e.get("env", {}))
+        server.adopt(e["pid"], Path(e["log"]), e.get("started_at", 0.0))
+        if server.proc.poll() is None:
+            server.stop()
+            try:
+                server.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+            stopped.append(name)
+    state.unlink(missing_ok=True)
+    return stopped
+
+
 def merge_results(files: list[Path], out_dir: Path, name: str) -> Path:
     """One results file from several of one card (e.g. the repeats of two calls on one warm machine):
     every row, the union of points, each call's command and placement, and a summary computed anew."""
@@ -486,6 +510,8 @@ def main(argv=None) -> int:
     ap.add_argument("--attach", action="store_true", help="take over the servers that an earlier --keep-running "
                     "call on this machine left in OUT/live-servers.json, where each is alive, healthy and was "
                     "started with exactly this call's flags; start the others")
+    ap.add_argument("--stop-kept", action="store_true", help="no measurement: stop the servers an earlier "
+                    "--keep-running call left in OUT/live-servers.json, wait for them to exit, and remove the file")
     ap.add_argument("--merge", nargs="+", type=Path, default=None, help="no GPU: merge these results files of "
                     "one card (e.g. two calls' repeats) into OUT/serving-<card>-<date>-NAME.json with a new summary")
     ap.add_argument("--trace-jit", action="store_true", help="log every Triton compile and autotuning run of "
@@ -497,6 +523,9 @@ def main(argv=None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.merge:
         print(merge_results(args.merge, args.out_dir, args.name))
+        return 0
+    if args.stop_kept:
+        print("stopped kept servers:", ",".join(stop_kept(args.out_dir / "live-servers.json")) or "none")
         return 0
     lens = [int(x) for x in args.lens.split(",") if x]
     conc = [int(x) for x in args.concurrency.split(",") if x]

@@ -79,6 +79,12 @@ else
   echo "fa3-pruned rc=$rc, loading modes with every kept (bf16, head dim 128) variant correct: $ok of 2" >> "$W/status.txt"
 fi
 
+# Servers that an AB_KEEP=1 call left running hold most of the GPU's memory: every job but an attaching
+# `default` call stops them first (and waits for them to exit).
+if [ -f "$W/default/live-servers.json" ] && ! { [ "$MODE" = default ] && [ -n "${AB_ATTACH:-}" ]; }; then
+  python3 benchmarks/ab_default.py --out-dir "$W/default" --stop-kept >> "$W/status.txt" 2>&1
+fi
+
 # e2e_vl.py on the tiny --vision checkpoint, on GPU $1.
 e2e_vl() {
   (

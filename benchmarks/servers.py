@@ -121,6 +121,11 @@ class _Adopted:
             return -1
         except PermissionError:
             return None
+        try:  # a zombie (exited, not yet reaped by its parent) still answers kill(0) but holds nothing
+            if Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return -1
+        except (OSError, IndexError):
+            pass
         return None
 
     def wait(self, timeout: float | None = None) -> int:

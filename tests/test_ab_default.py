@@ -464,3 +464,49 @@ def test_client_deadline_measures_every_first_repeat_before_later_ones():
     assert d_a - now == pytest.approx(left / 2 - 30)
     d_b = ab_default.client_deadline(d_a + 30, now + left, two[1:], points, first_rep=0)
     assert d_b - (d_a + 30) == pytest.approx(d_a - now)  # B, starting when A's client ends, gets what A got
+
+
+def test_stop_kept_stops_every_left_server_and_removes_the_state(tmp_path, capsys):
+    """--stop-kept: the servers a --keep-running call left (own process sessions) are stopped and waited
+    for, so a benchmark after a serving call gets the GPU's memory back."""
+    import subprocess
+
+    procs = {n: subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
+             for n in ("A", "B")}
+    state = tmp_path / "live-servers.json"
+    state.write_text(json.dumps({n: {"pid": p.pid, "port": 30000 + i, "log": str(tmp_path / f"{n}.log"),
+                                     "started_at": time.time(), "args": [], "env": {}}
+                                 for i, (n, p) in enumerate(procs.items())}))
+    try:
+        assert ab_default.main(["--out-dir", str(tmp_path), "--stop-kept"]) == 0
+        assert "stopped kept servers: A,B" in capsys.readouterr().out
+        # exited (a zombie until reaped: this test is their parent, a later call's is not)
+        assert all(p.wait(timeout=5) is not None for p in procs.values())
+        assert not state.exists()
+        assert ab_default.stop_kept(state) == []  # nothing left: a no-op
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+
+
+def test_adopted_server_that_exited_unreaped_counts_as_stopped():
+    """A zombie still answers kill(pid, 0); waiting on it as if alive would take stop()'s 30 s
+    SIGKILL fallback for every server."""
+    import signal
+    import subprocess
+
+    from benchmarks.servers import _Adopted
+
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        adopted = _Adopted(p.pid)
+        assert adopted.poll() is None
+        os.kill(p.pid, signal.SIGTERM)
+        deadline = time.time() + 10
+        while Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z" and time.time() < deadline:
+            time.sleep(0.05)
+        assert adopted.poll() == -1
+    finally:
+        p.kill()
+        p.wait()
