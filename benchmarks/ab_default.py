@@ -120,6 +120,9 @@ def summarize(rows: list[dict], points: list[dict], logs: dict, model: dict) -> 
                  "concurrency": p["concurrency"], "baseline": base, "measured": True,
                  "output_throughput_ratio": b["output_throughput"] / a["output_throughput"],
                  "ttft_p50_ratio": (a["median_ttft_ms"] / b["median_ttft_ms"]) if b.get("median_ttft_ms") else None,
+                 # decode: A's median time per output token over B's (> 1: B decodes faster)
+                 "tpot_p50_ratio": (a["median_tpot_ms"] / b["median_tpot_ms"])
+                 if a.get("median_tpot_ms") and b.get("median_tpot_ms") else None,
                  "spread": {"baseline": a.get("output_throughput_spread"), "B": b.get("output_throughput_spread")},
                  "repeats": {"baseline": a["repeats"], "B": b["repeats"]}}
         extra = allreduce_seconds(p, model["layers"], model["hidden"])
@@ -179,8 +182,43 @@ def targets(s: dict) -> dict:
             "512k TTFT p50 >= 1.5x lower": (s["ttft_p50_ratio_512k"], 1.5)}
     for w in ("agentic", "long"):
         spec[f"moonshot {w} output throughput >= 1.8x"] = ((s["ratio_by_workload"].get(w) or {}).get("geomean"), 1.8)
-    return {name: {"measured": v, "target": t, "met": None if v is None else v >= t,
-                   "missed_by": None if v is None or v >= t else t - v} for name, (v, t) in spec.items()}
+    out = {name: {"measured": v, "target": t, "met": None if v is None else v >= t,
+                  "missed_by": None if v is None or v >= t else t - v} for name, (v, t) in spec.items()}
+    measured = [e for e in s.get("per_point", []) if e.get("measured")]
+    scope = {"never_slower (min output throughput ratio >= 1.0)": None,
+             "128k output throughput >= 1.2x": ("long", 131072), "128k TTFT p50 >= 1.3x lower": ("long", 131072),
+             "512k TTFT p50 >= 1.5x lower": ("max-context", 524288),
+             "moonshot agentic output throughput >= 1.8x": ("agentic", None),
+             "moonshot long output throughput >= 1.8x": ("long", None)}
+    for name, t in out.items():
+        if t["met"] is False:
+            t["why"] = _why_missed(measured, scope[name])
+    return out
+
+
+def _why_missed(measured: list[dict], scope: tuple | None) -> str:
+    """What the run itself says about a missed target: for never-slower the slowest point against the
+    spread between repeats; otherwise, per point in scope, where B gained (TTFT: prefill) and where it did
+    not (TPOT: decode, which output throughput follows once prompts are cached or short)."""
+    def pct(x):
+        return "n/a" if x is None else f"{x:.0%}"
+
+    def fmt(x):
+        return "n/a" if x is None else f"{x:.2f}x"
+
+    if scope is None:
+        e = min(measured, key=lambda e: e["output_throughput_ratio"])
+        short = 1.0 - e["output_throughput_ratio"]
+        spreads = [x for x in e["spread"].values() if x is not None]
+        inside = spreads and short <= max(spreads)
+        return (f"slowest point {e['point']}: {e['output_throughput_ratio']:.3f}x, {short:.1%} short; spread between "
+                f"repeats {pct(e['spread']['baseline'])} (baseline {e['baseline']}) / {pct(e['spread']['B'])} (B)"
+                + (": the shortfall is inside the spread" if inside else ""))
+    workload, n = scope
+    parts = [f"{e['point']}: output {fmt(e['output_throughput_ratio'])}, TTFT p50 {fmt(e['ttft_p50_ratio'])} lower, "
+             f"TPOT p50 {fmt(e.get('tpot_p50_ratio'))}" for e in measured
+             if e["workload"] == workload and (n is None or e["input_len"] == n)]
+    return "; ".join(parts) or "no point of this target was measured"
 
 
 # ------------------------------------------------------------------------------------------ servers

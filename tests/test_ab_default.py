@@ -99,6 +99,10 @@ def test_summary_uses_the_faster_baseline_per_workload():
     assert t["never_slower (min output throughput ratio >= 1.0)"]["met"] is True
     assert t["moonshot long output throughput >= 1.8x"]["met"] is False
     assert t["512k TTFT p50 >= 1.5x lower"]["met"] is None
+    # a missed target says why, from the run: per point of its scope, TTFT and TPOT ratios
+    why = t["moonshot long output throughput >= 1.8x"]["why"]
+    assert "long/131072/c1: output 1.50x, TTFT p50 2.00x lower" in why and "long/131072/c4" in why
+    assert "cookbook" not in why and "why" not in t["128k TTFT p50 >= 1.3x lower"]
 
 
 def test_summary_counts_failures_and_unmeasured_points():
@@ -510,3 +514,18 @@ def test_adopted_server_that_exited_unreaped_counts_as_stopped():
     finally:
         p.kill()
         p.wait()
+
+
+def test_missed_never_slower_names_the_slowest_point_against_the_spread():
+    ck, l1, l4 = "cookbook/2048/c64", "long/131072/c1", "long/131072/c4"
+    tp = {("A", ck): 1000, ("B", ck): 990, ("A", l1): 50, ("B", l1): 75, ("A", l4): 100, ("B", l4): 130}
+    rows = _rows(tp, {k: 1000.0 for k in tp})
+    for r in rows:  # decode: B's time per output token 4 ms, A's 5 ms
+        r["metrics"]["median_tpot_ms"] = 4.0 if r["server"] == "B" else 5.0
+    s = ab_default.summarize(rows, _points(), {}, {"layers": 20, "hidden": 6144})
+    assert s["per_point"][0]["tpot_p50_ratio"] == pytest.approx(1.25)
+    t = s["targets"]["never_slower (min output throughput ratio >= 1.0)"]
+    assert t["met"] is False and t["missed_by"] == pytest.approx(0.01)
+    # 1% short against 2% between repeats (the rows' own spread)
+    assert t["why"].startswith("slowest point cookbook/2048/c64: 0.990x, 1.0% short")
+    assert t["why"].endswith("inside the spread")
