@@ -375,3 +375,15 @@ def test_gpu_fp8_decode_cuda_graph():
     vals, sc = quantize_index_k_cache(new_k)
     assert torch.equal(fb["idx_k_cache"][loc.long()].view(torch.uint8), vals.view(torch.uint8))
     assert torch.equal(scales[loc.long()], sc)
+
+
+def test_decode_scan_pipeline_depth_per_cache_dtype():
+    """The fp8 scan moves half the bytes per key block, so it gets a deeper pipeline by default (the
+    H100 sweep's choice); an explicit num_stages still wins for both caches."""
+    from sglang_msa.kernels.msa_indexer.decode import DECODE_STAGES
+
+    kw = dict(num_heads=1, head_dim=128, block_size=128, topk=16, init_blocks=0, local_blocks=1)
+    dec = IndexerDecode(**kw)
+    assert (dec.stages(fp8=False), dec.stages(fp8=True)) == (DECODE_STAGES["bf16"], DECODE_STAGES["fp8"])
+    assert DECODE_STAGES["fp8"] > DECODE_STAGES["bf16"]
+    assert IndexerDecode(**kw, num_stages=2).stages(fp8=True) == 2

@@ -111,6 +111,13 @@ def _decode_topk_kernel(
                      m_valid[None, :], tl.full([1], 1, tl.int1), TOPK)
 
 
+# Software-pipeline depth of the block-score scan. An e4m3 key block is half a bf16 one, so the fp8 scan
+# needs more blocks in flight to keep the same bytes moving: on an H100 (512k, B = 8, 8/1/1, graph replay)
+# 6 stages took the fp8 indexer from 268 to 234 us while bf16 stayed at 384-389 us over 3-6 stages and
+# 4-16 programs per SM (indexer_decode_sweep in benchmarks/results/kernels-NVIDIA-H100-80GB-HBM3-2026-12-07-regimes.json).
+DECODE_STAGES = {"bf16": 3, "fp8": 6}
+
+
 class IndexerDecode:
     """Decode indexer with a plan/run split (CUDA-graph capturable run).
 
@@ -122,7 +129,7 @@ class IndexerDecode:
     def __init__(self, *, num_heads: int, head_dim: int, block_size: int, topk: int,
                  init_blocks: int, local_blocks: int, score_type: str = "max",
                  sm_scale: Optional[float] = None, page_size: int = 1,
-                 programs_per_sm: int = 8, num_warps: int = 4, num_stages: int = 3):
+                 programs_per_sm: int = 8, num_warps: int = 4, num_stages: Optional[int] = None):
         self.num_heads, self.head_dim = num_heads, head_dim
         self.block_size, self.topk = block_size, topk
         self.init_blocks, self.local_blocks = init_blocks, local_blocks
@@ -130,8 +137,12 @@ class IndexerDecode:
         self.sm_scale = head_dim**-0.5 if sm_scale is None else sm_scale
         self.contiguous_blocks = page_size % block_size == 0
         self.programs_per_sm = programs_per_sm
-        self.num_warps, self.num_stages = num_warps, num_stages
+        self.num_warps, self.num_stages = num_warps, num_stages  # num_stages None: DECODE_STAGES by cache
         self.workspace: Optional[torch.Tensor] = None
+
+    def stages(self, fp8: bool) -> int:
+        """Pipeline depth of the scan for this cache (the constructor's num_stages wins)."""
+        return self.num_stages or DECODE_STAGES["fp8" if fp8 else "bf16"]
 
     def plan(self, max_batch: int, max_context_len: int, device, num_splits: Optional[int] = None):
         """Allocate the block-score workspace and fix the launch shapes (host work, once)."""
@@ -179,7 +190,7 @@ class IndexerDecode:
             HEAD_DIM=head_dim, H_PAD=max(16, triton.next_power_of_2(num_heads)),
             BLOCK_SIZE=self.block_size, SCORE_TYPE=self.score_type,
             CONTIGUOUS_BLOCKS=self.contiguous_blocks, IEEE_DOT=idx_q.dtype == torch.float32 and not fp8,
-            FP8=fp8, num_warps=self.num_warps, num_stages=self.num_stages,
+            FP8=fp8, num_warps=self.num_warps, num_stages=self.stages(fp8),
         )
         _decode_topk_kernel[(num_heads, batch)](
             ws, seq_lens, out, self.init_blocks, self.local_blocks,
