@@ -411,21 +411,26 @@ def point_record(p: Point) -> dict:
             "new_prompt_tokens": p.new_prompt_tokens, "note": p.note}
 
 
+def kept_servers(state: Path) -> dict[str, tuple[dict, Server]]:
+    """The servers an earlier ``--keep-running`` call noted in ``state`` (OUT/live-servers.json), each
+    taken over by its pid, alive or not: {name: (its saved entry, Server)}; {} without a readable file."""
+    try:
+        saved = json.loads(state.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {name: (e, Server(name, e["port"], e.get("args", []), env=e.get("env", {}), tokenizer=True)
+                   .adopt(e["pid"], Path(e["log"]), e["started_at"])) for name, e in saved.items()}
+
+
 def adopt_servers(state: Path, names: list[str], specs: dict, ports: dict) -> tuple[dict, list[str]]:
     """Servers that an earlier ``--keep-running`` call on this machine left running: those alive, healthy
     and started with exactly the flags and environment this call would use ({name: Server}). The
     others it left are stopped (their names returned): they would hold GPU memory this call's new
     servers need (e.g. A2 left by the call before, when this one measures A beside the same B)."""
-    try:
-        saved = json.loads(state.read_text())
-    except (OSError, ValueError):
-        return {}, []
     adopted, released = {}, []
-    for name, e in saved.items():
+    for name, (e, server) in kept_servers(state).items():
         keep = (name in names and e.get("args") == specs[name][0] and e.get("env") == specs[name][1]
                 and e.get("port") == ports[name])
-        server = Server(name, e["port"], e.get("args", []), env=e.get("env", {}), tokenizer=True)
-        server.adopt(e["pid"], Path(e["log"]), e["started_at"])
         if keep and server.proc.poll() is None and server.wait_healthy(10):
             adopted[name] = server
         elif server.proc.poll() is None:
@@ -435,18 +440,12 @@ def adopt_servers(state: Path, names: list[str], specs: dict, ports: dict) -> tu
 
 
 def stop_kept(state: Path, timeout_s: float = 60.0) -> list[str]:
-    """Stop every server that a ``--keep-running`` call left in ``state`` (OUT/live-servers.json) and wait
-    for them to exit, so that the next job on this GPU gets its memory back; the file is removed. A
-    benchmark run after a serving call with ``pkill`` shared the GPU with both servers (63 GB still
-    held: H100, 2026-12-07). Returns the names of those that were still running."""
-    try:
-        saved = json.loads(state.read_text())
-    except (OSError, ValueError):
-        return []
+    """Stop every server that a ``--keep-running`` call left in ``state`` and wait for them to exit, so that
+    the next job on this GPU gets its memory back; the file is removed. A benchmark started 3 s after a
+    ``pkill`` of a serving call's two servers, which still held 63 GB then (H100, 2026-12-07). Returns the
+    names of those that were still running."""
     stopped = []
-    for name, e in saved.items():
-        server = Server(name, e["port"], e.get("args", []), env=e.get("env", {}))
-        server.adopt(e["pid"], Path(e["log"]), e.get("started_at", 0.0))
+    for name, (_, server) in kept_servers(state).items():
         if server.proc.poll() is None:
             server.stop()
             try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import load_kv_block
+from .tiles import load_kv_block, online_softmax_step
 
 
 @triton.jit(do_not_specialize=["stride_tg"])
@@ -70,12 +70,7 @@ def query_major_fwd_kernel(
             )  # fmt: skip
             b_s = tl.dot(b_q, tl.trans(b_k)) * sm_scale_log2
             b_s = tl.where(((o_k <= q_pos) & m_k)[None, :], b_s, float("-inf"))
-            b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
-            b_p = tl.exp2(b_s - b_m_new[:, None])
-            alpha = tl.exp2(b_m - b_m_new)
-            b_l = b_l * alpha + tl.sum(b_p, 1)
-            b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
-            b_m = b_m_new
+            b_m, b_l, b_acc = online_softmax_step(b_s, b_v, b_m, b_l, b_acc)
     b_o = b_acc / tl.maximum(b_l, 1.0e-30)[:, None]  # no valid block: b_acc == 0 -> zeros
     p_o = o_ptr + i_t * stride_on + head[:, None] * stride_oh + o_d[None, :]
     tl.store(p_o, b_o.to(o_ptr.dtype.element_ty), mask=m_h[:, None])

@@ -63,3 +63,15 @@ def load_block_rows(ptr, slots, m_k, i_g, stride_s, stride_h, HEAD_DIM: tl.const
     o_d = tl.arange(0, HEAD_DIM)
     p = ptr + slots[:, None] * stride_s + i_g.to(tl.int64) * stride_h + o_d[None, :]
     return tl.load(p, mask=m_k[:, None], other=0.0)
+
+
+@triton.jit
+def online_softmax_step(b_s, b_v, b_m, b_l, b_acc):
+    """Fold one masked score tile b_s [rows, keys] (log2 domain, -inf where masked) and its V tile into
+    the running row max b_m, sum b_l and output accumulator b_acc; returns the three updated."""
+    b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+    b_p = tl.exp2(b_s - b_m_new[:, None])
+    alpha = tl.exp2(b_m - b_m_new)
+    b_l = b_l * alpha + tl.sum(b_p, 1)
+    b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
+    return b_m_new, b_l, b_acc

@@ -45,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tiles import kv_block_slots, load_block_rows, load_kv_block
+from .tiles import kv_block_slots, load_block_rows, load_kv_block, online_softmax_step
 
 _SENTINEL = 2**31 - 1  # sorts after every block id
 _SENTINEL64 = 2**62  # sorts after every (block, token) key
@@ -207,12 +207,7 @@ def _attend_block(b_q, b_k, b_v, o_k, m_k, q_pos, b_mult, b_m, b_l, b_acc, sm_sc
     b_s = tl.dot(b_q, tl.trans(b_k)) * sm_scale_log2 + tl.log2(tl.maximum(b_mult, 1.0))[:, None]
     m_s = (b_mult > 0)[:, None] & (o_k[None, :] <= q_pos[:, None]) & m_k[None, :]
     b_s = tl.where(m_s, b_s, float("-inf"))
-    b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
-    b_p = tl.exp2(b_s - b_m_new[:, None])
-    alpha = tl.exp2(b_m - b_m_new)
-    b_l = b_l * alpha + tl.sum(b_p, 1)
-    b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v)
-    return b_m_new, b_l, b_acc
+    return online_softmax_step(b_s, b_v, b_m, b_l, b_acc)
 
 
 @triton.jit(do_not_specialize=["num_tiles", "max_union", "stride_tg"])
@@ -316,12 +311,7 @@ def union_tile_fwd_kernel(
             k_c = load_block_rows(k_ptr, slots_n, m_k_n, i_g, stride_ks, stride_kh, HEAD_DIM)
             m_s = (b_mult > 0)[:, None] & (o_k_c[None, :] <= q_pos[:, None]) & m_k_c[None, :]
             b_s = tl.where(m_s, b_s, float("-inf"))
-            b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
-            b_p = tl.exp2(b_s - b_m_new[:, None])
-            alpha = tl.exp2(b_m - b_m_new)
-            b_l = b_l * alpha + tl.sum(b_p, 1)
-            b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(v_c.dtype), v_c)
-            b_m = b_m_new
+            b_m, b_l, b_acc = online_softmax_step(b_s, v_c, b_m, b_l, b_acc)
             v_c = load_block_rows(v_ptr, slots_n, m_k_n, i_g, stride_vs, stride_vh, HEAD_DIM)
             blk_c, o_k_c, m_k_c = blk_n, o_k_n, m_k_n
             blk_n, slots_n, o_k_n, m_k_n = blk_nn, slots_nn, o_k_nn, m_k_nn
