@@ -308,6 +308,14 @@ def blocks_in_common(sel, ref):
     return common / max(total, 1), same / max(rows, 1)
 
 
+# (BLOCK_M, num_warps, num_stages, maxnreg) tried by the indexer config sweep at one index head: the
+# autotuner's own list (msa_indexer.prefill.PREFILL_CONFIGS) and larger tiles / deeper pipelines.
+INDEXER_SWEEP = [(128, 8, 2, 128), (128, 8, 3, 128), (64, 4, 2, None), (64, 4, 3, None), (256, 8, 2, None),
+                 (128, 4, 2, None), (128, 8, 4, 128), (128, 8, 2, None), (256, 8, 3, None), (256, 16, 2, None),
+                 (256, 16, 3, None), (256, 8, 2, 255)]
+INDEXER_SWEEP_SMOKE = [(32, 4, 2, None), (64, 4, 2, None)]
+
+
 def indexer_flops(prefix, T, h_idx, cfg):
     """2 * D_idx * index heads * sum over tokens of their causal keys (prefix + own position + 1)."""
     keys = T * prefix + T * (T + 1) // 2
@@ -427,6 +435,34 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
             pt["indexer_small_topk_ms"] = bench_ms(lambda: indexer_prefill(
                 iq, idx_k, r2t, pool, cu, seq, pre, split_k=1, **ikw_small))
             pt["indexer_topk_upkeep_share"] = 1.0 - pt["indexer_small_topk_ms"] / pt["indexer_unsplit_ms"]
+        # The same K stream, dots and pooling without the top-k list at all (pool_only): with the top-2 run
+        # above it splits the kernel's time into stream + dot + pool and list upkeep.
+        indexer_prefill(iq, idx_k, r2t, pool, cu, seq, pre, split_k=1, pool_only=True, **ikw)
+        pt["indexer_pool_only_ms"] = bench_ms(lambda: indexer_prefill(
+            iq, idx_k, r2t, pool, cu, seq, pre, split_k=1, pool_only=True, **ikw))
+        pt["indexer_pool_only_share"] = pt["indexer_pool_only_ms"] / pt["indexer_unsplit_ms"]
+        # Config sweep: each candidate forced (no autotuner), one measurement each, same inputs. At one
+        # index head a tile of BLOCK_M rows reads each 32 KB key block for BLOCK_M x 128 x 128 MACs, so
+        # BLOCK_M decides how much of the K stream every SM pulls through L2 per FLOP; the fp8 path (half
+        # the dot time, half the bytes) ran no faster than bf16 on the 2026-12-07 H100, so the dot is not
+        # what limits it.
+        ref_sel = indexer_prefill(iq, idx_k, r2t, pool, cu, seq, pre, split_k=1, **ikw)
+        sweep = {}
+        for bm, nw, ns, mr in (INDEXER_SWEEP_SMOKE if args.smoke else INDEXER_SWEEP):
+            kw = dict(split_k=1, block_m=bm, num_warps=nw, num_stages=ns, maxnreg=mr, **ikw)
+            name = f"{bm}/{nw}/{ns}/{mr or '-'}"
+            try:
+                got = indexer_prefill(iq, idx_k, r2t, pool, cu, seq, pre, **kw)
+                sweep[name] = dict(same_selection=bool(torch.equal(got, ref_sel)),
+                                   ms=bench_ms(lambda: indexer_prefill(iq, idx_k, r2t, pool, cu, seq, pre, **kw)))
+            except Exception as e:  # a config that does not compile or runs out of resources on this card
+                sweep[name] = dict(error=f"{type(e).__name__}: {str(e)[:160]}")
+        pt["indexer_config_sweep"] = sweep
+        timed = {k: v["ms"] for k, v in sweep.items() if "ms" in v and v["same_selection"]}
+        if timed:
+            pt["indexer_sweep_best"] = min(timed, key=timed.get)
+            pt["indexer_sweep_best_ms"] = timed[pt["indexer_sweep_best"]]
+        del ref_sel
     # fp8 index path (#13): the cache as the server would hold it (e4m3 + per-slot scales); the store of
     # this chunk's keys is timed apart (a server stores every forward's keys, bf16 or fp8 alike)
     ik8, iks = quantize_index_k_cache(idx_k)
@@ -862,6 +898,17 @@ def summarize(res) -> tuple[dict, dict]:
     s["indexer_rank8_128k_speedup_vs_upstream"] = p.get("indexer_speedup_vs_upstream") if p else None
     s["indexer_topk_upkeep_share_rank8_128k"] = p.get("indexer_topk_upkeep_share") if p else None
     s["indexer_tuned_config_rank8_128k"] = p.get("indexer_tuned_config") if p else None
+    s["indexer_pool_only_share_rank8_128k"] = p.get("indexer_pool_only_share") if p else None
+    s["indexer_pool_only_fraction_of_matmul_rank8_128k"] = (
+        ratio(p["indexer_tflop"] / p["indexer_pool_only_ms"] * 1e3, mm) if p and p.get("indexer_pool_only_ms") else None)
+    for tier in ("128k", "512k"):  # the config sweep's best (same selection as the autotuned kernel)
+        ps = find(pts, kind="prefill", layout="8/1/1", chunk_name="16k", tier=tier, selection="realistic")
+        best_ms = ps.get("indexer_sweep_best_ms") if ps else None
+        s[f"indexer_sweep_best_rank8_{tier}"] = ps.get("indexer_sweep_best") if ps else None
+        s[f"indexer_sweep_best_speedup_vs_tuned_rank8_{tier}"] = (
+            ps["indexer_unsplit_ms"] / best_ms if best_ms and ps.get("indexer_unsplit_ms") else None)
+        s[f"indexer_sweep_best_fraction_of_matmul_rank8_{tier}"] = (
+            ratio(ps["indexer_tflop"] / best_ms * 1e3, mm) if best_ms and ps.get("indexer_tflop") else None)
     why["indexer_fraction_of_matmul"] = (
         f"1 index head, 16k chunk over a 112k prefix: ours {s['indexer_rank8_128k_tflops'] or float('nan'):.0f} "
         f"TFLOP/s of q.k vs dense matmul {mm or float('nan'):.0f} TFLOP/s (square GEMM, same run); the prefill "

@@ -19,6 +19,7 @@ import argparse
 import json
 import random
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
@@ -96,7 +97,8 @@ def prompt_lengths(num: int, lo: int, hi: int) -> list[int]:
 def reference_summary(rows: list[dict], models: str) -> dict:
     """Per server: mean / max |dlogp| to the fp32 reference over every scored token, and the fraction
     of prompts whose whole greedy continuation is the reference's argmax at each step."""
-    out: dict = {"mean_abs_dlogp_vs_fp32": {}, "max_abs_dlogp_vs_fp32": {}, "greedy_equals_fp32_fraction": {}}
+    out: dict = {"mean_abs_dlogp_vs_fp32": {}, "max_abs_dlogp_vs_fp32": {}, "greedy_equals_fp32_fraction": {},
+                 "fp32_scored_prompts": sum(1 for r in rows if r.get("fp32_a"))}
     for s in ("a", "b"):
         # (comparison, tokens scored) of the rows with a scored continuation, kept together
         scored = [(r[f"fp32_{s}"], len(r[f"tokens_{s}"])) for r in rows
@@ -144,9 +146,13 @@ def main(argv=None) -> int:
     ap.add_argument("--fp32-reference", action="store_true", help="score both servers' continuations with "
                     "transformers' fp32 model of the checkpoint after the servers stop (reference_fp32.py)")
     ap.add_argument("--reference-chunk", type=int, default=256)
+    ap.add_argument("--reference-deadline-s", type=float, default=0, help="stop fp32 scoring this many "
+                    "seconds after start (shortest prompts are scored first; the results say how many were); "
+                    "0 = no limit")
     ap.add_argument("--log-dir", default="/tmp/e2e-logs")
     ap.add_argument("--port-base", type=int, default=30000, help="A listens here, B on the next port")
     args = ap.parse_args(argv)
+    t_start = time.time()
 
     cfg = json.loads((Path(args.model_path) / "config.json").read_text())
     vocab = int(cfg.get("vocab_size") or cfg.get("text_config", {}).get("vocab_size"))
@@ -197,12 +203,21 @@ def main(argv=None) -> int:
         results["fp32_reference"] = ("transformers' minimax_m3_vl text model in fp32 on the same checkpoint, "
                                      f"prompt in {args.reference_chunk}-token chunks through its DynamicCache, "
                                      "teacher-forced on each server's own continuation")
-        for row, ids, ra, rb in scored:
+        results["fp32_scored_prompts"] = None  # set below
+        n_ref = 0
+        for row, ids, ra, rb in sorted(scored, key=lambda x: len(x[1])):  # shortest first: most prompts by a deadline
+            if args.reference_deadline_s and time.time() - t_start > args.reference_deadline_s:
+                break
+            refs = {}  # identical continuations are scored once
             for s, r in (("a", ra), ("b", rb)):
-                ref = reference_fp32.score(model, ids, r["output_ids"], chunk=args.reference_chunk)
-                row[f"fp32_{s}"] = reference_fp32.compare_to_reference(r["logprobs"], r["output_ids"], ref)
+                key = tuple(r["output_ids"])
+                if key not in refs:
+                    refs[key] = reference_fp32.score(model, ids, r["output_ids"], chunk=args.reference_chunk)
+                row[f"fp32_{s}"] = reference_fp32.compare_to_reference(r["logprobs"], r["output_ids"], refs[key])
+            n_ref += 1
             print(f"{row['name']:>22} fp32 |dlogp| mean A {row['fp32_a']['mean_abs_dlogp']} "
                   f"B {row['fp32_b']['mean_abs_dlogp']}", flush=True)
+        results["fp32_scored_prompts"] = n_ref
         del model
 
     results["summary"] = {

@@ -187,10 +187,12 @@ accuracy)
     # the tiny checkpoint's max_position_embeddings is 65536; prompts stop 24 tokens short of the context
     timeout $(( $(left) - 60 )) python3 benchmarks/e2e_correctness.py --model-path /tmp/tiny --out-dir "$W/e2e" \
       --num-prompts "${ACC_PROMPTS:-64}" --max-len "${ACC_MAX_LEN:-65536}" --context-length 65536 --new-tokens 16 \
-      --fp32-reference --port-base 31000 --health-timeout 300 --log-dir "$W/e2e/logs" > "$W/e2e.log" 2>&1
+      --fp32-reference --reference-deadline-s $(( $(left) - 200 )) --port-base 31000 --health-timeout 300 \
+      --log-dir "$W/e2e/logs" > "$W/e2e.log" 2>&1
     echo "e2e-accuracy rc=$?" >> "$W/status.txt"
-    timeout $(( $(left) - 10 )) python3 -m pytest tests/test_msa_indexer_fp8.py tests/test_msa_indexer.py \
-      tests/test_msa_prefill.py tests/test_msa_decode.py tests/test_backend.py -m gpu -q -p no:cacheprovider \
+    timeout $(( $(left) - 10 )) python3 -m pytest tests/test_msa_prefill_union.py tests/test_msa_prefill_plan.py \
+      tests/test_msa_indexer_fp8.py tests/test_msa_indexer.py tests/test_msa_prefill.py tests/test_msa_decode.py \
+      tests/test_backend.py -m gpu -q -p no:cacheprovider \
       --tb=line > "$W/pytest-gpu.log" 2>&1
     echo "pytest-gpu rc=$?" >> "$W/status.txt"
   ) &

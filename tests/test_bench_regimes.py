@@ -152,6 +152,12 @@ def test_smoke_run_writes_every_summary_key(tmp_path):
     variants = [v[0] for v in bench_constant("UNION_VARIANTS")]
     assert len(variants) == 6
     assert summary["indexer_topk_upkeep_share_rank8_128k"] < 1.0
+    assert summary["indexer_pool_only_share_rank8_128k"] > 0
+    assert summary["indexer_pool_only_fraction_of_matmul_rank8_128k"] > 0
+    for tier in ("128k", "512k"):
+        assert summary[f"indexer_sweep_best_rank8_{tier}"] is not None
+        assert summary[f"indexer_sweep_best_speedup_vs_tuned_rank8_{tier}"] > 0
+        assert summary[f"indexer_sweep_best_fraction_of_matmul_rank8_{tier}"] > 0
     assert summary["union_tile_best_speedup_vs_block_major_rank8_128k_realistic"] > 0
     assert summary["union_tile_best_kernel_speedup_vs_block_major_kernel_rank8_128k_realistic"] > 0
     assert summary["union_tile_best_variant_rank8_128k_realistic"] in variants
@@ -177,6 +183,13 @@ def test_smoke_run_writes_every_summary_key(tmp_path):
         # the same indexer with a top-2 list: what the top-k upkeep costs
         assert p["indexer_small_topk"] == 2 and p["indexer_small_topk_ms"] > 0
         assert p["indexer_topk_upkeep_share"] < 1.0
+        # ... and with no list at all (pool only), and each config of the sweep forced, same selection
+        assert p["indexer_pool_only_ms"] > 0 and p["indexer_pool_only_share"] > 0
+        smoke_cfgs = bench_constant("INDEXER_SWEEP_SMOKE")
+        assert set(p["indexer_config_sweep"]) == {f"{bm}/{nw}/{ns}/{mr or '-'}" for bm, nw, ns, mr in smoke_cfgs}
+        for name, row in p["indexer_config_sweep"].items():
+            assert row.get("same_selection") is True and row["ms"] > 0, (name, row)
+        assert p["indexer_sweep_best"] in p["indexer_config_sweep"] and p["indexer_sweep_best_ms"] > 0
         # fp8 index path beside bf16: timed, and its selection compared with bf16's
         for part in ("fp8_indexer", "fp8_layer", "fp8_index_k_store"):
             assert p[f"ours_{part}_ms"] > 0, part

@@ -170,6 +170,27 @@ def test_prefill_short_sequences_take_all_blocks(device):
     assert torch.equal(ours, expect[None].expand(2, -1, -1))
 
 
+@pytest.mark.parametrize("page", [1, 16])
+def test_prefill_pool_only_diagnostic(page, device):
+    """indexer_prefill(pool_only=True) (a benchmark diagnostic): the same dots and pooling without the
+    top-k list; slot 0 of each row holds the sum of its pooled causal block scores (naive's units), the
+    other slots are left alone."""
+    b = make_batch([37, 5, 30], [20, 70, 0], num_heads=2, page_size=page, dtype=torch.float32, seed=4,
+                   device=device, head_dim=32)
+    out = torch.full((2, 72, 4), POISON, dtype=torch.int32, device=device)
+    kw = dict(block_size=16, topk=4, init_blocks=1, local_blocks=1)
+    indexer_prefill(**b, page_size=page, out=out, pool_only=True, **kw)
+    per_req = naive_block_scores_prefill(*[b[k].cpu() for k in (
+        "idx_q", "idx_k_cache", "req_to_token", "req_pool_indices", "cu_seqlens_q", "seq_lens",
+        "prefix_lens")], block_size=16)
+    expect = torch.cat([torch.where(torch.isfinite(s), s, 0.0).sum(-1) for s in per_req], dim=1)
+    got = out[..., 0].cpu().view(torch.float32)
+    assert torch.allclose(got, expect, rtol=1e-4, atol=1e-3)
+    assert torch.all(out[..., 1:].cpu() == POISON)
+    with pytest.raises(ValueError, match="split_k=1"):
+        indexer_prefill(**b, page_size=page, pool_only=True, split_k=2, **kw)
+
+
 def test_prefill_forced_blocks_present(device):
     b = make_batch([80], [200], num_heads=1, page_size=1, dtype=torch.float16, seed=5, device=device)
     ours = indexer_prefill(**b, block_size=16, topk=6, init_blocks=2, local_blocks=2).cpu().long()

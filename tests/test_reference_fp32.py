@@ -69,6 +69,10 @@ def test_compare_to_reference_and_summary():
     assert s["mean_abs_dlogp_vs_fp32"]["B"] == pytest.approx(0.125)
     assert s["logprob_gap_vs_fp32_ours_over_intree"] == pytest.approx(0.125 / 0.225)
     assert s["greedy_equals_fp32_fraction"] == {"A": 1.0, "B": 0.5}
+    # a prompt the fp32 scoring did not reach by its deadline has no fp32_* entries and is not counted
+    assert s["fp32_scored_prompts"] == 2
+    assert e2e_correctness.reference_summary(rows + [{"tokens_a": [2], "tokens_b": [2]}], "mixed")[
+        "fp32_scored_prompts"] == 2
     assert e2e_correctness.reference_summary(rows, "ours")["logprob_gap_vs_fp32_ours_over_intree"] is None
     # an empty continuation (nothing scored) before the others counts for nothing, and shifts nothing
     empty = reference_fp32.compare_to_reference([], [], {"logprobs": [], "argmax": []})

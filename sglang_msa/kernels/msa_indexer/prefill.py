@@ -60,6 +60,7 @@ def _indexer_prefill_kernel(
     HEAD_DIM: tl.constexpr, H_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, TOPK: tl.constexpr,
     TOPK_PAD: tl.constexpr, SCORE_TYPE: tl.constexpr, CONTIGUOUS_BLOCKS: tl.constexpr,
     IEEE_DOT: tl.constexpr, SPLIT: tl.constexpr, FP8: tl.constexpr, BLOCK_M: tl.constexpr,
+    POOL_ONLY: tl.constexpr = False,
 ):
     BLOCK_T: tl.constexpr = BLOCK_M // H_PAD
     # reversed so the longest (latest) causal tiles start first
@@ -111,14 +112,26 @@ def _indexer_prefill_kernel(
     else:
         lo = 0
         hi = n_blocks
+    b_sink = tl.zeros([BLOCK_M], dtype=tl.float32)  # POOL_ONLY: the pooled scores' sum, so none is dead code
     for i_blk in range(lo, tl.minimum(hi, n_full)):
         b_pool = score_block(b_q, k_ptr, ks_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
                              HEAD_DIM, BLOCK_SIZE, SCORE_TYPE, CONTIGUOUS_BLOCKS, False, IEEE_DOT, FP8)
-        b_list = _offer(b_list, b_pool, i_blk, n_causal, init_blocks, local_blocks, False)
+        if POOL_ONLY:
+            b_sink += b_pool
+        else:
+            b_list = _offer(b_list, b_pool, i_blk, n_causal, init_blocks, local_blocks, False)
     for i_blk in range(tl.maximum(lo, n_full), hi):
         b_pool = score_block(b_q, k_ptr, ks_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
                              HEAD_DIM, BLOCK_SIZE, SCORE_TYPE, CONTIGUOUS_BLOCKS, True, IEEE_DOT, FP8)
-        b_list = _offer(b_list, b_pool, i_blk, n_causal, init_blocks, local_blocks, True)
+        if POOL_ONLY:
+            b_sink += tl.where(b_pool == float("-inf"), 0.0, b_pool)
+        else:
+            b_list = _offer(b_list, b_pool, i_blk, n_causal, init_blocks, local_blocks, True)
+    if POOL_ONLY:
+        # diagnostic (benchmarks only): slot 0 of each row gets the sum's bits, the other slots are not written
+        p_out = out_ptr + o_h.to(tl.int64) * stride_o_h + (q_start + o_tok).to(tl.int64) * stride_o_t
+        tl.store(p_out, b_sink.to(tl.int32, bitcast=True), mask=m_row)
+        return
 
     m_valid = (b_list > INT64_MIN + TOPK_PAD) & (b_list < INT64_MAX)
     if SPLIT:
@@ -185,7 +198,8 @@ def _prune(configs, named_args, **kwargs):
 
 _indexer_prefill_tuned = triton.autotune(
     configs=_configs(),
-    key=["num_heads", "HEAD_DIM", "BLOCK_SIZE", "TOPK", "SCORE_TYPE", "CONTIGUOUS_BLOCKS", "num_splits", "FP8"],
+    key=["num_heads", "HEAD_DIM", "BLOCK_SIZE", "TOPK", "SCORE_TYPE", "CONTIGUOUS_BLOCKS", "num_splits", "FP8",
+         "POOL_ONLY"],
     prune_configs_by={"early_config_prune": _prune},
 )(_indexer_prefill_kernel)
 
@@ -261,6 +275,7 @@ def indexer_prefill(
     maxnreg: Optional[int] = None,
     split_k: Optional[int] = None,
     idx_k_scale: Optional[torch.Tensor] = None,
+    pool_only: bool = False,
 ) -> torch.Tensor:
     """Top-k key blocks per (index head, extend token): int32 [H_idx, total_q, topk].
 
@@ -278,6 +293,10 @@ def indexer_prefill(
     idx_k_scale: the fp8 index path. idx_k_cache then holds float8 e4m3 values and idx_k_scale
     [slots] fp32 their per-slot scales (quant.quantize_index_k); each (token, head) query row is
     quantized to e4m3 in the kernel and scored on fp8 tensor cores. None: the bf16/fp16/fp32 path.
+
+    pool_only: a diagnostic for benchmarks (the same K stream, dots and pooling, no top-k upkeep); the
+    output then holds no selection (slot 0 of each row gets a checksum, the rest is left as it was).
+    Needs split_k 1.
     """
     check_common(idx_q, idx_k_cache, topk, init_blocks, local_blocks, score_type, idx_k_scale)
     fp8 = idx_k_scale is not None
@@ -295,6 +314,8 @@ def indexer_prefill(
     h_pad = triton.next_power_of_2(num_heads)
     ref_rows = block_m or (max(32, h_pad) if interpreting() else max(128, h_pad))
     n_split = choose_split_k(split_k, triton.cdiv(max_seqlen_q, ref_rows // h_pad) * batch, idx_q.device)
+    if pool_only and n_split > 1:
+        raise ValueError("pool_only (a diagnostic) needs split_k=1")
     if n_split > 1:
         ws_score, ws_id = _alloc_split_workspace(n_split, total_q, num_heads, topk, idx_q.device)
         stride_ws = ws_score.stride(0)
@@ -311,7 +332,7 @@ def indexer_prefill(
         HEAD_DIM=head_dim, H_PAD=h_pad, BLOCK_SIZE=block_size, TOPK=topk,
         TOPK_PAD=triton.next_power_of_2(topk), SCORE_TYPE=score_type,
         CONTIGUOUS_BLOCKS=page_size % block_size == 0, IEEE_DOT=idx_q.dtype == torch.float32 and not fp8,
-        SPLIT=n_split > 1, FP8=fp8,
+        SPLIT=n_split > 1, FP8=fp8, POOL_ONLY=pool_only,
     )
 
     def grid(META):
