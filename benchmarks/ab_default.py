@@ -98,7 +98,7 @@ def allreduce_seconds(point: dict, layers: int, hidden: int, ar: dict = ALLREDUC
     return prefill + decode
 
 
-def summarize(rows: list[dict], points: list[dict], logs: dict, model: dict) -> dict:
+def summarize(rows: list[dict], points: list[dict], logs: dict, model: dict, not_run: list[dict] = ()) -> dict:
     """The results file's ``summary``: B against the faster of A and A2 on each workload."""
     med = _median_by_point(rows)
     by_point = {p["key"]: p for p in points}
@@ -143,6 +143,7 @@ def summarize(rows: list[dict], points: list[dict], logs: dict, model: dict) -> 
             ratio_by_workload[workload] = {"baseline": base, "geomean": _geomean(rs), "min": min(rs), "max": max(rs)}
     tp128, ttft128 = at("long", 131072, "output_throughput_ratio"), at("long", 131072, "ttft_p50_ratio")
     ttft512 = at("max-context", 524288, "ttft_p50_ratio")
+    ttft1m = at("max-context", 1048576, "ttft_p50_ratio")
     adj128 = at("long", 131072, "allreduce_adjusted_ratio")
     failed = sum(max(0, r["num_prompts"] - int(r["metrics"].get("completed") or 0)) for r in rows if r.get("metrics"))
     summary = {
@@ -162,6 +163,9 @@ def summarize(rows: list[dict], points: list[dict], logs: dict, model: dict) -> 
         "ttft_p50_ratio_128k": ttft128.get("1", _geomean(list(ttft128.values()))),
         "ttft_p50_ratio_128k_by_concurrency": ttft128,
         "ttft_p50_ratio_512k": ttft512.get("1"),
+        "ttft_p50_ratio_1m": ttft1m.get("1"),
+        # points left out before the servers started, each with why (e.g. a KV pool that does not fit)
+        "points_not_run": list(not_run),
         "allreduce_adjusted_ratio_128k": _geomean(list(adj128.values())),
         "allreduce_assumptions": ALLREDUCE,
         "failed_requests": failed,
@@ -258,6 +262,60 @@ def kv_tokens_for(points: list[Point]) -> int:
     return -(-int(need * 1.1) // 1024) * 1024
 
 
+ACTIVATIONS_GB = 6.0  # per server beyond weights + KV pool: activations of a 16k chunk, CUDA graphs, slack
+USABLE_GPU_FRACTION = 0.92  # of the card's memory: CUDA contexts and the allocators' fragmentation take the rest
+
+
+def server_memory_gb(cfg: dict, kv_tokens: int) -> dict:
+    """Rough GPU memory of one server of a rank8 checkpoint (bf16, --load-format dummy) with a KV pool of
+    ``kv_tokens``: weights from the config's shapes, the pool (K and V per layer, index K per sparse
+    layer) and ACTIVATIONS_GB."""
+    h, d, e = cfg["hidden_size"], cfg["head_dim"], cfg["num_local_experts"]
+    hq, hk = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    sparse = cfg.get("sparse_attention_config") or {}
+    di = sparse.get("sparse_index_dim", 0)
+    hi = sparse.get("sparse_num_index_heads", 0)
+    moe = cfg.get("moe_layer_freq") or [1] * cfg["num_hidden_layers"]
+    freq = sparse.get("sparse_attention_freq") or [0] * len(moe)
+    attn = h * (hq + 2 * hk) * d + hq * d * h
+    weights = 2 * cfg["vocab_size"] * h  # embedding + LM head
+    kv_per_token = 0
+    for is_moe, is_sparse in zip(moe, freq):
+        weights += attn + (h * (hi + 1) * di if is_sparse else 0)
+        if is_moe:
+            weights += 3 * h * (e * cfg["intermediate_size"] + cfg.get("shared_intermediate_size", 0)) + e * h
+        else:
+            weights += 3 * h * cfg.get("dense_intermediate_size", cfg["intermediate_size"])
+        kv_per_token += 2 * hk * d + (di if is_sparse else 0)
+    out = {"weights_gb": 2 * weights / 1e9, "kv_gb": 2 * kv_per_token * kv_tokens / 1e9,
+           "activations_gb": ACTIVATIONS_GB}
+    out["total_gb"] = sum(out.values())
+    return out
+
+
+def fit_points(points: list[Point], cfg: dict, servers: int, gpu_gb: float | None, fixed_kv: int | None
+               ) -> tuple[list[Point], list[dict]]:
+    """The points whose KV pool lets ``servers`` servers share one GPU of ``gpu_gb`` (parallel start: one
+    --max-total-tokens for all), dropping the longest first; ``(kept, [{point, why}])``. A fixed pool
+    (--kv-tokens) drops the points it cannot hold one request of."""
+    kept, dropped = list(points), []
+    while kept:
+        kv = fixed_kv or kv_tokens_for(kept)
+        need = server_memory_gb(cfg, kv)
+        longest = max(kept, key=lambda p: p.input_len + p.output_len)
+        too_long = fixed_kv is not None and longest.input_len + longest.output_len > fixed_kv
+        if not too_long and (gpu_gb is None or servers * need["total_gb"] <= gpu_gb):
+            break
+        why = (f"--kv-tokens {fixed_kv} cannot hold one {longest.input_len}-token request" if too_long else
+               f"{servers} servers side by side need ~{servers * need['total_gb']:.0f} GB > {gpu_gb:.0f} GB usable "
+               f"on this GPU (each: weights {need['weights_gb']:.1f} + KV pool of {kv} tokens {need['kv_gb']:.1f} "
+               f"+ {ACTIVATIONS_GB:.0f} GB activations/graphs)")
+        drop = [p for p in kept if p.input_len == longest.input_len]
+        kept = [p for p in kept if p.input_len != longest.input_len]
+        dropped += [{"point": p.key, "why": why} for p in drop]
+    return kept, dropped
+
+
 def server_specs(model: Path, context: int, mem_fraction: float, graph_bs: list[int], max_running: int,
                  kv_tokens: int | None = None) -> dict:
     common = ["--model-path", str(model), "--load-format", "dummy", "--context-length", str(context),
@@ -301,6 +359,16 @@ def run_points(server, points: list[Point], out_dir: Path, seed: int, deadline: 
         lines = [ln for ln in out.read_text().splitlines() if ln.strip()] if out.exists() else []
         results[key] = json.loads(lines[-1]) if lines else None
     return results
+
+
+def gpu_memory_gb() -> float | None:
+    """Total memory of GPU 0 (None without CUDA)."""
+    try:
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory / 1e9 if torch.cuda.is_available() else None
+    except Exception:
+        return None
 
 
 def free_gpu_gb() -> float | None:
@@ -471,6 +539,9 @@ def merge_results(files: list[Path], out_dir: Path, name: str) -> Path:
                              for f, p in zip(files, parts)]
     merged["rows"] = [r for p in parts for r in p["rows"]]
     merged["points"] = list({pt["key"]: pt for p in parts for pt in p["points"]}.values())
+    run_keys = {pt["key"] for pt in merged["points"]}
+    merged["points_not_run"] = list({d["point"]: d for p in parts for d in p.get("points_not_run") or []
+                                     if d["point"] not in run_keys}.values())
     merged["servers"], merged["logs"] = {}, {"card": parts[0]["card"]}
     for p in parts:
         for n, info in p.get("servers", {}).items():
@@ -490,7 +561,7 @@ def write_results(results: dict, out_dir: Path, name: str) -> Path:
     """``results`` with its summary computed from its rows, as OUT/serving-<card>-<date>-NAME.json + PNG.
     Every measured row reaches the file even if the summary or the plot breaks on something unforeseen."""
     results["summary"] = _safe(lambda: summarize(results["rows"], results["points"], results["logs"],
-                                                 results["model"]))
+                                                 results["model"], results.get("points_not_run") or ()))
     path = out_dir / f"serving-{results['card'].replace(' ', '-')}-{results['date']}-{name}.json"
     path.write_text(json.dumps(results, indent=1))
     _safe(lambda: _plot(results, path.with_suffix(".png")))
@@ -574,6 +645,16 @@ def main(argv=None) -> int:
     cfg = json.loads((model / "config.json").read_text())
     text_ratio = text_tokens_per_token(str(model)) if any(p.dataset != "random-ids" for p in points) else 1.0
     points = calibrated(points, text_ratio)
+    not_run = []
+    if args.parallel_start:
+        gpu_gb = gpu_memory_gb()
+        gpu_gb = gpu_gb * USABLE_GPU_FRACTION if gpu_gb else None
+        n_servers = len([n for n in args.servers.split(",") if n])
+        points, not_run = fit_points(points, cfg, n_servers, gpu_gb, args.kv_tokens)
+        for d in not_run:
+            print(f"[ab_default] not run: {d['point']}: {d['why']}", flush=True)
+        if not points:
+            raise SystemExit("no point fits: " + "; ".join(d["why"] for d in not_run))
     context = args.context_length or context_length_for(points)
     graph_bs = sorted({int(x) for x in args.graph_bs.split(",") if x} or {p.concurrency for p in points})
     names = [n for n in args.servers.split(",") if n]
@@ -602,7 +683,8 @@ def main(argv=None) -> int:
                              "one GPU; servers one after the other") + ", order swapped on each repeat",
                "load_generator": "python -m sglang.bench_serving (SGLang's own)",
                "text_tokens_per_generated_token": text_ratio,
-               "points": [point_record(p) for p in points], "rows": [], "logs": {"card": card}}
+               "points": [point_record(p) for p in points], "points_not_run": not_run, "rows": [],
+               "logs": {"card": card}}
     log_root = args.out_dir / "logs"
 
     def record_stop(name: str, server: Server) -> None:

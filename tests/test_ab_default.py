@@ -25,7 +25,8 @@ def test_presets_cover_the_issue_workloads():
     assert [(p.input_len, p.output_len, p.concurrency) for p in w["cookbook"]] == [(2048, 256, 64)]
     assert {(p.input_len, p.concurrency) for p in w["long"]} == {
         (n, c) for n in (32768, 131072, 262144) for c in (1, 4, 16)}
-    assert [(p.input_len, p.output_len, p.concurrency) for p in w["max-context"]] == [(524288, 128, 1)]
+    assert [(p.input_len, p.output_len, p.concurrency) for p in w["max-context"]] == [(524288, 128, 1),
+                                                                                       (1048576, 128, 1)]
     (agentic,) = w["agentic"]
     assert agentic.dataset == "generated-shared-prefix" and agentic.concurrency == 8
     args = agentic.bench_args(seed=3)
@@ -181,6 +182,50 @@ def test_kv_pool_holds_every_point_at_once():
     assert all(flags[flags.index("--max-total-tokens") + 1] == str(n) for flags, _ in specs.values())
 
 
+def _rank8_cfg(layers=12):
+    sys.path.insert(0, str(REPO))
+    from sglang_msa_tools import tiny_m3
+
+    cfg = {**tiny_m3.PRESETS["rank8"], "num_hidden_layers": layers, "n_shared_experts": 1,
+           "shared_intermediate_size": tiny_m3.PRESETS["rank8"]["intermediate_size"],
+           "moe_layer_freq": [0] + [1] * (layers - 1),
+           "sparse_attention_config": {"sparse_attention_freq": [0] + [1] * (layers - 1),
+                                       "sparse_num_index_heads": 1, "sparse_index_dim": 128}}
+    return cfg
+
+
+def test_server_memory_estimate_and_points_that_do_not_fit():
+    cfg = _rank8_cfg(12)
+    m = ab_default.server_memory_gb(cfg, 1_000_000)
+    # 11 MoE layers x 128 experts x 3 x 6144 x 384 x 2 B = 19.9 GB + embedding and LM head 4.9 GB + attention
+    assert 25 < m["weights_gb"] < 26.5
+    # per token: 12 layers of K + V (1 head x 128, bf16) + 11 of index K (128, bf16) = 8960 B
+    assert m["kv_gb"] == pytest.approx(8960 * 1_000_000 / 1e9)
+    assert m["total_gb"] == pytest.approx(m["weights_gb"] + m["kv_gb"] + ab_default.ACTIVATIONS_GB)
+    pts = presets.select(["long", "max-context"], lens=[32768, 524288, 1048576], concurrency=[1, 4, 16])
+    # two servers on an 80 GB card: 1M does not fit beside 512k and 32k c16, which do; it is said why
+    kept, dropped = ab_default.fit_points(pts, cfg, 2, 80.0, None)
+    assert {p.input_len for p in kept} == {32768, 524288}
+    assert [d["point"] for d in dropped] == ["max-context/1048576/c1"]
+    assert "2 servers side by side need" in dropped[0]["why"] and "80 GB" in dropped[0]["why"]
+    # a 141 GB card holds all of them; no GPU reading drops nothing
+    assert ab_default.fit_points(pts, cfg, 2, 141.0, None) == (pts, [])
+    assert ab_default.fit_points(pts, cfg, 2, None, None) == (pts, [])
+    # a fixed --kv-tokens drops what one request of cannot fit in it, whatever the card
+    kept, dropped = ab_default.fit_points(pts, cfg, 2, None, 600_000)
+    assert max(p.input_len for p in kept) == 524288 and "cannot hold one 1048576-token" in dropped[0]["why"]
+
+
+def test_summary_carries_points_not_run_and_the_1m_ratio():
+    pts = [ab_default.point_record(Point("max-context", 1048576, 128, 1, 1))]
+    rows = _rows({("A", "max-context/1048576/c1"): 10.0, ("B", "max-context/1048576/c1"): 12.0},
+                 {("A", "max-context/1048576/c1"): 30000.0, ("B", "max-context/1048576/c1"): 12000.0})
+    s = ab_default.summarize(rows, pts, {}, {"layers": 12, "hidden": 6144},
+                             [{"point": "long/262144/c16", "why": "x"}])
+    assert s["ttft_p50_ratio_1m"] == pytest.approx(2.5)
+    assert s["points_not_run"] == [{"point": "long/262144/c16", "why": "x"}]
+
+
 class _StubServer:
     """Stands in for benchmarks.servers.Server: records start order; its KV pool 'appears' at once."""
     log = []
@@ -317,6 +362,7 @@ def stub_gpu(monkeypatch) -> None:
 
     monkeypatch.setattr(ab_default, "Server", _LiveStub)
     monkeypatch.setattr(ab_default, "free_gpu_gb", lambda: None)
+    monkeypatch.setattr(ab_default, "gpu_memory_gb", lambda: None)
     monkeypatch.setattr(ab_default, "warm_up", lambda server, vocab: 0.5)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Stub GPU")
 
