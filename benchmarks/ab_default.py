@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.serving.presets import (  # noqa: E402
-    Point, calibrated, capped, context_length_for, select, text_tokens_per_token)
+    ONE_M_INPUT, Point, calibrated, capped, context_length_for, select, text_tokens_per_token)
 from benchmarks.servers import Server, post_json  # noqa: E402
 
 BASELINES = ("A", "A2")
@@ -143,7 +143,7 @@ def summarize(rows: list[dict], points: list[dict], logs: dict, model: dict, not
             ratio_by_workload[workload] = {"baseline": base, "geomean": _geomean(rs), "min": min(rs), "max": max(rs)}
     tp128, ttft128 = at("long", 131072, "output_throughput_ratio"), at("long", 131072, "ttft_p50_ratio")
     ttft512 = at("max-context", 524288, "ttft_p50_ratio")
-    ttft1m = at("max-context", 1048576, "ttft_p50_ratio")
+    ttft1m = at("max-context", ONE_M_INPUT, "ttft_p50_ratio")
     adj128 = at("long", 131072, "allreduce_adjusted_ratio")
     failed = sum(max(0, r["num_prompts"] - int(r["metrics"].get("completed") or 0)) for r in rows if r.get("metrics"))
     summary = {
@@ -655,7 +655,9 @@ def main(argv=None) -> int:
             print(f"[ab_default] not run: {d['point']}: {d['why']}", flush=True)
         if not points:
             raise SystemExit("no point fits: " + "; ".join(d["why"] for d in not_run))
-    context = args.context_length or context_length_for(points)
+    # the +1k slack of context_length_for, but never past the model's positions (SGLang refuses that)
+    context = args.context_length or max(min(context_length_for(points), cfg["max_position_embeddings"]),
+                                         max(p.input_len + p.output_len for p in points))
     graph_bs = sorted({int(x) for x in args.graph_bs.split(",") if x} or {p.concurrency for p in points})
     names = [n for n in args.servers.split(",") if n]
     kv_tokens = args.kv_tokens or (kv_tokens_for(points) if args.parallel_start else None)

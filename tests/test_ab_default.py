@@ -26,7 +26,7 @@ def test_presets_cover_the_issue_workloads():
     assert {(p.input_len, p.concurrency) for p in w["long"]} == {
         (n, c) for n in (32768, 131072, 262144) for c in (1, 4, 16)}
     assert [(p.input_len, p.output_len, p.concurrency) for p in w["max-context"]] == [(524288, 128, 1),
-                                                                                       (1048576, 128, 1)]
+                                                                                       (2**20 - 1024, 128, 1)]
     (agentic,) = w["agentic"]
     assert agentic.dataset == "generated-shared-prefix" and agentic.concurrency == 8
     args = agentic.bench_args(seed=3)
@@ -202,24 +202,26 @@ def test_server_memory_estimate_and_points_that_do_not_fit():
     # per token: 12 layers of K + V (1 head x 128, bf16) + 11 of index K (128, bf16) = 8960 B
     assert m["kv_gb"] == pytest.approx(8960 * 1_000_000 / 1e9)
     assert m["total_gb"] == pytest.approx(m["weights_gb"] + m["kv_gb"] + ab_default.ACTIVATIONS_GB)
-    pts = presets.select(["long", "max-context"], lens=[32768, 524288, 1048576], concurrency=[1, 4, 16])
+    pts = presets.select(["long", "max-context"], lens=[32768, 524288, presets.ONE_M_INPUT], concurrency=[1, 4, 16])
     # two servers on an 80 GB card: 1M does not fit beside 512k and 32k c16, which do; it is said why
     kept, dropped = ab_default.fit_points(pts, cfg, 2, 80.0, None)
     assert {p.input_len for p in kept} == {32768, 524288}
-    assert [d["point"] for d in dropped] == ["max-context/1048576/c1"]
+    assert [d["point"] for d in dropped] == [f"max-context/{presets.ONE_M_INPUT}/c1"]
     assert "2 servers side by side need" in dropped[0]["why"] and "80 GB" in dropped[0]["why"]
     # a 141 GB card holds all of them; no GPU reading drops nothing
     assert ab_default.fit_points(pts, cfg, 2, 141.0, None) == (pts, [])
     assert ab_default.fit_points(pts, cfg, 2, None, None) == (pts, [])
     # a fixed --kv-tokens drops what one request of cannot fit in it, whatever the card
     kept, dropped = ab_default.fit_points(pts, cfg, 2, None, 600_000)
-    assert max(p.input_len for p in kept) == 524288 and "cannot hold one 1048576-token" in dropped[0]["why"]
+    assert max(p.input_len for p in kept) == 524288
+    assert f"cannot hold one {presets.ONE_M_INPUT}-token" in dropped[0]["why"]
 
 
 def test_summary_carries_points_not_run_and_the_1m_ratio():
-    pts = [ab_default.point_record(Point("max-context", 1048576, 128, 1, 1))]
-    rows = _rows({("A", "max-context/1048576/c1"): 10.0, ("B", "max-context/1048576/c1"): 12.0},
-                 {("A", "max-context/1048576/c1"): 30000.0, ("B", "max-context/1048576/c1"): 12000.0})
+    one_m = presets.ONE_M_INPUT
+    key = f"max-context/{one_m}/c1"
+    pts = [ab_default.point_record(Point("max-context", one_m, 128, 1, 1))]
+    rows = _rows({("A", key): 10.0, ("B", key): 12.0}, {("A", key): 30000.0, ("B", key): 12000.0})
     s = ab_default.summarize(rows, pts, {}, {"layers": 12, "hidden": 6144},
                              [{"point": "long/262144/c16", "why": "x"}])
     assert s["ttft_p50_ratio_1m"] == pytest.approx(2.5)

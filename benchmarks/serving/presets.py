@@ -77,6 +77,9 @@ def _long(lens=(32768, 131072, 262144), concurrency=(1, 4, 16)) -> list[Point]:
     return points
 
 
+# The 1M point fills a 1M context (2^20 positions, the proxy's max_position_embeddings) up to 1k short,
+# so that prompt + output + SGLang's own slack stay inside it.
+ONE_M_INPUT = 2**20 - 1024
 AGENTIC_PREFIX = 60000
 AGENTIC_QUESTION = 4096
 AGENTIC_RANGE = 0.25  # 1k-4k new tokens (and 64-256 out: SGLang applies one ratio to both)
@@ -148,7 +151,7 @@ WORKLOADS: dict[str, list[Point]] = {
     # RoPE work per token). ab_default drops it, saying why, where the servers' KV pools cannot hold it.
     "max-context": [Point("max-context", 524288, 128, 1, 2,
                           note="2 requests: one 512k prefill takes tens of seconds per server"),
-                    Point("max-context", 1048576, 128, 1, 1,
+                    Point("max-context", ONE_M_INPUT, 128, 1, 1,
                           note="1 request: one 1M prefill takes tens of seconds per server")],
 }
 
