@@ -1096,6 +1096,8 @@ def parse(argv):
     ap.add_argument("--method", default=None, choices=["auto", "block_major", "query_major"],
                     help="our prefill plan's method: auto as the backend (default); smoke default block_major, "
                     "the path auto takes at every full-size point (chunk x KV heads > 4096)")
+    ap.add_argument("--shared-gpu", default="", help="what else ran on the GPU during this run (written into "
+                    "the results: its timings are then noisier than those of a run alone)")
     ap.add_argument("--no-prefill", action="store_true")
     ap.add_argument("--no-decode", action="store_true")
     ap.add_argument("--mem-gib", type=float, default=None, help="skip points estimated above this (default: "
@@ -1162,7 +1164,9 @@ def main(argv=None) -> int:
             "SparseDecodeWrapper.run; upstream: minimax_sparse_decode with max_seqlen = the context); the "
             "per-forward block-table build (ours_block_table_us) is outside the step",
             "decode floor = bytes_per_step / copy bandwidth (read + write bytes of a 1 GiB device copy)",
+            *([f"shared GPU: {args.shared_gpu}"] if args.shared_gpu else []),
         ],
+        "shared_gpu": args.shared_gpu or None,
         "references": {}, "points": [], "skipped": [],
     }
 
