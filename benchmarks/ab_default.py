@@ -361,24 +361,25 @@ def run_points(server, points: list[Point], out_dir: Path, seed: int, deadline: 
     return results
 
 
-def gpu_memory_gb() -> float | None:
-    """Total memory of GPU 0 (None without CUDA)."""
+def _smi_gb(field: str) -> float | None:
+    """A memory field of GPU 0 from nvidia-smi, in GB of 2^30 bytes (this process holds no CUDA context)."""
     try:
-        import torch
-
-        return torch.cuda.get_device_properties(0).total_memory / 1e9 if torch.cuda.is_available() else None
-    except Exception:
-        return None
-
-
-def free_gpu_gb() -> float | None:
-    """Free memory of GPU 0 from nvidia-smi (this process holds no CUDA context); None without it."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits", "-i", "0"],
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits", "-i", "0"],
                              capture_output=True, text=True, timeout=30).stdout
         return float(out.split()[0]) / 1024
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return None
+
+
+def gpu_memory_gb() -> float | None:
+    """Total memory of GPU 0 in GB (1e9 bytes, as server_memory_gb counts); None without nvidia-smi."""
+    gib = _smi_gb("memory.total")
+    return gib * 2**30 / 1e9 if gib else None
+
+
+def free_gpu_gb() -> float | None:
+    """Free memory of GPU 0 from nvidia-smi; None without it."""
+    return _smi_gb("memory.free")
 
 
 def start_staggered(order: list[str], specs: dict, ports: dict, log_dir: Path, timeout_s: float,
