@@ -80,7 +80,7 @@ from sglang_msa.kernels.msa_indexer import (  # noqa: E402
     quantize_index_k_cache,
 )
 from sglang_msa.kernels.msa_indexer import prefill as indexer_prefill_module  # noqa: E402
-from sglang_msa.kernels.msa_indexer.prefill import auto_split_k  # noqa: E402
+from sglang_msa.kernels.msa_indexer.prefill import PREFILL_CONFIGS, auto_split_k  # noqa: E402
 from sglang_msa.kernels.msa_prefill import bind_topk, plan, run  # noqa: E402
 from sglang_msa.kernels.msa_prefill.block_major import launch_block_major  # noqa: E402
 from sglang_msa.kernels.msa_prefill.combine import launch_combine  # noqa: E402
@@ -310,9 +310,8 @@ def blocks_in_common(sel, ref):
 
 # (BLOCK_M, num_warps, num_stages, maxnreg) tried by the indexer config sweep at one index head: the
 # autotuner's own list (msa_indexer.prefill.PREFILL_CONFIGS) and larger tiles / deeper pipelines.
-INDEXER_SWEEP = [(128, 8, 2, 128), (128, 8, 3, 128), (64, 4, 2, None), (64, 4, 3, None), (256, 8, 2, None),
-                 (128, 4, 2, None), (128, 8, 4, 128), (128, 8, 2, None), (256, 8, 3, None), (256, 16, 2, None),
-                 (256, 16, 3, None), (256, 8, 2, 255)]
+INDEXER_SWEEP = [*PREFILL_CONFIGS, (128, 4, 2, None), (128, 8, 4, 128), (128, 8, 2, None), (256, 8, 3, None),
+                 (256, 16, 2, None), (256, 16, 3, None), (256, 8, 2, 255)]
 INDEXER_SWEEP_SMOKE = [(32, 4, 2, None), (64, 4, 2, None)]
 
 
@@ -421,6 +420,7 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
             iq, idx_k, r2t, pool, cu, seq, pre, split_k=sk, **ikw)))
         pt["indexer_split_speedup"] = pt["indexer_unsplit_ms"] / pt["indexer_split_ms"]
         pt["indexer_split_matches_unsplit"] = bool(torch.equal(held[1], held[sk]))
+        ref_sel = held[1]  # the unsplit selection: what every config of the sweep below must reproduce
         del held
         # Where the indexer's time goes (it is 0.50 of the matmul rate): the same kernel keeping a top-2
         # list instead of a top-16 one does the same K stream and dots with ~1/8 of the list upkeep, so
@@ -446,7 +446,6 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
         # BLOCK_M decides how much of the K stream every SM pulls through L2 per FLOP; the fp8 path (half
         # the dot time, half the bytes) ran no faster than bf16 on the 2026-12-07 H100, so the dot is not
         # what limits it.
-        ref_sel = indexer_prefill(iq, idx_k, r2t, pool, cu, seq, pre, split_k=1, **ikw)
         sweep = {}
         for bm, nw, ns, mr in (INDEXER_SWEEP_SMOKE if args.smoke else INDEXER_SWEEP):
             kw = dict(split_k=1, block_m=bm, num_warps=nw, num_stages=ns, maxnreg=mr, **ikw)
