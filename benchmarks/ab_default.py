@@ -334,12 +334,13 @@ def run_points(server, points: list[Point], out_dir: Path, seed: int, deadline: 
     (``benchmarks/serving/sglang_client.py``); ``{point key: last JSONL record or None}``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs, outs = [], {}
-    for i, p in enumerate(points):
+    for p in points:
         out = outs[p.key] = out_dir / f"{server.name}-{p.key.replace('/', '_')}-{seed}.jsonl"
         out.unlink(missing_ok=True)
-        # A warm-up request before the server's first point (JIT, graphs) and before agentic (fills the
-        # prefix cache); a long prompt's warm-up would cost as much as a measured request.
-        warmup = 1 if i == 0 or p.dataset != "random-ids" else 0
+        # A warm-up request only before agentic (it fills the shared prefix's cache). The server was warmed
+        # (warm_up, warm_points) before it is measured, and a random-ids warm-up is the point's own first
+        # prompt: a long one costs as much as a measured request, and it is flushed right after anyway.
+        warmup = 0 if p.dataset == "random-ids" else 1
         jobs.append({"key": p.key, "estimate_s": estimate_s(p), "argv": [
             "--host", "127.0.0.1", "--port", str(server.port), *p.bench_args(seed, warmup), "--tokenizer", str(tokenizer),
             "--output-file", str(out), "--ready-check-timeout-sec", "30", "--disable-tqdm"]})

@@ -43,6 +43,10 @@ def test_random_ids_points_send_token_ids_of_exact_length():
     assert args[args.index("--dataset-name") + 1] == "random-ids" and "--tokenize-prompt" in args
     assert args[args.index("--random-range-ratio") + 1] == "1.0"
     assert args[args.index("--max-concurrency") + 1] == "4"
+    # Prompts depend on seed and length only: without SGLang's flush after warm-up, a point would hit
+    # the prefix cache left by its warm-up or by another point of the same length.
+    assert "--flush-cache" in args
+    assert "--flush-cache" not in presets.WORKLOADS["agentic"][0].bench_args(seed=1)  # its prefix stays cached
 
 
 def test_select_and_context_length():
@@ -155,12 +159,16 @@ def test_sglang_load_generator_against_fake_server(tmp_path):
         res = ab_default.run_points(server, pts, tmp_path / "out", seed=1, deadline=time.time() + 200,
                                     tokenizer=model)
         sent = [r.body for r in srv.received if r.path == "/generate"]
+        flushes = srv.flushes
     m = res["cookbook/64/c4"]
     assert m["completed"] == 8 and m["total_output_tokens"] == 8 * 12 and m["max_concurrency"] == 4
     assert m["median_ttft_ms"] >= 50
     assert res["long/10000000/c1"] is None  # cannot finish before the deadline: skipped, not failed
-    assert all(len(b["input_ids"]) == 64 for b in sent)  # the warm-up request included
-    assert len(sent) == 9
+    assert all(len(b["input_ids"]) == 64 for b in sent)
+    assert len(sent) == 8  # no warm-up request: ab_default warms each server before measuring it
+    # The measured prompts start from an empty prefix cache: our waiting flush, then SGLang's own (the
+    # skipped point sends none).
+    assert flushes == 2
 
 
 def test_request_cap_keeps_each_point_at_its_concurrency():

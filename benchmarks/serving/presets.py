@@ -10,8 +10,9 @@ definitions (TTFT, output throughput, ...), so our figures mean what SGLang's pu
     long         32k, 128k and 256k in / 256 out at concurrency 1, 4 and 16
     max-context  512k and 1M in / 128 out at concurrency 1
 
-Requests per point: at least 16 measured (``MIN_REQUESTS``) and twice the concurrency, after one
-warm-up request; fewer where one request takes minutes (``Point.note`` says so).
+Requests per point: at least 16 measured (``MIN_REQUESTS``) and twice the concurrency; fewer where
+one request takes minutes (``Point.note`` says so). Random-ids points start from an empty prefix cache
+(``--flush-cache``), so every measured prompt is prefilled in full; agentic keeps its cached prefix.
 """
 
 from __future__ import annotations
@@ -55,8 +56,12 @@ class Point:
                 "--max-concurrency", str(self.concurrency), "--request-rate", "inf", "--seed", str(seed),
                 "--warmup-requests", str(warmup)]
         if self.dataset == "random-ids":
+            # SGLang's random-ids prompts depend on the seed and the lengths only: two points of one length
+            # share their first prompts, and its warm-up request is the first measured prompt. Without
+            # the flush (SGLang's own, after warm-up) those requests are prefix-cache hits that prefill
+            # nothing, e.g. one of max-context's two 512k requests (2026-12-07).
             args += ["--random-input-len", str(self.input_len), "--random-output-len", str(self.output_len),
-                     "--random-range-ratio", "1.0", "--tokenize-prompt"]
+                     "--random-range-ratio", "1.0", "--tokenize-prompt", "--flush-cache"]
         return args + list(self.extra)
 
 

@@ -36,6 +36,24 @@ def without_hf_datasets() -> None:
     sys.modules["datasets"] = stub
 
 
+def wait_idle_and_flush(argv: list[str], timeout_s: float = 60.0) -> str:
+    """For a job that flushes the prefix cache (``--flush-cache``): flush it first through SGLang's
+    ``/flush_cache?timeout=``, which waits until the scheduler is idle. SGLang's benchmark flushes without
+    waiting and fails the whole point if the previous point's last request is still being released;
+    after this call its own flush finds the server idle. Returns "" or what went wrong."""
+    import urllib.request
+
+    def arg(name: str, default: str) -> str:
+        return argv[argv.index(name) + 1] if name in argv else default
+
+    url = f"http://{arg('--host', '127.0.0.1')}:{arg('--port', '30000')}/flush_cache?timeout={timeout_s:g}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=timeout_s + 10) as r:
+            return "" if r.status == 200 else f"HTTP {r.status}"
+    except OSError as exc:
+        return repr(exc)
+
+
 def run_jobs(spec: dict) -> dict[str, str]:
     without_hf_datasets()
     from sglang.benchmark import serving
@@ -47,6 +65,10 @@ def run_jobs(spec: dict) -> dict[str, str]:
             print(f"[sglang_client] {job['key']}: skipped (deadline)", flush=True)
             continue
         t0 = time.time()
+        if "--flush-cache" in job["argv"]:
+            err = wait_idle_and_flush(job["argv"])
+            if err:
+                print(f"[sglang_client] {job['key']}: waiting flush failed ({err}); SGLang's own follows", flush=True)
         saved = sys.argv
         sys.argv = ["sglang.benchmark.serving", *job["argv"]]
         try:
