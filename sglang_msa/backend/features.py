@@ -229,12 +229,18 @@ FEATURES: tuple[Feature, ...] = (
         "not yet served on several GPUs.",
     ),
     Feature(
-        "shared-expert fusion", "(default), --disable-shared-experts-fusion", SUPPORTED, MODEL,
+        "shared-expert fusion", "(default), --disable-shared-experts-fusion, "
+        "`SGLANG_MSA_FUSE_SHARED_EXPERT=1`", SUPPORTED, MODEL,
         "as in SGLang's own MiniMax-M3: on CUDA (SM80+, no expert parallelism) the shared expert runs "
         "as FusedMoE's extra expert (TopK appends it with weight 1 and scales the routed weights), "
-        "else, or with the flag, as its own TP-sharded MLP summed in the down projection's GEMM. The "
-        "server log says which (\"sglang-msa: built ...\"). Loading and the block's sum are "
-        "CPU-tested (tests/test_m3_model.py); not yet measured on a GPU.",
+        "else, or with the flag, as its own TP-sharded MLP summed in the down projection's GEMM. One "
+        "rule of ours for bf16 experts: fused only where SGLang ships a tuned fused-MoE config for the "
+        "E + 1 experts, or none for E (SGLang 0.5.17 has E=129, N=384 for H200 only, so an H100 keeps "
+        "the shared expert apart and its routed experts on the tuned E=128 config; fused on the default "
+        "config, 128k prefill spent 63 vs 26 ms per step in MoE on an H100); "
+        "`SGLANG_MSA_FUSE_SHARED_EXPERT=1` fuses anyway. The server log says which and why "
+        "(\"sglang-msa: built ...\"). Loading, the block's sum and the rule against SGLang's real "
+        "config files are CPU-tested (tests/test_m3_model.py, tests/test_shared_expert_fusion.py).",
     ),
     Feature(
         "DP attention", "--enable-dp-attention, --enable-dp-lm-head", REJECTED, BACKEND,
