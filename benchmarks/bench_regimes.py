@@ -35,7 +35,7 @@ Matrix (issue #13):
 The model's own MSA settings come from sglang_msa_tools.tiny_m3.SPARSE_COMMON (block 128, top-16, init 0,
 local 1, index dim 128). Points run in priority order (the summary's points first) and are skipped past
 the deadline or when their estimated memory exceeds ``--mem-gib``, with the reason recorded. The results
-file (``kernels-<card>-<date>-regimes.json``) is rewritten after every point.
+file (``kernels-<card>-<date>-regimes.json``; ``--name`` changes the last part) is rewritten after every point.
 
     python benchmarks/bench_regimes.py --out-dir DIR [--budget-s 540] [--layouts 8/1/1,16/1/1,64/4/4]
         [--chunks 16k,8k] [--tiers 128k,512k,1m,0] [--selections realistic,random]
@@ -312,7 +312,19 @@ def blocks_in_common(sel, ref):
 # autotuner's own list (msa_indexer.prefill.PREFILL_CONFIGS) and larger tiles / deeper pipelines.
 INDEXER_SWEEP = [*PREFILL_CONFIGS, (128, 4, 2, None), (128, 8, 4, 128), (128, 8, 2, None), (256, 8, 3, None),
                  (256, 16, 2, None), (256, 16, 3, None), (256, 8, 2, 255)]
+# The same configs with split-K (S from the automatic rule for that BLOCK_M). Why: at one index head the
+# tuned kernel (128 rows, 8 warps, 3 stages) keeps a 32 KB query tile and three 32 KB key tiles in shared
+# memory, ~128 KB, so one CTA fits per SM: split-K's 5x programs then only queue behind each other (it
+# gave 1.03-1.05x on the 2026-12-07 H100) and no CTA's dots overlap another's pooling. With 2 stages
+# (~96 KB; 64 rows: ~80 KB) and <= 128 registers per thread two CTAs fit, which only split-K can fill.
+INDEXER_SWEEP_SPLIT = [(128, 8, 2, 128), (128, 8, 2, None), (128, 4, 2, None), (64, 4, 2, None), (64, 4, 3, None)]
 INDEXER_SWEEP_SMOKE = [(32, 4, 2, None), (64, 4, 2, None)]
+INDEXER_SWEEP_SPLIT_SMOKE = [(32, 4, 2, None)]
+
+
+def sweep_name(bm: int, nw: int, ns: int, mr, split: int = 1) -> str:
+    """A sweep entry's key: BLOCK_M/warps/stages/maxnreg, then /S<n> when split-K runs."""
+    return f"{bm}/{nw}/{ns}/{mr or '-'}" + (f"/S{split}" if split > 1 else "")
 
 
 def indexer_flops(prefix, T, h_idx, cfg):
@@ -442,14 +454,16 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
             iq, idx_k, r2t, pool, cu, seq, pre, split_k=1, pool_only=True, **ikw))
         pt["indexer_pool_only_share"] = pt["indexer_pool_only_ms"] / pt["indexer_unsplit_ms"]
         # Config sweep: each candidate forced (no autotuner), one measurement each, same inputs. At one
-        # index head a tile of BLOCK_M rows reads each 32 KB key block for BLOCK_M x 128 x 128 MACs, so
-        # BLOCK_M decides how much of the K stream every SM pulls through L2 per FLOP; the fp8 path (half
-        # the dot time, half the bytes) ran no faster than bf16 on the 2026-12-07 H100, so the dot is not
-        # what limits it.
+        # index head a tile of BLOCK_M rows reads each 32 KB key block for BLOCK_M x 128 x 128 MACs. On the
+        # 2026-12-07 H100 neither the dot nor the K stream limited it: fp8 (half the dot time and bytes) ran
+        # no faster than bf16, and 64-row tiles (twice the K traffic per FLOP) as fast as 128-row ones.
         sweep = {}
-        for bm, nw, ns, mr in (INDEXER_SWEEP_SMOKE if args.smoke else INDEXER_SWEEP):
-            kw = dict(split_k=1, block_m=bm, num_warps=nw, num_stages=ns, maxnreg=mr, **ikw)
-            name = f"{bm}/{nw}/{ns}/{mr or '-'}"
+        entries = [(*c, 1) for c in (INDEXER_SWEEP_SMOKE if args.smoke else INDEXER_SWEEP)]
+        entries += [(bm, nw, ns, mr, max(2, auto_split_k(triton.cdiv(T, bm), sms)))
+                    for bm, nw, ns, mr in (INDEXER_SWEEP_SPLIT_SMOKE if args.smoke else INDEXER_SWEEP_SPLIT)]
+        for bm, nw, ns, mr, split in entries:
+            kw = dict(split_k=split, block_m=bm, num_warps=nw, num_stages=ns, maxnreg=mr, **ikw)
+            name = sweep_name(bm, nw, ns, mr, split)
             try:
                 got = indexer_prefill(iq, idx_k, r2t, pool, cu, seq, pre, **kw)
                 sweep[name] = dict(same_selection=bool(torch.equal(got, ref_sel)),
@@ -1097,6 +1111,8 @@ def parse(argv):
                     "the path auto takes at every full-size point (chunk x KV heads > 4096)")
     ap.add_argument("--shared-gpu", default="", help="what else ran on the GPU during this run (written into "
                     "the results: its timings are then noisier than those of a run alone)")
+    ap.add_argument("--name", default="regimes", help="suffix of the results file, kernels-<card>-<date>-NAME.json "
+                    "(another name keeps a second run of one day beside the first in benchmarks/results)")
     ap.add_argument("--no-prefill", action="store_true")
     ap.add_argument("--no-decode", action="store_true")
     ap.add_argument("--mem-gib", type=float, default=None, help="skip points estimated above this (default: "
@@ -1143,7 +1159,7 @@ def main(argv=None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     card = torch.cuda.get_device_name(0) if CUDA else "cpu-interpreter"
     today = date.today().isoformat()
-    path = args.out_dir / f"kernels-{card.replace(' ', '-')}-{today}-regimes.json"
+    path = args.out_dir / f"kernels-{card.replace(' ', '-')}-{today}-{args.name}.json"
     up, up_notes = load_upstream(args.smoke, args.full_upstream_autotune)
     res = {
         "card": card, "date": today, "command": " ".join([sys.executable, *sys.argv]) if argv is None

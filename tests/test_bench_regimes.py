@@ -113,11 +113,11 @@ def test_smoke_run_writes_every_summary_key(tmp_path):
     pytest.importorskip("triton")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_regimes.py"), "--smoke", "--out-dir", str(tmp_path),
            "--layouts", "8/1/1", "--chunks", "16k", "--tiers", "128k,512k", "--selections", "realistic,random",
-           "--decode-tiers", "512k", "--batches", "8", "--budget-s", "1500"]
+           "--decode-tiers", "512k", "--batches", "8", "--budget-s", "1500", "--name", "regimes-smoke"]
     env = dict(os.environ)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1700)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    files = list(tmp_path.glob("kernels-*-regimes.json"))
+    files = list(tmp_path.glob("kernels-*-regimes-smoke.json"))  # --name picks the file's suffix
     assert len(files) == 1, list(tmp_path.iterdir())
 
     def no_nan(x):
@@ -186,7 +186,13 @@ def test_smoke_run_writes_every_summary_key(tmp_path):
         # ... and with no list at all (pool only), and each config of the sweep forced, same selection
         assert p["indexer_pool_only_ms"] > 0 and p["indexer_pool_only_share"] > 0
         smoke_cfgs = bench_constant("INDEXER_SWEEP_SMOKE")
-        assert set(p["indexer_config_sweep"]) == {f"{bm}/{nw}/{ns}/{mr or '-'}" for bm, nw, ns, mr in smoke_cfgs}
+        split_cfgs = bench_constant("INDEXER_SWEEP_SPLIT_SMOKE")  # the same forced, with split-K (S >= 2)
+        names = {f"{bm}/{nw}/{ns}/{mr or '-'}" for bm, nw, ns, mr in smoke_cfgs}
+        split_names = {n for n in p["indexer_config_sweep"] if "/S" in n}
+        assert set(p["indexer_config_sweep"]) == names | split_names
+        assert {n.rsplit("/S", 1)[0] for n in split_names} == {f"{bm}/{nw}/{ns}/{mr or '-'}"
+                                                               for bm, nw, ns, mr in split_cfgs}
+        assert all(int(n.rsplit("/S", 1)[1]) >= 2 for n in split_names)
         for name, row in p["indexer_config_sweep"].items():
             assert row.get("same_selection") is True and row["ms"] > 0, (name, row)
         assert p["indexer_sweep_best"] in p["indexer_config_sweep"] and p["indexer_sweep_best_ms"] > 0
