@@ -744,6 +744,7 @@ def main(argv=None) -> int:
             with ThreadPoolExecutor(len(to_warm)) as pool:
                 list(pool.map(lambda ns: warm(*ns), to_warm))
         results["measuring_plan"] = [f"rep {r} {n}" + (" (live)" if kept else "") for r, n, kept in plan]
+        measured_in_rep: dict[int, set] = {}  # repeat -> the point keys every server so far measured in it
         for k, (rep, name, kept) in enumerate(plan):
             if time.time() > t_end - 60:
                 results.setdefault("skipped", []).append(f"rep {rep} {name}: deadline")
@@ -760,8 +761,15 @@ def main(argv=None) -> int:
             profiles_left = sum(1 for r, n, _ in plan[k:] if n in profile and r == args.first_rep)
             deadline = client_deadline(time.time(), t_end - 90 * profiles_left, plan[k:], points, args.first_rep)
             log_start = server.log_path.stat().st_size if server.log_path and server.log_path.exists() else 0
-            measured = run_points(server, points, args.out_dir / "bench", seed=1 + rep, deadline=deadline,
-                                  tokenizer=model)
+            # A ratio needs both sides: a later server of a repeat measures only the points every earlier
+            # one of that repeat measured. (A2's agentic point was skipped by its deadline while B then
+            # measured it for nothing, and the second repeat ran out of time: H100, 2026-12-07.)
+            paired = measured_in_rep.get(rep)
+            to_run = [p for p in points if paired is None or p.key in paired]
+            measured = run_points(server, to_run, args.out_dir / "bench", seed=1 + rep, deadline=deadline,
+                                  tokenizer=model) if to_run else {}
+            done = {key for key, m in measured.items() if m}
+            measured_in_rep[rep] = done if paired is None else paired & done
             if args.trace_jit and server.log_path:
                 with open(server.log_path, errors="replace") as f:
                     f.seek(log_start)
@@ -770,8 +778,9 @@ def main(argv=None) -> int:
                 m = measured.get(p.key)
                 results["rows"].append({"server": name, "rep": rep, "point": p.key, "num_prompts": p.num_prompts,
                                         "metrics": {k2: m.get(k2) for k2 in METRICS} if m else None})
+                why = "not measured" if p in to_run else "not run: an earlier server of this repeat did not measure it"
                 print(f"[rep {rep}] {name} {p.key}: " + (f"{m['output_throughput']:.1f} tok/s, TTFT p50 "
-                      f"{m['median_ttft_ms']:.0f} ms" if m else "not measured"), flush=True)
+                      f"{m['median_ttft_ms']:.0f} ms" if m else why), flush=True)
             if rep == args.first_rep and name in profile and time.time() < t_end - 100:
                 from benchmarks.profile_step import profile_server
 

@@ -409,6 +409,36 @@ def test_main_keeps_side_by_side_servers_for_every_repeat(monkeypatch, tmp_path)
 
 
 @pytest.mark.sglang
+def test_later_server_of_a_repeat_runs_only_the_points_the_earlier_ones_measured(monkeypatch, tmp_path):
+    """A point that the first server of a repeat did not measure (its deadline) is not run on the
+    others of that repeat: a ratio needs both sides. The next repeat starts from every point again."""
+    stub_gpu(monkeypatch)
+    asked = []
+
+    def fake_points(server, points, out_dir, seed, deadline, tokenizer):
+        asked.append((server.name, seed, sorted(p.key for p in points)))
+        out = {p.key: {"output_throughput": 100.0, "median_ttft_ms": 50.0, "completed": p.num_prompts,
+                       "duration": 10.0, "total_output_tokens": 1000.0,
+                       "total_input_tokens": p.num_prompts * p.input_len} for p in points}
+        if server.name == "A" and seed == 1:
+            out["agentic/64096/c8"] = None  # skipped by A's deadline on the first repeat
+        return out
+
+    monkeypatch.setattr(ab_default, "run_points", fake_points)
+    _LiveStub.events = []
+    rc = ab_default.main(["--out-dir", str(tmp_path), "--workloads", "cookbook,agentic", "--servers", "A,B",
+                          "--repeats", "2", "--layers", "2", "--parallel-start", "--deadline-s", "600"])
+    assert rc == 0
+    both = ["agentic/64096/c8", "cookbook/2048/c64"]
+    measured = [a for a in asked if a[1] > 0]  # seed 0 is the unmeasured warm pass
+    assert measured == [("A", 1, both), ("B", 1, ["cookbook/2048/c64"]), ("B", 2, both), ("A", 2, both)]
+    (out,) = tmp_path.glob("serving-Stub-GPU-*-rank8.json")
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 8  # a row per (server, repeat, point), the unpaired one without metrics
+    assert [r["metrics"] for r in rows if r["server"] == "B" and r["rep"] == 0 and "agentic" in r["point"]] == [None]
+
+
+@pytest.mark.sglang
 def test_two_calls_share_live_servers_and_merge(monkeypatch, tmp_path):
     """A call that keeps its servers running and a second call that attaches to them (the next device
     call on a warm machine): no server is started twice, the second call's repeat is numbered on and
