@@ -318,13 +318,18 @@ INDEXER_SWEEP = [*PREFILL_CONFIGS, (128, 4, 2, None), (128, 8, 4, 128), (128, 8,
 # gave 1.03-1.05x on the 2026-12-07 H100) and no CTA's dots overlap another's pooling. With 2 stages
 # (~96 KB; 64 rows: ~80 KB) and <= 128 registers per thread two CTAs fit, which only split-K can fill.
 INDEXER_SWEEP_SPLIT = [(128, 8, 2, 128), (128, 8, 2, None), (128, 4, 2, None), (64, 4, 2, None), (64, 4, 3, None)]
+# The same with pipeline_dots (block j + 1's dots issued before block j is pooled), the other way to let
+# the pooling overlap the tensor cores; it holds two blocks' dots in registers.
+INDEXER_SWEEP_PIPELINE = [(128, 8, 3, 128), (128, 8, 3, None), (128, 8, 2, None), (64, 4, 3, None)]
 INDEXER_SWEEP_SMOKE = [(32, 4, 2, None), (64, 4, 2, None)]
 INDEXER_SWEEP_SPLIT_SMOKE = [(32, 4, 2, None)]
+INDEXER_SWEEP_PIPELINE_SMOKE = [(32, 4, 2, None)]
 
 
-def sweep_name(bm: int, nw: int, ns: int, mr, split: int = 1) -> str:
-    """A sweep entry's key: BLOCK_M/warps/stages/maxnreg, then /S<n> when split-K runs."""
-    return f"{bm}/{nw}/{ns}/{mr or '-'}" + (f"/S{split}" if split > 1 else "")
+def sweep_name(bm: int, nw: int, ns: int, mr, split: int = 1, pipeline: bool = False) -> str:
+    """A sweep entry's key: BLOCK_M/warps/stages/maxnreg, then /S<n> when split-K runs, /P with
+    pipeline_dots."""
+    return f"{bm}/{nw}/{ns}/{mr or '-'}" + (f"/S{split}" if split > 1 else "") + ("/P" if pipeline else "")
 
 
 def indexer_flops(prefix, T, h_idx, cfg):
@@ -458,12 +463,13 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
         # 2026-12-07 H100 neither the dot nor the K stream limited it: fp8 (half the dot time and bytes) ran
         # no faster than bf16, and 64-row tiles (twice the K traffic per FLOP) as fast as 128-row ones.
         sweep = {}
-        entries = [(*c, 1) for c in (INDEXER_SWEEP_SMOKE if args.smoke else INDEXER_SWEEP)]
-        entries += [(bm, nw, ns, mr, max(2, auto_split_k(triton.cdiv(T, bm), sms)))
+        entries = [(*c, 1, False) for c in (INDEXER_SWEEP_SMOKE if args.smoke else INDEXER_SWEEP)]
+        entries += [(bm, nw, ns, mr, max(2, auto_split_k(triton.cdiv(T, bm), sms)), False)
                     for bm, nw, ns, mr in (INDEXER_SWEEP_SPLIT_SMOKE if args.smoke else INDEXER_SWEEP_SPLIT)]
-        for bm, nw, ns, mr, split in entries:
-            kw = dict(split_k=split, block_m=bm, num_warps=nw, num_stages=ns, maxnreg=mr, **ikw)
-            name = sweep_name(bm, nw, ns, mr, split)
+        entries += [(*c, 1, True) for c in (INDEXER_SWEEP_PIPELINE_SMOKE if args.smoke else INDEXER_SWEEP_PIPELINE)]
+        for bm, nw, ns, mr, split, pipe in entries:
+            kw = dict(split_k=split, block_m=bm, num_warps=nw, num_stages=ns, maxnreg=mr, pipeline_dots=pipe, **ikw)
+            name = sweep_name(bm, nw, ns, mr, split, pipe)
             try:
                 got = indexer_prefill(iq, idx_k, r2t, pool, cu, seq, pre, **kw)
                 sweep[name] = dict(same_selection=bool(torch.equal(got, ref_sel)),

@@ -189,7 +189,9 @@ def test_smoke_run_writes_every_summary_key(tmp_path):
         split_cfgs = bench_constant("INDEXER_SWEEP_SPLIT_SMOKE")  # the same forced, with split-K (S >= 2)
         names = {f"{bm}/{nw}/{ns}/{mr or '-'}" for bm, nw, ns, mr in smoke_cfgs}
         split_names = {n for n in p["indexer_config_sweep"] if "/S" in n}
-        assert set(p["indexer_config_sweep"]) == names | split_names
+        pipe_cfgs = bench_constant("INDEXER_SWEEP_PIPELINE_SMOKE")  # the same forced, with pipeline_dots
+        pipe_names = {f"{bm}/{nw}/{ns}/{mr or '-'}/P" for bm, nw, ns, mr in pipe_cfgs}
+        assert set(p["indexer_config_sweep"]) == names | split_names | pipe_names
         assert {n.rsplit("/S", 1)[0] for n in split_names} == {f"{bm}/{nw}/{ns}/{mr or '-'}"
                                                                for bm, nw, ns, mr in split_cfgs}
         assert all(int(n.rsplit("/S", 1)[1]) >= 2 for n in split_names)

@@ -191,6 +191,26 @@ def test_prefill_pool_only_diagnostic(page, device):
         indexer_prefill(**b, page_size=page, pool_only=True, split_k=2, **kw)
 
 
+@pytest.mark.parametrize("case", PREFILL_CASES[:3] + PREFILL_CASES[4:])
+@pytest.mark.parametrize("score_type", ["max", "lse"])
+def test_prefill_pipelined_dots_select_the_same_blocks(case, score_type, device):
+    """indexer_prefill(pipeline_dots=True) (block j + 1's dots issued before block j is pooled) gives
+    the plain loop's selection bit for bit: unsplit and split-K, and its pool-only checksum too."""
+    ext, pre, heads, block, page, topk, init, local = case
+    b = make_batch(ext, pre, num_heads=heads, page_size=page, dtype=torch.float32, seed=11, device=device)
+    kw = dict(page_size=page, block_size=block, topk=topk, init_blocks=init, local_blocks=local,
+              score_type=score_type)
+    for split in (1, 2):
+        out = torch.full((heads, sum(ext), topk), POISON, dtype=torch.int32, device=device)
+        plain = indexer_prefill(**b, split_k=split, **kw)
+        piped = indexer_prefill(**b, split_k=split, pipeline_dots=True, out=out, **kw)
+        assert torch.equal(piped.cpu(), plain.cpu()), split
+    sums = [torch.full((heads, sum(ext), topk), POISON, dtype=torch.int32, device=device) for _ in range(2)]
+    indexer_prefill(**b, pool_only=True, out=sums[0], **kw)
+    indexer_prefill(**b, pool_only=True, pipeline_dots=True, out=sums[1], **kw)
+    assert torch.equal(sums[0].cpu(), sums[1].cpu())
+
+
 def test_prefill_forced_blocks_present(device):
     b = make_batch([80], [200], num_heads=1, page_size=1, dtype=torch.float16, seed=5, device=device)
     ours = indexer_prefill(**b, block_size=16, topk=6, init_blocks=2, local_blocks=2).cpu().long()

@@ -171,6 +171,17 @@ def score_block(b_q, k_ptr, ks_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, s
     CAUSAL_MASK, which also masks keys at or past seq_len). r2t_row_ptr: the request's
     req_to_token row. FP8: b_q and the cache are e4m3, ks_ptr holds one fp32 scale per slot and
     `scale` is per row [R] (the row's q scale x sm_scale·log2e); otherwise ks_ptr is unused."""
+    b_s = block_dots(b_q, k_ptr, ks_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, stride_k_s,
+                     HEAD_DIM, BLOCK_SIZE, CONTIGUOUS_BLOCKS, CAUSAL_MASK, IEEE_DOT, FP8)
+    return pool_block(b_s, scale, SCORE_TYPE, FP8)
+
+
+@triton.jit
+def block_dots(b_q, k_ptr, ks_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, stride_k_s,
+               HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, CONTIGUOUS_BLOCKS: tl.constexpr,
+               CAUSAL_MASK: tl.constexpr, IEEE_DOT: tl.constexpr, FP8: tl.constexpr):
+    """The raw [R, BLOCK_SIZE] q·k of key block i_blk (fp8: times each key's scale), -inf where
+    CAUSAL_MASK hides a key: the first half of :func:`score_block`."""
     o_n = tl.arange(0, BLOCK_SIZE)
     o_d = tl.arange(0, HEAD_DIM)
     o_pos = i_blk * BLOCK_SIZE + o_n
@@ -199,6 +210,13 @@ def score_block(b_q, k_ptr, ks_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, s
         b_s = tl.dot(b_q, tl.trans(b_k))
     if CAUSAL_MASK:
         b_s = tl.where(o_pos[None, :] <= q_pos[:, None], b_s, float("-inf"))
+    return b_s
+
+
+@triton.jit
+def pool_block(b_s, scale, SCORE_TYPE: tl.constexpr, FP8: tl.constexpr):
+    """[R] pooled score of one block's raw dots (:func:`block_dots`): the second half of
+    :func:`score_block`."""
     if SCORE_TYPE == "max":
         # scaling commutes with max bit-exactly (fp32 rounding is monotone), so scale once per row
         b_pool = tl.max(b_s, axis=1) * scale

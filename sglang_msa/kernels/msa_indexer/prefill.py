@@ -28,12 +28,14 @@ from .common import (
     INT64_MAX,
     INT64_MIN,
     LOG2E,
+    block_dots,
     check_common,
     force_scores,
     interpreting,
     key_block_id,
     key_score,
     order_key,
+    pool_block,
     quantize_rows_e4m3,
     score_block,
     store_sorted_ids,
@@ -51,6 +53,17 @@ def _offer(b_list, b_pool, i_blk, n_causal, init_blocks, local_blocks, CAUSAL_MA
     return tl.where(m_take[:, None] & (b_list == b_worst[:, None]), b_key[:, None], b_list)
 
 
+@triton.jit
+def _take(b_list, b_sink, b_pool, i_blk, n_causal, init_blocks, local_blocks, CAUSAL: tl.constexpr,
+          POOL_ONLY: tl.constexpr):
+    """One block's pooled scores into the rows' top-k lists, or (POOL_ONLY) into their checksum."""
+    if POOL_ONLY:
+        b_sink += tl.where(b_pool == float("-inf"), 0.0, b_pool)
+    else:
+        b_list = _offer(b_list, b_pool, i_blk, n_causal, init_blocks, local_blocks, CAUSAL)
+    return b_list, b_sink
+
+
 @triton.jit(do_not_specialize=["stride_o_h", "stride_ws_s"])
 def _indexer_prefill_kernel(
     q_ptr, k_ptr, ks_ptr, r2t_ptr, pool_idx_ptr, cu_q_ptr, seq_lens_ptr, prefix_lens_ptr, out_ptr,
@@ -60,7 +73,7 @@ def _indexer_prefill_kernel(
     HEAD_DIM: tl.constexpr, H_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, TOPK: tl.constexpr,
     TOPK_PAD: tl.constexpr, SCORE_TYPE: tl.constexpr, CONTIGUOUS_BLOCKS: tl.constexpr,
     IEEE_DOT: tl.constexpr, SPLIT: tl.constexpr, FP8: tl.constexpr, BLOCK_M: tl.constexpr,
-    POOL_ONLY: tl.constexpr = False,
+    POOL_ONLY: tl.constexpr = False, PIPELINE: tl.constexpr = False,
 ):
     BLOCK_T: tl.constexpr = BLOCK_M // H_PAD
     # reversed so the longest (latest) causal tiles start first
@@ -113,20 +126,33 @@ def _indexer_prefill_kernel(
         lo = 0
         hi = n_blocks
     b_sink = tl.zeros([BLOCK_M], dtype=tl.float32)  # POOL_ONLY: the pooled scores' sum, so none is dead code
-    for i_blk in range(lo, tl.minimum(hi, n_full)):
-        b_pool = score_block(b_q, k_ptr, ks_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
-                             HEAD_DIM, BLOCK_SIZE, SCORE_TYPE, CONTIGUOUS_BLOCKS, False, IEEE_DOT, FP8)
-        if POOL_ONLY:
-            b_sink += b_pool
-        else:
-            b_list = _offer(b_list, b_pool, i_blk, n_causal, init_blocks, local_blocks, False)
+    n_mid = tl.minimum(hi, n_full)
+    if PIPELINE:
+        # Experimental (benchmarks: bench_regimes' sweep): block j + 1's dots are issued before block j
+        # is pooled, so the pooling need not wait for the tensor cores (the dots of iteration j are
+        # only read in iteration j + 1). Same selection bit for bit as the plain loop below.
+        if lo < n_mid:
+            b_s = block_dots(b_q, k_ptr, ks_ptr, r2t_row_ptr, lo, q_pos, seq_len, stride_k_s,
+                             HEAD_DIM, BLOCK_SIZE, CONTIGUOUS_BLOCKS, False, IEEE_DOT, FP8)
+            for i_blk in range(lo, n_mid - 1):
+                b_s_next = block_dots(b_q, k_ptr, ks_ptr, r2t_row_ptr, i_blk + 1, q_pos, seq_len, stride_k_s,
+                                      HEAD_DIM, BLOCK_SIZE, CONTIGUOUS_BLOCKS, False, IEEE_DOT, FP8)
+                b_list, b_sink = _take(b_list, b_sink, pool_block(b_s, scale, SCORE_TYPE, FP8), i_blk,
+                                       n_causal, init_blocks, local_blocks, False, POOL_ONLY)
+                b_s = b_s_next
+            b_list, b_sink = _take(b_list, b_sink, pool_block(b_s, scale, SCORE_TYPE, FP8), n_mid - 1,
+                                   n_causal, init_blocks, local_blocks, False, POOL_ONLY)
+    else:
+        for i_blk in range(lo, n_mid):
+            b_pool = score_block(b_q, k_ptr, ks_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
+                                 HEAD_DIM, BLOCK_SIZE, SCORE_TYPE, CONTIGUOUS_BLOCKS, False, IEEE_DOT, FP8)
+            b_list, b_sink = _take(b_list, b_sink, b_pool, i_blk, n_causal, init_blocks, local_blocks, False,
+                                   POOL_ONLY)
     for i_blk in range(tl.maximum(lo, n_full), hi):
         b_pool = score_block(b_q, k_ptr, ks_ptr, r2t_row_ptr, i_blk, q_pos, seq_len, scale, stride_k_s,
                              HEAD_DIM, BLOCK_SIZE, SCORE_TYPE, CONTIGUOUS_BLOCKS, True, IEEE_DOT, FP8)
-        if POOL_ONLY:
-            b_sink += tl.where(b_pool == float("-inf"), 0.0, b_pool)
-        else:
-            b_list = _offer(b_list, b_pool, i_blk, n_causal, init_blocks, local_blocks, True)
+        b_list, b_sink = _take(b_list, b_sink, b_pool, i_blk, n_causal, init_blocks, local_blocks, True,
+                               POOL_ONLY)
     if POOL_ONLY:
         # diagnostic (benchmarks only): slot 0 of each row gets the sum's bits, the other slots are not written
         p_out = out_ptr + o_h.to(tl.int64) * stride_o_h + (q_start + o_tok).to(tl.int64) * stride_o_t
@@ -276,6 +302,7 @@ def indexer_prefill(
     split_k: Optional[int] = None,
     idx_k_scale: Optional[torch.Tensor] = None,
     pool_only: bool = False,
+    pipeline_dots: bool = False,
 ) -> torch.Tensor:
     """Top-k key blocks per (index head, extend token): int32 [H_idx, total_q, topk].
 
@@ -297,6 +324,9 @@ def indexer_prefill(
     pool_only: a diagnostic for benchmarks (the same K stream, dots and pooling, no top-k upkeep); the
     output then holds no selection (slot 0 of each row gets a checksum, the rest is left as it was).
     Needs split_k 1.
+
+    pipeline_dots: an experiment for benchmarks (off by default, not used by the backend): the loop
+    over fully visible blocks issues block j + 1's dots before pooling block j. Same selection.
     """
     check_common(idx_q, idx_k_cache, topk, init_blocks, local_blocks, score_type, idx_k_scale)
     fp8 = idx_k_scale is not None
@@ -332,7 +362,7 @@ def indexer_prefill(
         HEAD_DIM=head_dim, H_PAD=h_pad, BLOCK_SIZE=block_size, TOPK=topk,
         TOPK_PAD=triton.next_power_of_2(topk), SCORE_TYPE=score_type,
         CONTIGUOUS_BLOCKS=page_size % block_size == 0, IEEE_DOT=idx_q.dtype == torch.float32 and not fp8,
-        SPLIT=n_split > 1, FP8=fp8, POOL_ONLY=pool_only,
+        SPLIT=n_split > 1, FP8=fp8, POOL_ONLY=pool_only, PIPELINE=pipeline_dots,
     )
 
     def grid(META):
