@@ -768,8 +768,7 @@ def main(argv=None) -> int:
             to_run = [p for p in points if paired is None or p.key in paired]
             measured = run_points(server, to_run, args.out_dir / "bench", seed=1 + rep, deadline=deadline,
                                   tokenizer=model) if to_run else {}
-            done = {key for key, m in measured.items() if m}
-            measured_in_rep[rep] = done if paired is None else paired & done
+            measured_in_rep[rep] = {key for key, m in measured.items() if m}  # a subset of ``paired``
             if args.trace_jit and server.log_path:
                 with open(server.log_path, errors="replace") as f:
                     f.seek(log_start)

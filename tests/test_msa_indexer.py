@@ -191,7 +191,7 @@ def test_prefill_pool_only_diagnostic(page, device):
         indexer_prefill(**b, page_size=page, pool_only=True, split_k=2, **kw)
 
 
-@pytest.mark.parametrize("case", PREFILL_CASES[:3] + PREFILL_CASES[4:])
+@pytest.mark.parametrize("case", PREFILL_CASES)
 @pytest.mark.parametrize("score_type", ["max", "lse"])
 def test_prefill_pipelined_dots_select_the_same_blocks(case, score_type, device):
     """indexer_prefill(pipeline_dots=True) (block j + 1's dots issued before block j is pooled) gives

@@ -58,7 +58,10 @@ def _take(b_list, b_sink, b_pool, i_blk, n_causal, init_blocks, local_blocks, CA
           POOL_ONLY: tl.constexpr):
     """One block's pooled scores into the rows' top-k lists, or (POOL_ONLY) into their checksum."""
     if POOL_ONLY:
-        b_sink += tl.where(b_pool == float("-inf"), 0.0, b_pool)
+        if CAUSAL:  # only a partly visible block leaves rows at -inf
+            b_sink += tl.where(b_pool == float("-inf"), 0.0, b_pool)
+        else:
+            b_sink += b_pool
     else:
         b_list = _offer(b_list, b_pool, i_blk, n_causal, init_blocks, local_blocks, CAUSAL)
     return b_list, b_sink
