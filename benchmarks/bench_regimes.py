@@ -332,6 +332,16 @@ def sweep_name(bm: int, nw: int, ns: int, mr, split: int = 1, pipeline: bool = F
     return f"{bm}/{nw}/{ns}/{mr or '-'}" + (f"/S{split}" if split > 1 else "") + ("/P" if pipeline else "")
 
 
+def tuned_config(run) -> str | None:
+    """Call ``run`` (one autotuned indexer call) and return the config that call used. Triton's
+    ``Autotuner.best_config`` is the config of its last call, whatever the key: read after the split-K
+    runs, it named their config as the unsplit kernel's (H100, 2026-12-07: "128/8/3/128" reported, while
+    the unsplit kernel ran at the forced 64/4/3's time, 1.28 ms, and the forced 128/8/3/128 took 1.82)."""
+    run()
+    best = getattr(indexer_prefill_module._indexer_prefill_tuned, "best_config", None)
+    return str(best) if best is not None else None
+
+
 def indexer_flops(prefix, T, h_idx, cfg):
     """2 * D_idx * index heads * sum over tokens of their causal keys (prefix + own position + 1)."""
     keys = T * prefix + T * (T + 1) // 2
@@ -435,6 +445,13 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
             iq, idx_k, r2t, pool, cu, seq, pre, split_k=1, **ikw)))
         pt["indexer_split_ms"] = bench_ms(lambda: held.__setitem__(sk, indexer_prefill(
             iq, idx_k, r2t, pool, cu, seq, pre, split_k=sk, **ikw)))
+        if DEV == "cuda":  # the autotuner's pick for each, read right after a call of its own key
+            pt["indexer_tuned_config"] = tuned_config(lambda: indexer_prefill(
+                iq, idx_k, r2t, pool, cu, seq, pre, split_k=1, **ikw))
+            pt["indexer_split_tuned_config"] = tuned_config(lambda: indexer_prefill(
+                iq, idx_k, r2t, pool, cu, seq, pre, split_k=sk, **ikw))
+        else:
+            pt["indexer_tuned_config"] = pt["indexer_split_tuned_config"] = None
         pt["indexer_split_speedup"] = pt["indexer_unsplit_ms"] / pt["indexer_split_ms"]
         pt["indexer_split_matches_unsplit"] = bool(torch.equal(held[1], held[sk]))
         ref_sel = held[1]  # the unsplit selection: what every config of the sweep below must reproduce
@@ -442,8 +459,6 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
         # Where the indexer's time goes (it is 0.50 of the matmul rate): the same kernel keeping a top-2
         # list instead of a top-16 one does the same K stream and dots with ~1/8 of the list upkeep, so
         # the difference bounds what the per-block top-k offer costs.
-        best = getattr(indexer_prefill_module._indexer_prefill_tuned, "best_config", None)
-        pt["indexer_tuned_config"] = str(best) if best is not None and DEV == "cuda" else None
         small = max(2, cfg["init"] + cfg["local"])
         if small < TOPK:
             ikw_small = {**ikw, "topk": small}
@@ -917,6 +932,7 @@ def summarize(res) -> tuple[dict, dict]:
     s["indexer_rank8_128k_speedup_vs_upstream"] = p.get("indexer_speedup_vs_upstream") if p else None
     s["indexer_topk_upkeep_share_rank8_128k"] = p.get("indexer_topk_upkeep_share") if p else None
     s["indexer_tuned_config_rank8_128k"] = p.get("indexer_tuned_config") if p else None
+    s["indexer_split_tuned_config_rank8_128k"] = p.get("indexer_split_tuned_config") if p else None
     s["indexer_pool_only_share_rank8_128k"] = p.get("indexer_pool_only_share") if p else None
     s["indexer_pool_only_fraction_of_matmul_rank8_128k"] = (
         ratio(p["indexer_tflop"] / p["indexer_pool_only_ms"] * 1e3, mm) if p and p.get("indexer_pool_only_ms") else None)

@@ -134,6 +134,10 @@ def main(argv=None) -> int:
     ap.add_argument("--page-size", type=int, default=128)
     ap.add_argument("--context-length", type=int, default=65536)
     ap.add_argument("--mem-fraction", type=float, default=0.35)
+    ap.add_argument("--kv-tokens", type=int, default=0, help="--max-total-tokens of both servers (default: "
+                    "twice --context-length): both get the same pool whichever starts first")
+    ap.add_argument("--name", default="", help="suffix of the results file (a second run of one day keeps "
+                    "the first one's file)")
     ap.add_argument("--cuda-graph", choices=["on", "off"], default="on", help="for server B")
     ap.add_argument("--health-timeout", type=float, default=420)
     ap.add_argument("--models", choices=["mixed", "intree", "ours"], default="mixed",
@@ -158,7 +162,8 @@ def main(argv=None) -> int:
     vocab = int(cfg.get("vocab_size") or cfg.get("text_config", {}).get("vocab_size"))
     common = ["--model-path", args.model_path, "--context-length", str(args.context_length),
               "--mem-fraction-static", str(args.mem_fraction), "--page-size", str(args.page_size),
-              "--max-running-requests", "8", "--chunked-prefill-size", "8192"]
+              "--max-running-requests", "8", "--chunked-prefill-size", "8192",
+              "--max-total-tokens", str(args.kv_tokens or 2 * args.context_length)]
     env_a = {"SGLANG_MSA_MODELS": "1" if args.models == "ours" else "0"}
     env_b = {"SGLANG_MSA_MODELS": "0" if args.models == "intree" else "1"}
     a = Server("A-sglang-sparse", args.port_base, [*common, "--attention-backend", "triton",
@@ -175,9 +180,10 @@ def main(argv=None) -> int:
     failed = 0
     scored: list[tuple] = []
     try:
-        start_all_or_exit((a, b), log_dir, args.health_timeout, results["servers"])
         lens = (prompt_lengths(args.num_prompts, args.min_len, min(args.max_len, args.context_length - args.new_tokens - 8))
                 if args.num_prompts else [int(x) for x in args.prompt_lens.split(",")])
+        start_all_or_exit((a, b), log_dir, args.health_timeout, results["servers"],
+                          min_pool_tokens=max(lens) + args.new_tokens)
         for name, ids in make_prompts(lens, vocab, args.seed):
             with ThreadPoolExecutor(2) as pool:
                 fa = pool.submit(generate, a, ids, args.new_tokens)
@@ -232,7 +238,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     card = results["card"].replace(" ", "-")
-    path = out_dir / f"e2e-correctness-{card}-{results['date']}.json"
+    path = out_dir / f"e2e-correctness-{card}-{results['date']}{'-' + args.name if args.name else ''}.json"
     path.write_text(json.dumps(results, indent=1))
     print(json.dumps(results["summary"], indent=1))
     print(f"wrote {path}")

@@ -298,6 +298,63 @@ def test_server_wait_log_sees_the_marker_and_a_dead_process(tmp_path):
     assert not s.wait_log("Memory pool end", 5)  # exited without it: no waiting out the timeout
 
 
+class _PoolServer:
+    """Stands in for benchmarks.servers.Server in start_all_or_exit: healthy at once, a log with a pool."""
+
+    def __init__(self, name, pool, tmp_path):
+        self.name, self.args, self.ready_s, self.stopped = name, [name], 1.0, False
+        self.log_path = tmp_path / f"server-{name}.log"
+        self.pool = pool
+
+    def start(self, log_dir):
+        self.log_path.write_text(f"max_total_num_tokens={self.pool}, chunked_prefill_size=8192\n")
+
+    def wait_healthy(self, timeout_s):
+        return True
+
+    def tail(self, n=40):
+        return ""
+
+    def stop(self):
+        self.stopped = True
+
+
+def test_pool_tokens_and_a_server_too_small_for_the_longest_prompt_stops_the_run(tmp_path):
+    from benchmarks.servers import pool_tokens, start_all_or_exit
+
+    assert pool_tokens("x\nmax_total_num_tokens=8960, chunked_prefill_size=8192\n") == 8960
+    assert pool_tokens("no pool line") is None
+    record = {}
+    ok = [_PoolServer("A", 131072, tmp_path), _PoolServer("B", 131072, tmp_path)]
+    start_all_or_exit(ok, tmp_path, 5, record, min_pool_tokens=65528)
+    assert record["A"]["pool_tokens"] == 131072 and not any(s.stopped for s in ok)
+    # the second server got what the first left (H100, 2026-12-07): stop both, say why, exit 2
+    short = [_PoolServer("A", 131072, tmp_path), _PoolServer("B", 8960, tmp_path)]
+    with pytest.raises(SystemExit) as exc:
+        start_all_or_exit(short, tmp_path, 5, {}, min_pool_tokens=65528)
+    assert exc.value.code == 2 and all(s.stopped for s in short)
+
+
+def test_e2e_correctness_gives_both_servers_one_pool_that_holds_the_longest_prompt(monkeypatch, tmp_path):
+    from benchmarks import e2e_correctness
+
+    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 1000}))
+    seen = {}
+
+    def fake_start(servers, log_dir, timeout_s, record, min_pool_tokens=0):
+        seen["servers"], seen["min_pool"] = servers, min_pool_tokens
+        raise SystemExit(2)
+
+    monkeypatch.setattr(e2e_correctness, "start_all_or_exit", fake_start)
+    monkeypatch.setattr(e2e_correctness, "stop_and_record", lambda servers, record: None)
+    with pytest.raises(SystemExit):
+        e2e_correctness.main(["--model-path", str(tmp_path), "--out-dir", str(tmp_path), "--num-prompts", "4",
+                              "--max-len", "65536", "--context-length", "65536", "--new-tokens", "16"])
+    pools = [s.args[s.args.index("--max-total-tokens") + 1] for s in seen["servers"]]
+    assert pools == ["131072", "131072"]
+    assert seen["min_pool"] == 65512 + 16  # the longest prompt (24 short of the context) + its new tokens
+
+
 @pytest.mark.sglang
 def test_shared_prefix_prompts_reach_their_token_lengths_with_the_proxy_tokenizer(tmp_path):
     """SGLang's generated-shared-prefix generator writes text from random vocabulary ids; the proxy

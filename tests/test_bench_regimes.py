@@ -238,3 +238,21 @@ def test_gpu_call_has_a_regimes_mode():
     text = (ROOT / "benchmarks" / "gpu_call.sh").read_text()
     assert "\nregimes)" in text and "benchmarks/bench_regimes.py" in text
     assert text.index("test_fa3_pruned.py") < text.index("\nregimes)")  # the FA3 check still runs first
+
+
+def test_tuned_config_is_read_after_a_call_of_its_own_key():
+    """Triton's Autotuner.best_config is the last call's config, whatever its key: the benchmark reads it
+    right after a call of the key it reports (it once named the split-K run's config as the unsplit one's)."""
+    pytest.importorskip("triton")
+    code = (
+        "import types, bench_regimes as b\n"
+        "fake = types.SimpleNamespace(best_config='split')\n"
+        "b.indexer_prefill_module._indexer_prefill_tuned = fake\n"
+        "got = b.tuned_config(lambda: setattr(fake, 'best_config', 'unsplit'))\n"
+        "assert got == 'unsplit', got\n"
+        "fake.best_config = None\n"
+        "assert b.tuned_config(lambda: None) is None\n"
+        "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "benchmarks", capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'benchmarks'}"})
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
