@@ -109,6 +109,17 @@ def test_indexer_prefill_launches_do_not_specialize_on_batch_shape(launches, dev
     assert_shape_stable(launches, kernels)
 
 
+def test_indexer_split_count_changing_with_the_batch_is_not_a_compile(launches, device):
+    """The automatic split count (the default) follows each batch's grid: 16 for a short extend, 5 for a
+    16k chunk on an H100, so S itself must not be specialised on (16 % 16 == 0 would be a new kernel)."""
+    for seed, ((ext, pre), split) in enumerate(zip(((b["extends"], b["prefixes"]) for b in BATCHES), (3, 16))):
+        b = make_batch(ext, pre, num_heads=1, page_size=1, dtype=torch.float32, seed=seed, device=device,
+                       head_dim=32)
+        indexer_prefill(**b, block_size=BLOCK, topk=3, init_blocks=1, local_blocks=1, split_k=split)
+    assert {r["num_splits"] for r in launches["indexer"]} == {3, 16}
+    assert_shape_stable(launches, ["indexer", "indexer_merge"])
+
+
 def test_fp8_index_path_launches_do_not_specialize_on_batch_shape(launches, device):
     """The fp8 index-K store (every forward's new keys) and the fp8 prefill indexer."""
     for seed, (ext, pre) in enumerate((b["extends"], b["prefixes"]) for b in BATCHES):

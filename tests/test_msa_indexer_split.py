@@ -119,9 +119,20 @@ def test_split_k_env_and_rule(monkeypatch, device):
     monkeypatch.setenv(prefill_mod.SPLIT_K_ENV, "auto")
     indexer_prefill(**b, **kw)
     assert seen == [3] if device == "cpu" else True  # the automatic rule gives 1 off CUDA
-    monkeypatch.delenv(prefill_mod.SPLIT_K_ENV)  # unset: no split (the default until measured on GPUs)
-    assert prefill_mod.choose_split_k(None, 1, torch.device("cuda")) == 1
+    monkeypatch.setattr(prefill_mod, "_sm_count", lambda dev: 132)  # an H100, without one
+    cuda = torch.device("cuda")
+    monkeypatch.delenv(prefill_mod.SPLIT_K_ENV)  # unset: the automatic rule (the default)
+    assert prefill_mod.choose_split_k(None, 20, cuda) == 16  # a ~2.5k-token extend: 20 programs
+    assert prefill_mod.choose_split_k(None, 128, cuda) == 5
+    assert prefill_mod.choose_split_k(None, 128, torch.device("cpu")) == 1
+    for off in ("0", "1"):  # the off switch
+        monkeypatch.setenv(prefill_mod.SPLIT_K_ENV, off)
+        assert prefill_mod.choose_split_k(None, 20, cuda) == 1
+    monkeypatch.setenv(prefill_mod.SPLIT_K_ENV, "four")
+    with pytest.raises(ValueError, match="SGLANG_MSA_INDEXER_SPLIT_K='four'"):
+        prefill_mod.choose_split_k(None, 20, cuda)
     monkeypatch.setenv(prefill_mod.SPLIT_K_ENV, "auto")
+    assert prefill_mod.choose_split_k(None, 20, cuda) == 16
     assert prefill_mod.choose_split_k(None, 128, torch.device("cpu")) == 1
     # the rule: 1 when the grid already has >= 3 programs per SM, else >= 4 per SM, capped
     assert prefill_mod.auto_split_k(128, 132) == 5  # 16k tokens, 1 index head, 128-row tiles
