@@ -95,13 +95,14 @@ FULL = dict(
     block=SPARSE_COMMON["sparse_block_size"], topk=SPARSE_COMMON["sparse_topk_blocks"],
     init=SPARSE_COMMON["sparse_init_block"], local=SPARSE_COMMON["sparse_local_block"],
     idx_dim=SPARSE_COMMON["sparse_index_dim"], head_dim=128, page=128, dtype="bfloat16",
-    chunks={"16k": 16 * K, "8k": 8 * K}, tiers={"128k": 128 * K, "512k": 512 * K, "1m": M, "0": 0},
+    chunks={"16k": 16 * K, "8k": 8 * K, "2k": 2 * K},
+    tiers={"128k": 128 * K, "512k": 512 * K, "1m": M, "64k": 64 * K, "0": 0},
 )
 # Smoke: the same matrix with every size divided down (block 16, top-4, 32-dim heads).
 SMOKE = dict(
     block=16, topk=4, init=SPARSE_COMMON["sparse_init_block"], local=SPARSE_COMMON["sparse_local_block"],
     idx_dim=32, head_dim=32, page=16, dtype="float16",
-    chunks={"16k": 64, "8k": 32}, tiers={"128k": 128, "512k": 256, "1m": 512, "0": 0},
+    chunks={"16k": 64, "8k": 32, "2k": 16}, tiers={"128k": 128, "512k": 256, "1m": 512, "64k": 64, "0": 0},
 )
 LAYOUTS = {"8/1/1": (8, 1, 1), "16/1/1": (16, 1, 1), "64/4/4": (64, 4, 4)}
 SELECTIONS = ("realistic", "random")
@@ -931,6 +932,12 @@ def summarize(res) -> tuple[dict, dict]:
     s["indexer_fraction_of_matmul"] = ratio(s["indexer_rank8_128k_tflops"], mm)
     s["indexer_rank8_128k_speedup_vs_upstream"] = p.get("indexer_speedup_vs_upstream") if p else None
     s["indexer_topk_upkeep_share_rank8_128k"] = p.get("indexer_topk_upkeep_share") if p else None
+    # a short extend over a long prefix (an agentic turn: `--chunks 2k --tiers 64k`), where the unsplit
+    # indexer grid leaves most SMs idle and the split (on by default) should pay most
+    p2 = find(pts, kind="prefill", layout="8/1/1", chunk_name="2k", tier="64k", selection="realistic")
+    s["indexer_split_k_rank8_2k_over_64k"] = p2.get("indexer_split_k") if p2 else None
+    s["indexer_split_speedup_rank8_2k_over_64k"] = p2.get("indexer_split_speedup") if p2 else None
+    s["prefill_layer_rank8_2k_over_64k_speedup_vs_upstream"] = p2.get("layer_speedup_vs_upstream") if p2 else None
     s["indexer_tuned_config_rank8_128k"] = p.get("indexer_tuned_config") if p else None
     s["indexer_split_tuned_config_rank8_128k"] = p.get("indexer_split_tuned_config") if p else None
     s["indexer_pool_only_share_rank8_128k"] = p.get("indexer_pool_only_share") if p else None

@@ -256,3 +256,21 @@ def test_tuned_config_is_read_after_a_call_of_its_own_key():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "benchmarks", capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'benchmarks'}"})
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_smoke_short_extend_point_reports_the_split(tmp_path):
+    """`--chunks 2k --tiers 64k`: a short extend over a long prefix (an agentic turn), where the split
+    indexer (on by default) should pay most; its split count, split speedup and layer ratio reach the summary."""
+    pytest.importorskip("triton")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_regimes.py"), "--smoke", "--out-dir", str(tmp_path),
+           "--layouts", "8/1/1", "--chunks", "2k", "--tiers", "64k", "--selections", "realistic",
+           "--decode-layouts", "", "--budget-s", "600", "--name", "short"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(next(tmp_path.glob("kernels-*-short.json")).read_text())
+    s = res["summary"]
+    assert s["indexer_split_k_rank8_2k_over_64k"] >= 2 and s["indexer_split_speedup_rank8_2k_over_64k"] > 0
+    point = res["points"][0]
+    assert (point["chunk_name"], point["tier"]) == ("2k", "64k") and point["indexer_split_matches_unsplit"]
+    if isinstance(res["upstream"], dict):  # SGLang's in-tree kernels ran beside ours
+        assert s["prefill_layer_rank8_2k_over_64k_speedup_vs_upstream"] > 0
