@@ -174,6 +174,18 @@ def summarize(rows: list[dict], points: list[dict], logs: dict, model: dict, not
         "points_not_measured": [e["point"] for e in per_point if not e["measured"]],
         "per_point": per_point,
     }
+    # B over B1 (the same server with the split-K indexer off), where both ran: what the split does served
+    split_effect = []
+    for key in by_point:
+        b, b1 = med.get(("B", key)), med.get(("B1", key))
+        if b and b1:
+            split_effect.append({
+                "point": key, "output_throughput_ratio": b["output_throughput"] / b1["output_throughput"],
+                "ttft_p50_ratio": (b1["median_ttft_ms"] / b["median_ttft_ms"])
+                if b.get("median_ttft_ms") and b1.get("median_ttft_ms") else None,
+                "repeats": {"B": b["repeats"], "B1": b1["repeats"]}})
+    if split_effect:
+        summary["split_effect"] = split_effect
     summary["targets"] = targets(summary)
     return summary
 
@@ -326,7 +338,11 @@ def server_specs(model: Path, context: int, mem_fraction: float, graph_bs: list[
         common += ["--max-total-tokens", str(kv_tokens)]
     return {"A": (common, {"SGLANG_MSA_DISABLE": "1"}),
             "A2": (common + ["--disable-shared-experts-fusion"], {"SGLANG_MSA_DISABLE": "1"}),
-            "B": (common + ["--attention-backend", "msa"], {"SGLANG_MSA_DISABLE": "0"})}
+            "B": (common + ["--attention-backend", "msa"], {"SGLANG_MSA_DISABLE": "0"}),
+            # B with the prefill indexer's split-K off (its default is on): a diagnostic server, measured
+            # against B in the summary's split_effect, never a baseline
+            "B1": (common + ["--attention-backend", "msa"],
+                   {"SGLANG_MSA_DISABLE": "0", "SGLANG_MSA_INDEXER_SPLIT_K": "1"})}
 
 
 def run_points(server, points: list[Point], out_dir: Path, seed: int, deadline: float, tokenizer: Path) -> dict:
@@ -592,7 +608,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workloads", default="cookbook,agentic,long,max-context")
     ap.add_argument("--lens", default="", help="only these prompt lengths of long/max-context (comma list)")
     ap.add_argument("--concurrency", default="", help="only these concurrencies of long (comma list)")
-    ap.add_argument("--servers", default="A,A2,B")
+    ap.add_argument("--servers", default="A,A2,B", help="A = SGLang's default, A2 = A + "
+                    "--disable-shared-experts-fusion, B = A + --attention-backend msa, B1 = B with the split-K "
+                    "prefill indexer off (a diagnostic: the summary's split_effect)")
     ap.add_argument("--max-requests", type=int, default=None, help="cap on requests per random-ids point "
                     "(device-time budget; recorded in each point's note)")
     ap.add_argument("--repeats", type=int, default=2)

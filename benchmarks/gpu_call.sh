@@ -16,7 +16,8 @@
 #                                         warm machine), AB_ATTACH=1 (take them over), AB_FIRST_REP,
 #                                         AB_CONTEXT, AB_KV_TOKENS, AB_GRAPH_BS (same sizing on both calls),
 #                                         AB_NAME (results file suffix), AB_SERVERS=auto (A,A2,B
-#                                         where three fit, else A2,B), AB_TRACE_JIT=1 (--trace-jit)
+#                                         where three fit, else A2,B; B1 = B with the split-K indexer
+#                                         off, for the summary's split_effect), AB_TRACE_JIT=1 (--trace-jit)
 #   bash benchmarks/gpu_call.sh regimes   one GPU: bench_regimes.py (REGIMES_ARGS)
 #   bash benchmarks/gpu_call.sh reliability  one GPU: reliability.py (REL_PHASES, REL_LOAD, REL_LAYERS)
 #   bash benchmarks/gpu_call.sh accuracy  one GPU: e2e_correctness.py on the tiny checkpoint, ACC_PROMPTS

@@ -142,6 +142,25 @@ def test_server_commands_differ_only_by_the_compared_flag(tmp_path):
     assert "--attention-backend" not in a and "--page-size" not in a  # SGLang picks them
     assert a2 == a + ["--disable-shared-experts-fusion"] and b == a + ["--attention-backend", "msa"]
     assert a_env["SGLANG_MSA_DISABLE"] == "1" and b_env["SGLANG_MSA_DISABLE"] == "0"
+    b1, b1_env = specs["B1"]  # the diagnostic: B with the split-K indexer off, by its env switch only
+    assert b1 == b and b1_env == {**b_env, "SGLANG_MSA_INDEXER_SPLIT_K": "1"}
+    assert "SGLANG_MSA_INDEXER_SPLIT_K" not in b_env  # B runs the default
+
+
+def test_summary_reports_the_split_effect_where_b1_ran_and_never_uses_b1_as_a_baseline():
+    ag = "agentic/64096/c8"
+    tp = {("A2", ag): 1000, ("B", ag): 1100, ("B1", ag): 1000}
+    ttft = {("A2", ag): 200.0, ("B", ag): 100.0, ("B1", ag): 150.0}
+    points = [ab_default.point_record(p) for p in presets.select(["agentic"])]
+    assert [p["key"] for p in points] == [ag]
+    s = ab_default.summarize(_rows(tp, ttft), points, {}, {"layers": 12, "hidden": 6144})
+    e = s["split_effect"]
+    assert [x["point"] for x in e] == [ag]
+    assert e[0]["output_throughput_ratio"] == pytest.approx(1.1) and e[0]["ttft_p50_ratio"] == pytest.approx(1.5)
+    assert s["ratio_by_workload"]["agentic"]["baseline"] == "A2"
+    assert s["min_output_throughput_ratio"] == pytest.approx(1.1)  # B against A2, not against B1
+    without_b1 = {k: v for k, v in tp.items() if k[0] != "B1"}
+    assert "split_effect" not in ab_default.summarize(_rows(without_b1, ttft), points, {}, {"layers": 12, "hidden": 6144})
 
 
 @pytest.mark.sglang
