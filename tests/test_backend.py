@@ -142,6 +142,15 @@ def test_unsupported_configurations_fail_clearly():
         MSASparseAttnBackend(runner)
 
 
+def test_a_bad_split_k_setting_fails_at_start_up(monkeypatch):
+    monkeypatch.setenv("SGLANG_MSA_INDEXER_SPLIT_K", "four")
+    with pytest.raises(MSAConfigError, match="SGLANG_MSA_INDEXER_SPLIT_K='four'"):
+        MSASparseAttnBackend(fake_runner(m3_hf_config()))
+    for ok in ("auto", "0", "5"):
+        monkeypatch.setenv("SGLANG_MSA_INDEXER_SPLIT_K", ok)
+        MSASparseAttnBackend(fake_runner(m3_hf_config()))
+
+
 def _layer(layer_id):
     return SimpleNamespace(layer_id=layer_id, k_scale_float=None, v_scale_float=None, idx_k_scale_float=None,
                            tp_q_head_num=HQ, v_head_dim=DIM, k_scale=None, v_scale=None)

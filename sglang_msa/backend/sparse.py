@@ -33,6 +33,7 @@ from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sglang_msa.kernels import msa_prefill
 from sglang_msa.kernels.msa_decode import SparseDecodeWrapper
 from sglang_msa.kernels.msa_indexer import IndexerDecode, indexer_prefill
+from sglang_msa.kernels.msa_indexer.prefill import choose_split_k
 from sglang_msa.kernels.msa_indexer.quant import quantize_index_k
 
 logger = logging.getLogger("sglang_msa")
@@ -91,6 +92,10 @@ class MSASparseAttnBackend(AttentionBackend):
             raise MSAConfigError("msa does not support speculative decoding yet")
         if pool.main_pool.dtype not in (torch.bfloat16, torch.float16, torch.float32):
             raise MSAConfigError(f"msa serves bf16/fp16/fp32 KV caches (no fp8 yet), got {pool.main_pool.dtype}")
+        try:  # SGLANG_MSA_INDEXER_SPLIT_K is read at every prefill: a bad value fails here, at start-up
+            choose_split_k(None, 1, torch.device("cpu"))
+        except ValueError as exc:
+            raise MSAConfigError(str(exc)) from None
         # Second line of defence (the first: server-args resolution, sglang_msa.plugin.on_server_args).
         from sglang_msa.backend.features import check_server_args
 
