@@ -729,6 +729,11 @@ def decode_point(args, cfg, up, layout_name, tier, batch, l2_bytes):
     pt["ours_eager_us"] = eager_us(steps)
     ind_steps = [lambda r=r: indexer.run(iqs[r], idx_k, r2t, pools[r], seq, out=topk_buf) for r in range(rot)]
     pt["ours_indexer_graph_us"] = graph_us(ind_steps)
+    # the indexer's two stages apart: at B = 1 it read 81 us at 512k against a ~41 us bytes floor (H100,
+    # 2026-12-06), so either the split-K scan or the single-program top-k per (head, request) is slow
+    pt["ours_indexer_scores_graph_us"] = graph_us(
+        [lambda r=r: indexer.score(iqs[r], idx_k, r2t, pools[r], seq) for r in range(rot)])
+    pt["ours_indexer_topk_graph_us"] = graph_us([lambda: indexer.select(seq, topk_buf)])
     pt["ours_block_table_us"] = graph_us([wrappers[0].build_block_table])  # once per forward, not per layer
     # Where the graph-vs-eager gap of the step lives (512k, B=8: 461 vs 400 us on H100): each half in
     # both modes, and the whole step's graph again after the eager timings (drift between the two).
@@ -938,6 +943,12 @@ def summarize(res) -> tuple[dict, dict]:
     s["indexer_split_k_rank8_2k_over_64k"] = p2.get("indexer_split_k") if p2 else None
     s["indexer_split_speedup_rank8_2k_over_64k"] = p2.get("indexer_split_speedup") if p2 else None
     s["prefill_layer_rank8_2k_over_64k_speedup_vs_upstream"] = p2.get("layer_speedup_vs_upstream") if p2 else None
+    # decode at one request (c1 serving): the indexer's two stages against the step's bytes floor
+    d1 = find(pts, kind="decode", layout="8/1/1", tier="512k", batch=1)
+    s["decode_step_512k_b1_us"] = d1.get("ours_graph_us") if d1 else None
+    s["decode_512k_b1_indexer_scores_us"] = d1.get("ours_indexer_scores_graph_us") if d1 else None
+    s["decode_512k_b1_indexer_topk_us"] = d1.get("ours_indexer_topk_graph_us") if d1 else None
+    s["decode_step_512k_b1_speedup_vs_upstream"] = d1.get("speedup_graph_vs_upstream") if d1 else None
     s["indexer_tuned_config_rank8_128k"] = p.get("indexer_tuned_config") if p else None
     s["indexer_split_tuned_config_rank8_128k"] = p.get("indexer_split_tuned_config") if p else None
     s["indexer_pool_only_share_rank8_128k"] = p.get("indexer_pool_only_share") if p else None

@@ -260,17 +260,23 @@ def test_tuned_config_is_read_after_a_call_of_its_own_key():
 
 def test_smoke_short_extend_point_reports_the_split(tmp_path):
     """`--chunks 2k --tiers 64k`: a short extend over a long prefix (an agentic turn), where the split
-    indexer (on by default) should pay most; its split count, split speedup and layer ratio reach the summary."""
+    indexer (on by default) should pay most; its split count, split speedup and layer ratio reach the summary.
+    With decode at B = 1 (c1 serving) and the decode indexer's two stages timed apart."""
     pytest.importorskip("triton")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_regimes.py"), "--smoke", "--out-dir", str(tmp_path),
            "--layouts", "8/1/1", "--chunks", "2k", "--tiers", "64k", "--selections", "realistic",
-           "--decode-layouts", "", "--budget-s", "600", "--name", "short"]
+           "--decode-layouts", "8/1/1", "--decode-tiers", "512k", "--batches", "1", "--budget-s", "600",
+           "--name", "short"]
     proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(next(tmp_path.glob("kernels-*-short.json")).read_text())
     s = res["summary"]
     assert s["indexer_split_k_rank8_2k_over_64k"] >= 2 and s["indexer_split_speedup_rank8_2k_over_64k"] > 0
-    point = res["points"][0]
+    point = next(p for p in res["points"] if p["kind"] == "prefill")
     assert (point["chunk_name"], point["tier"]) == ("2k", "64k") and point["indexer_split_matches_unsplit"]
+    # decode at one request (c1 serving), the indexer's stages timed apart (graph timings: GPU only)
+    dec = next(p for p in res["points"] if p["kind"] == "decode")
+    assert dec["batch"] == 1 and "ours_indexer_scores_graph_us" in dec and "ours_indexer_topk_graph_us" in dec
+    assert "decode_512k_b1_indexer_topk_us" in s and s["decode_step_512k_b1_us"] == dec["ours_graph_us"]
     if isinstance(res["upstream"], dict):  # SGLang's in-tree kernels ran beside ours
         assert s["prefill_layer_rank8_2k_over_64k_speedup_vs_upstream"] > 0

@@ -408,3 +408,21 @@ def test_gpu_decode_cuda_graph():
     torch.cuda.synchronize()
     expect = indexer_decode(*args, page_size=128, **kw)
     assert torch.equal(out, expect)
+
+
+def test_decode_stages_apart_equal_run_into_a_larger_buffer(device):
+    """score() then select() (benchmarks time them apart) write what run() writes, here into an out buffer
+    sized for more requests than the batch: its rows past the batch stay as they were."""
+    seqs = [150, 90, 17]
+    b = make_batch([1] * 3, [s - 1 for s in seqs], num_heads=2, page_size=16, dtype=torch.float16, seed=7,
+                   device=device)
+    args = [b[k] for k in ("idx_q", "idx_k_cache", "req_to_token", "req_pool_indices", "seq_lens")]
+    kw = dict(block_size=16, topk=5, init_blocks=1, local_blocks=1, score_type="max")
+    dec = IndexerDecode(num_heads=2, head_dim=128, page_size=16, **kw).plan(5, max(seqs), device)
+    whole = dec.run(*args)
+    buf = torch.full((2, 5, 5), POISON, dtype=torch.int32, device=device)
+    dec.workspace.fill_(float("inf"))
+    dec.score(*args)
+    dec.select(b["seq_lens"], buf)
+    assert torch.equal(buf[:, :3].cpu(), whole.cpu())
+    assert (buf[:, 3:] == POISON).all()

@@ -179,6 +179,12 @@ class IndexerDecode:
             out = torch.empty((num_heads, batch, self.topk), dtype=torch.int32, device=idx_q.device)
         if batch == 0:
             return out
+        self.score(idx_q, idx_k_cache, req_to_token, req_pool_indices, seq_lens, idx_k_scale)
+        return self.select(seq_lens, out)
+
+    def score(self, idx_q, idx_k_cache, req_to_token, req_pool_indices, seq_lens, idx_k_scale=None) -> None:
+        """Stage 1 of :meth:`run` alone (block scores into the workspace): benchmarks time the stages apart."""
+        batch, num_heads, head_dim = idx_q.shape
         ws = self.workspace
         check_fp8_cache(idx_k_cache, idx_k_scale)  # host-side only: nothing reaches a captured graph
         fp8 = idx_k_scale is not None
@@ -192,6 +198,11 @@ class IndexerDecode:
             CONTIGUOUS_BLOCKS=self.contiguous_blocks, IEEE_DOT=idx_q.dtype == torch.float32 and not fp8,
             FP8=fp8, num_warps=self.num_warps, num_stages=self.stages(fp8),
         )
+
+    def select(self, seq_lens: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Stage 2 of :meth:`run` alone (forced blocks + top-k of the workspace's scores into ``out``)."""
+        num_heads, batch = self.num_heads, seq_lens.shape[0]  # ``out`` may be a larger buffer
+        ws = self.workspace
         _decode_topk_kernel[(num_heads, batch)](
             ws, seq_lens, out, self.init_blocks, self.local_blocks,
             ws.stride(0), ws.stride(1), out.stride(0), out.stride(1),
