@@ -734,6 +734,19 @@ def decode_point(args, cfg, up, layout_name, tier, batch, l2_bytes):
     pt["ours_indexer_scores_graph_us"] = graph_us(
         [lambda r=r: indexer.score(iqs[r], idx_k, r2t, pools[r], seq) for r in range(rot)])
     pt["ours_indexer_topk_graph_us"] = graph_us([lambda: indexer.select(seq, topk_buf)])
+    # the experimental stage 2 in parts (top-k per DECODE_TOPK_PART scores in parallel + a merge) on the
+    # same scores: same selection, and its time
+    part = max(2 * triton.next_power_of_2(TOPK), 16 if args.smoke else DECODE_TOPK_PART)
+    in_parts = IndexerDecode(num_heads=hi, head_dim=Di, block_size=B, topk=TOPK, init_blocks=cfg["init"],
+                             local_blocks=cfg["local"], page_size=PAGE, topk_part=part).plan(batch, ctx, DEV)
+    in_parts.workspace = indexer.workspace  # the scores stage 1 left
+    indexer.run(iqs[0], idx_k, r2t, pools[0], seq, out=topk_buf)
+    topk_parts = torch.full_like(topk_buf, -1)
+    in_parts.select(seq, topk_parts)
+    pt["decode_topk_part"] = part
+    pt["topk_parts_same_selection"] = bool(torch.equal(topk_parts, topk_buf))
+    pt["ours_indexer_topk_parts_graph_us"] = graph_us([lambda: in_parts.select(seq, topk_parts)])
+    del in_parts, topk_parts
     pt["ours_block_table_us"] = graph_us([wrappers[0].build_block_table])  # once per forward, not per layer
     # Where the graph-vs-eager gap of the step lives (512k, B=8: 461 vs 400 us on H100): each half in
     # both modes, and the whole step's graph again after the eager timings (drift between the two).
@@ -799,6 +812,8 @@ def decode_point(args, cfg, up, layout_name, tier, batch, l2_bytes):
 # Decode indexer launch configs (programs per SM, warps, pipeline stages) timed under graph replay for the
 # bf16 and the fp8 index-K cache: fp8 moves half the bytes per block, so it may want more in flight than
 # the default (8, 4, 3) tuned on bf16. Recorded for choosing defaults; the step figures use the default.
+# Scores per part of the experimental parallel top-k of the decode indexer (IndexerDecode(topk_part=)).
+DECODE_TOPK_PART = 256
 DECODE_SWEEP = [(8, 4, 3), (8, 4, 4), (8, 4, 6), (16, 4, 3), (16, 4, 4), (4, 8, 4), (8, 8, 3)]
 
 
@@ -948,6 +963,7 @@ def summarize(res) -> tuple[dict, dict]:
     s["decode_step_512k_b1_us"] = d1.get("ours_graph_us") if d1 else None
     s["decode_512k_b1_indexer_scores_us"] = d1.get("ours_indexer_scores_graph_us") if d1 else None
     s["decode_512k_b1_indexer_topk_us"] = d1.get("ours_indexer_topk_graph_us") if d1 else None
+    s["decode_512k_b1_indexer_topk_parts_us"] = d1.get("ours_indexer_topk_parts_graph_us") if d1 else None
     s["decode_step_512k_b1_speedup_vs_upstream"] = d1.get("speedup_graph_vs_upstream") if d1 else None
     s["indexer_tuned_config_rank8_128k"] = p.get("indexer_tuned_config") if p else None
     s["indexer_split_tuned_config_rank8_128k"] = p.get("indexer_split_tuned_config") if p else None

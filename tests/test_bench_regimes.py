@@ -278,5 +278,6 @@ def test_smoke_short_extend_point_reports_the_split(tmp_path):
     dec = next(p for p in res["points"] if p["kind"] == "decode")
     assert dec["batch"] == 1 and "ours_indexer_scores_graph_us" in dec and "ours_indexer_topk_graph_us" in dec
     assert "decode_512k_b1_indexer_topk_us" in s and s["decode_step_512k_b1_us"] == dec["ours_graph_us"]
+    assert dec["topk_parts_same_selection"] and "decode_512k_b1_indexer_topk_parts_us" in s
     if isinstance(res["upstream"], dict):  # SGLang's in-tree kernels ran beside ours
         assert s["prefill_layer_rank8_2k_over_64k_speedup_vs_upstream"] > 0

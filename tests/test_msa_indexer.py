@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import triton
 import torch
 
 from sglang_msa.kernels.msa_indexer import (
@@ -426,3 +427,33 @@ def test_decode_stages_apart_equal_run_into_a_larger_buffer(device):
     dec.select(b["seq_lens"], buf)
     assert torch.equal(buf[:, :3].cpu(), whole.cpu())
     assert (buf[:, 3:] == POISON).all()
+
+
+@pytest.mark.parametrize("case", DECODE_CASES)
+def test_decode_topk_in_parts_selects_the_same_blocks(case, device):
+    """The experimental stage 2 (top-k per part of the scores in parallel, then a merge) against the
+    default one, bit for bit, with its part workspace poisoned; parts past a short request's end too."""
+    seqs, heads, block, page, topk, init, local, splits = case
+    b = make_batch([1] * len(seqs), [s - 1 for s in seqs], num_heads=heads, page_size=page,
+                   dtype=torch.float16, seed=3, device=device)
+    kw = dict(block_size=block, topk=topk, init_blocks=init, local_blocks=local, score_type="max")
+    args = [b[k] for k in ("idx_q", "idx_k_cache", "req_to_token", "req_pool_indices", "seq_lens")]
+    plain = IndexerDecode(num_heads=heads, head_dim=128, page_size=page, **kw).plan(
+        len(seqs), max(seqs) + 40, device, num_splits=splits).run(*args)
+    part = 2 * triton.next_power_of_2(topk)  # the smallest allowed: the most parts
+    parts = IndexerDecode(num_heads=heads, head_dim=128, page_size=page, topk_part=part, **kw).plan(
+        len(seqs), max(seqs) + 40, device, num_splits=splits)
+    assert parts.n_parts >= 2
+    parts.parts.fill_(2**62)  # a stale slot would win every merge
+    out = torch.full((heads, len(seqs), topk), POISON, dtype=torch.int32, device=device)
+    assert torch.equal(parts.run(*args, out=out).cpu(), plain.cpu())
+    parts.merge_chunk = 8  # the merge over several chunks of part keys
+    out.fill_(POISON)
+    assert torch.equal(parts.run(*args, out=out).cpu(), plain.cpu())
+
+
+def test_decode_topk_part_must_be_a_power_of_two_above_twice_topk():
+    for bad in (8, 24):
+        with pytest.raises(ValueError, match="topk_part"):
+            IndexerDecode(num_heads=1, head_dim=16, block_size=16, topk=6, init_blocks=0, local_blocks=1,
+                          topk_part=bad)

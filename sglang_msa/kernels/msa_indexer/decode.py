@@ -111,6 +111,63 @@ def _decode_topk_kernel(
                      m_valid[None, :], tl.full([1], 1, tl.int1), TOPK)
 
 
+@triton.jit
+def _decode_topk_part_kernel(
+    ws_ptr, seq_lens_ptr, parts_ptr, init_blocks, local_blocks,
+    stride_ws_h, stride_ws_b, stride_p_h, stride_p_b,
+    BLOCK_SIZE: tl.constexpr, TOPK: tl.constexpr, TOPK_PAD: tl.constexpr, PART: tl.constexpr,
+):
+    """Experimental stage 2a (``IndexerDecode(topk_part=)``): the top-k order keys of one part of PART
+    block scores of one (head, request), INT64_MIN for empty slots. Every program writes its slot, also
+    past the request's end, so the merge never reads a stale one."""
+    i_h, i_b, i_p = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + i_b).to(tl.int32)
+    n_blocks = tl.cdiv(seq_len, BLOCK_SIZE)
+    o_c = i_p * PART + tl.arange(0, PART)
+    m_c = o_c < n_blocks
+    p_ws = ws_ptr + i_h.to(tl.int64) * stride_ws_h + i_b.to(tl.int64) * stride_ws_b
+    b_s = tl.load(p_ws + o_c, mask=m_c, other=0.0)
+    b_key = order_key(force_scores(b_s, o_c, n_blocks, init_blocks, local_blocks), o_c)
+    b_key = tl.where(m_c, b_key, INT64_MIN)
+    o_j = tl.arange(0, TOPK_PAD)
+    b_top = tl.full([TOPK_PAD], INT64_MIN, tl.int64)
+    prev = tl.full([], INT64_MAX, tl.int64)
+    for t in tl.static_range(TOPK):
+        pick = tl.max(tl.where(b_key < prev, b_key, INT64_MIN), axis=0)
+        b_top = tl.where(o_j == t, pick, b_top)
+        prev = pick
+    p_part = parts_ptr + i_h.to(tl.int64) * stride_p_h + i_b.to(tl.int64) * stride_p_b + i_p * TOPK_PAD
+    tl.store(p_part + o_j, b_top)
+
+
+@triton.jit
+def _decode_topk_merge_kernel(
+    parts_ptr, out_ptr, n_keys, stride_p_h, stride_p_b, stride_o_h, stride_o_b,
+    TOPK: tl.constexpr, TOPK_PAD: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """Experimental stage 2b: the top-k of the parts' n_keys order keys of one (head, request), stored
+    like stage 2 (ascending ids, -1 padded). Keys are distinct, so this is stage 2's selection."""
+    i_h, i_b = tl.program_id(0), tl.program_id(1)
+    p_part = parts_ptr + i_h.to(tl.int64) * stride_p_h + i_b.to(tl.int64) * stride_p_b
+    o_j = tl.arange(0, TOPK_PAD)
+    b_best = tl.full([TOPK_PAD], INT64_MIN, tl.int64)
+    for c0 in range(0, n_keys, CHUNK):
+        o_c = c0 + tl.arange(0, CHUNK)
+        b_key = tl.load(p_part + o_c, mask=o_c < n_keys, other=INT64_MIN)
+        b_new = tl.full([TOPK_PAD], INT64_MIN, tl.int64)
+        prev = tl.full([], INT64_MAX, tl.int64)
+        for t in tl.static_range(TOPK):
+            pick = tl.maximum(tl.max(tl.where(b_key < prev, b_key, INT64_MIN), axis=0),
+                              tl.max(tl.where(b_best < prev, b_best, INT64_MIN), axis=0))
+            b_new = tl.where(o_j == t, pick, b_new)
+            prev = pick
+        b_best = b_new
+    m_valid = b_best != INT64_MIN
+    p_out = out_ptr + i_h.to(tl.int64) * stride_o_h + i_b.to(tl.int64) * stride_o_b
+    store_sorted_ids(p_out + tl.zeros([1], tl.int64), key_block_id(b_best)[None, :],
+                     m_valid[None, :], tl.full([1], 1, tl.int1), TOPK)
+
+
 # Software-pipeline depth of the block-score scan. An e4m3 key block is half a bf16 one, so the fp8 scan
 # needs more blocks in flight to keep the same bytes moving: on an H100 (512k, B = 8, 8/1/1, graph replay)
 # 6 stages took the fp8 indexer from 268 to 234 us while bf16 stayed at 384-389 us over 3-6 stages and
@@ -129,7 +186,8 @@ class IndexerDecode:
     def __init__(self, *, num_heads: int, head_dim: int, block_size: int, topk: int,
                  init_blocks: int, local_blocks: int, score_type: str = "max",
                  sm_scale: Optional[float] = None, page_size: int = 1,
-                 programs_per_sm: int = 8, num_warps: int = 4, num_stages: Optional[int] = None):
+                 programs_per_sm: int = 8, num_warps: int = 4, num_stages: Optional[int] = None,
+                 topk_part: Optional[int] = None):
         self.num_heads, self.head_dim = num_heads, head_dim
         self.block_size, self.topk = block_size, topk
         self.init_blocks, self.local_blocks = init_blocks, local_blocks
@@ -138,7 +196,14 @@ class IndexerDecode:
         self.contiguous_blocks = page_size % block_size == 0
         self.programs_per_sm = programs_per_sm
         self.num_warps, self.num_stages = num_warps, num_stages  # num_stages None: DECODE_STAGES by cache
+        # Experimental (benchmarks only, not used by the backend): stage 2 as top-k per part of topk_part
+        # scores in parallel + a merge, instead of one program per (head, request) walking every score.
+        if topk_part is not None and (topk_part < 2 * triton.next_power_of_2(topk)
+                                      or topk_part != triton.next_power_of_2(topk_part)):
+            raise ValueError(f"topk_part must be a power of two >= 2 x topk's, got {topk_part}")
+        self.topk_part = topk_part
         self.workspace: Optional[torch.Tensor] = None
+        self.parts: Optional[torch.Tensor] = None
 
     def stages(self, fp8: bool) -> int:
         """Pipeline depth of the scan for this cache (the constructor's num_stages wins)."""
@@ -156,6 +221,11 @@ class IndexerDecode:
         else:
             self.sm_count = 2
         self.fixed_splits = num_splits
+        if self.topk_part is not None:
+            self.n_parts = triton.cdiv(self.max_blocks, self.topk_part)
+            self.parts = torch.empty((self.num_heads, max_batch, self.n_parts, triton.next_power_of_2(self.topk)),
+                                     dtype=torch.int64, device=device)
+            self.merge_chunk = min(triton.next_power_of_2(self.parts[0, 0].numel()), 1024)
         self.chunk = min(triton.next_power_of_2(self.max_blocks), 1024)
         self.chunk = max(self.chunk, 2 * triton.next_power_of_2(self.topk))
         return self
@@ -203,6 +273,20 @@ class IndexerDecode:
         """Stage 2 of :meth:`run` alone (forced blocks + top-k of the workspace's scores into ``out``)."""
         num_heads, batch = self.num_heads, seq_lens.shape[0]  # ``out`` may be a larger buffer
         ws = self.workspace
+        topk_pad = triton.next_power_of_2(self.topk)
+        if self.topk_part is not None:
+            parts = self.parts
+            _decode_topk_part_kernel[(num_heads, batch, self.n_parts)](
+                ws, seq_lens, parts, self.init_blocks, self.local_blocks,
+                ws.stride(0), ws.stride(1), parts.stride(0), parts.stride(1),
+                BLOCK_SIZE=self.block_size, TOPK=self.topk, TOPK_PAD=topk_pad, PART=self.topk_part, num_warps=4,
+            )
+            n_keys = self.n_parts * topk_pad
+            _decode_topk_merge_kernel[(num_heads, batch)](
+                parts, out, n_keys, parts.stride(0), parts.stride(1), out.stride(0), out.stride(1),
+                TOPK=self.topk, TOPK_PAD=topk_pad, CHUNK=self.merge_chunk, num_warps=4,
+            )
+            return out
         _decode_topk_kernel[(num_heads, batch)](
             ws, seq_lens, out, self.init_blocks, self.local_blocks,
             ws.stride(0), ws.stride(1), out.stride(0), out.stride(1),
