@@ -79,6 +79,21 @@ def _decode_block_scores_kernel(
 
 
 @triton.jit
+def _top_keys(b_key, b_best, TOPK: tl.constexpr):
+    """The TOPK largest order keys of (b_key [N] + b_best [TOPK_PAD]), descending, INT64_MIN-padded:
+    TOPK picks of the largest key below the previous pick (keys are distinct)."""
+    o_j = tl.arange(0, b_best.shape[0])
+    b_new = tl.full(b_best.shape, INT64_MIN, tl.int64)
+    prev = tl.full([], INT64_MAX, tl.int64)
+    for t in tl.static_range(TOPK):
+        pick = tl.maximum(tl.max(tl.where(b_key < prev, b_key, INT64_MIN), axis=0),
+                          tl.max(tl.where(b_best < prev, b_best, INT64_MIN), axis=0))
+        b_new = tl.where(o_j == t, pick, b_new)
+        prev = pick
+    return b_new
+
+
+@triton.jit
 def _decode_topk_kernel(
     ws_ptr, seq_lens_ptr, out_ptr, init_blocks, local_blocks,
     stride_ws_h, stride_ws_b, stride_o_h, stride_o_b,
@@ -88,7 +103,6 @@ def _decode_topk_kernel(
     seq_len = tl.load(seq_lens_ptr + i_b).to(tl.int32)
     n_blocks = tl.cdiv(seq_len, BLOCK_SIZE)
     p_ws = ws_ptr + i_h.to(tl.int64) * stride_ws_h + i_b.to(tl.int64) * stride_ws_b
-    o_j = tl.arange(0, TOPK_PAD)
     b_best = tl.full([TOPK_PAD], INT64_MIN, tl.int64)
     for c0 in range(0, n_blocks, CHUNK):
         o_c = c0 + tl.arange(0, CHUNK)
@@ -96,15 +110,7 @@ def _decode_topk_kernel(
         b_s = tl.load(p_ws + o_c, mask=m_c, other=0.0)
         b_key = order_key(force_scores(b_s, o_c, n_blocks, init_blocks, local_blocks), o_c)
         b_key = tl.where(m_c, b_key, INT64_MIN)
-        # top-k of (this chunk + the best so far): take the largest key below the previous pick
-        b_new = tl.full([TOPK_PAD], INT64_MIN, tl.int64)
-        prev = tl.full([], INT64_MAX, tl.int64)
-        for t in tl.static_range(TOPK):
-            pick = tl.maximum(tl.max(tl.where(b_key < prev, b_key, INT64_MIN), axis=0),
-                              tl.max(tl.where(b_best < prev, b_best, INT64_MIN), axis=0))
-            b_new = tl.where(o_j == t, pick, b_new)
-            prev = pick
-        b_best = b_new
+        b_best = _top_keys(b_key, b_best, TOPK)  # top-k of (this chunk + the best so far)
     m_valid = b_best != INT64_MIN
     p_out = out_ptr + i_h.to(tl.int64) * stride_o_h + i_b.to(tl.int64) * stride_o_b
     store_sorted_ids(p_out + tl.zeros([1], tl.int64), key_block_id(b_best)[None, :],
@@ -130,12 +136,7 @@ def _decode_topk_part_kernel(
     b_key = order_key(force_scores(b_s, o_c, n_blocks, init_blocks, local_blocks), o_c)
     b_key = tl.where(m_c, b_key, INT64_MIN)
     o_j = tl.arange(0, TOPK_PAD)
-    b_top = tl.full([TOPK_PAD], INT64_MIN, tl.int64)
-    prev = tl.full([], INT64_MAX, tl.int64)
-    for t in tl.static_range(TOPK):
-        pick = tl.max(tl.where(b_key < prev, b_key, INT64_MIN), axis=0)
-        b_top = tl.where(o_j == t, pick, b_top)
-        prev = pick
+    b_top = _top_keys(b_key, tl.full([TOPK_PAD], INT64_MIN, tl.int64), TOPK)
     p_part = parts_ptr + i_h.to(tl.int64) * stride_p_h + i_b.to(tl.int64) * stride_p_b + i_p * TOPK_PAD
     tl.store(p_part + o_j, b_top)
 
@@ -149,19 +150,11 @@ def _decode_topk_merge_kernel(
     like stage 2 (ascending ids, -1 padded). Keys are distinct, so this is stage 2's selection."""
     i_h, i_b = tl.program_id(0), tl.program_id(1)
     p_part = parts_ptr + i_h.to(tl.int64) * stride_p_h + i_b.to(tl.int64) * stride_p_b
-    o_j = tl.arange(0, TOPK_PAD)
     b_best = tl.full([TOPK_PAD], INT64_MIN, tl.int64)
     for c0 in range(0, n_keys, CHUNK):
         o_c = c0 + tl.arange(0, CHUNK)
         b_key = tl.load(p_part + o_c, mask=o_c < n_keys, other=INT64_MIN)
-        b_new = tl.full([TOPK_PAD], INT64_MIN, tl.int64)
-        prev = tl.full([], INT64_MAX, tl.int64)
-        for t in tl.static_range(TOPK):
-            pick = tl.maximum(tl.max(tl.where(b_key < prev, b_key, INT64_MIN), axis=0),
-                              tl.max(tl.where(b_best < prev, b_best, INT64_MIN), axis=0))
-            b_new = tl.where(o_j == t, pick, b_new)
-            prev = pick
-        b_best = b_new
+        b_best = _top_keys(b_key, b_best, TOPK)
     m_valid = b_best != INT64_MIN
     p_out = out_ptr + i_h.to(tl.int64) * stride_o_h + i_b.to(tl.int64) * stride_o_b
     store_sorted_ids(p_out + tl.zeros([1], tl.int64), key_block_id(b_best)[None, :],
