@@ -313,11 +313,11 @@ def blocks_in_common(sel, ref):
 # autotuner's own list (msa_indexer.prefill.PREFILL_CONFIGS) and larger tiles / deeper pipelines.
 INDEXER_SWEEP = [*PREFILL_CONFIGS, (128, 4, 2, None), (128, 8, 4, 128), (128, 8, 2, None), (256, 8, 3, None),
                  (256, 16, 2, None), (256, 16, 3, None), (256, 8, 2, 255)]
-# The same configs with split-K (S from the automatic rule for that BLOCK_M). Why: at one index head the
-# tuned kernel (128 rows, 8 warps, 3 stages) keeps a 32 KB query tile and three 32 KB key tiles in shared
-# memory, ~128 KB, so one CTA fits per SM: split-K's 5x programs then only queue behind each other (it
-# gave 1.03-1.05x on the 2026-12-07 H100) and no CTA's dots overlap another's pooling. With 2 stages
-# (~96 KB; 64 rows: ~80 KB) and <= 128 registers per thread two CTAs fit, which only split-K can fill.
+# The same configs with split-K (S from the automatic rule for that BLOCK_M): 128-row tiles halve the K
+# stream per FLOP but leave one program per SM at a 16k chunk, and with 2 stages (~96 KB) and <= 128
+# registers per thread two CTAs fit, which only split-K can fill. (Written when the tuned kernel was
+# thought to be 128/8/3/128; it is 64/4/3, see tuned_config below. On the 2026-12-07 H100 split-K took
+# 128/8/2/128 from 1.61 to 1.37 ms, still 1.07x the tuned kernel.)
 INDEXER_SWEEP_SPLIT = [(128, 8, 2, 128), (128, 8, 2, None), (128, 4, 2, None), (64, 4, 2, None), (64, 4, 3, None)]
 # The same with pipeline_dots (block j + 1's dots issued before block j is pooled), the other way to let
 # the pooling overlap the tensor cores; it holds two blocks' dots in registers.

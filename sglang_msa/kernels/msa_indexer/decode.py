@@ -79,6 +79,16 @@ def _decode_block_scores_kernel(
 
 
 @triton.jit
+def _score_keys(p_ws, o_c, n_blocks, init_blocks, local_blocks):
+    """Order keys of the block scores at o_c of one (head, request) workspace row, forced blocks applied;
+    INT64_MIN past the request's n_blocks (stage 2 and its parts variant read scores the same way)."""
+    m_c = o_c < n_blocks
+    b_s = tl.load(p_ws + o_c, mask=m_c, other=0.0)
+    b_key = order_key(force_scores(b_s, o_c, n_blocks, init_blocks, local_blocks), o_c)
+    return tl.where(m_c, b_key, INT64_MIN)
+
+
+@triton.jit
 def _top_keys(b_key, b_best, TOPK: tl.constexpr):
     """The TOPK largest order keys of (b_key [N] + b_best [TOPK_PAD]), descending, INT64_MIN-padded:
     TOPK picks of the largest key below the previous pick (keys are distinct)."""
@@ -105,11 +115,7 @@ def _decode_topk_kernel(
     p_ws = ws_ptr + i_h.to(tl.int64) * stride_ws_h + i_b.to(tl.int64) * stride_ws_b
     b_best = tl.full([TOPK_PAD], INT64_MIN, tl.int64)
     for c0 in range(0, n_blocks, CHUNK):
-        o_c = c0 + tl.arange(0, CHUNK)
-        m_c = o_c < n_blocks
-        b_s = tl.load(p_ws + o_c, mask=m_c, other=0.0)
-        b_key = order_key(force_scores(b_s, o_c, n_blocks, init_blocks, local_blocks), o_c)
-        b_key = tl.where(m_c, b_key, INT64_MIN)
+        b_key = _score_keys(p_ws, c0 + tl.arange(0, CHUNK), n_blocks, init_blocks, local_blocks)
         b_best = _top_keys(b_key, b_best, TOPK)  # top-k of (this chunk + the best so far)
     m_valid = b_best != INT64_MIN
     p_out = out_ptr + i_h.to(tl.int64) * stride_o_h + i_b.to(tl.int64) * stride_o_b
@@ -129,12 +135,8 @@ def _decode_topk_part_kernel(
     i_h, i_b, i_p = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + i_b).to(tl.int32)
     n_blocks = tl.cdiv(seq_len, BLOCK_SIZE)
-    o_c = i_p * PART + tl.arange(0, PART)
-    m_c = o_c < n_blocks
     p_ws = ws_ptr + i_h.to(tl.int64) * stride_ws_h + i_b.to(tl.int64) * stride_ws_b
-    b_s = tl.load(p_ws + o_c, mask=m_c, other=0.0)
-    b_key = order_key(force_scores(b_s, o_c, n_blocks, init_blocks, local_blocks), o_c)
-    b_key = tl.where(m_c, b_key, INT64_MIN)
+    b_key = _score_keys(p_ws, i_p * PART + tl.arange(0, PART), n_blocks, init_blocks, local_blocks)
     o_j = tl.arange(0, TOPK_PAD)
     b_top = _top_keys(b_key, tl.full([TOPK_PAD], INT64_MIN, tl.int64), TOPK)
     p_part = parts_ptr + i_h.to(tl.int64) * stride_p_h + i_b.to(tl.int64) * stride_p_b + i_p * TOPK_PAD
