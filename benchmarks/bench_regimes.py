@@ -13,7 +13,8 @@ Matrix (issue #13):
   indexer + top-k + main (upstream), timed together (``layer_ms``, plan() from scratch every call) and
   by part. Upstream's main is also timed on our indexer's selection (same blocks for both mains).
   At 1 index head our indexer is also timed unsplit (``indexer_unsplit_ms``, split_k=1) and split-K
-  (``indexer_split_ms`` at ``indexer_split_k`` ranges, the automatic rule; 2 on CPU), with
+  (``indexer_split_ms`` at ``indexer_split_k`` ranges, the grid rule without its key-length cap; 2 on
+  CPU; ``indexer_split_k_default``: the S the backend runs, which ``ours_*`` timings use), with
   ``indexer_split_speedup`` and ``indexer_split_matches_unsplit`` (the selections are equal), and
   with a top-2 list instead of top-k (``indexer_small_topk_ms``; ``indexer_topk_upkeep_share`` = the
   share of the unsplit time that the per-block top-k upkeep costs at most; ``indexer_tuned_config``);
@@ -80,6 +81,7 @@ from sglang_msa.kernels.msa_indexer import (  # noqa: E402
     quantize_index_k_cache,
 )
 from sglang_msa.kernels.msa_indexer import prefill as indexer_prefill_module  # noqa: E402
+from sglang_msa.kernels.msa_indexer.decode import choose_topk_part  # noqa: E402
 from sglang_msa.kernels.msa_indexer.prefill import PREFILL_CONFIGS, auto_split_k  # noqa: E402
 from sglang_msa.kernels.msa_prefill import bind_topk, plan, run  # noqa: E402
 from sglang_msa.kernels.msa_prefill.block_major import launch_block_major  # noqa: E402
@@ -403,8 +405,9 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
     seq = torch.tensor([L], device=DEV, dtype=torch.int32)
     pre = torch.tensor([prefix], device=DEV, dtype=torch.int32)
     out = torch.empty_like(q)
-    ikw = dict(max_seqlen_q=T, block_size=B, topk=TOPK, init_blocks=cfg["init"], local_blocks=cfg["local"],
-               page_size=PAGE)
+    # as the backend calls it: host max lengths (max_seqlen_k caps the automatic split-K's ranges)
+    ikw = dict(max_seqlen_q=T, max_seqlen_k=L, block_size=B, topk=TOPK, init_blocks=cfg["init"],
+               local_blocks=cfg["local"], page_size=PAGE)
     # the plan as the backend calls it: with SGLang's host copies of the lengths (no device->host sync)
     pkw = dict(num_q_heads=hq, num_kv_heads=hk, head_dim=D, topk=TOPK, block_size=B, page_size=PAGE, dtype=dtype,
                method=args.method, host_lens=([T], [L], [prefix]))
@@ -439,9 +442,12 @@ def prefill_point(args, cfg, up, layout_name, chunk_name, tier, selection):
     pt["ours_indexer_ms"] = bench_ms(ours_indexer)
     if hi == 1:  # split-K indexer (#13) beside the unsplit one: same inputs, one measurement each
         sms = torch.cuda.get_device_properties(0).multi_processor_count if DEV == "cuda" else 1
-        sk = max(2, auto_split_k(triton.cdiv(T, 128), sms))  # the automatic rule's S (>= 2: CPU smoke)
+        # the grid rule's S without the key-length cap (>= 2: CPU smoke), so a short context shows what a
+        # split there would cost; indexer_split_k_default: the S the backend runs (capped)
+        sk = max(2, auto_split_k(triton.cdiv(T, 128), sms))
         held = {}
         pt["indexer_split_k"] = sk
+        pt["indexer_split_k_default"] = auto_split_k(triton.cdiv(T, 128), sms, triton.cdiv(L, B)) if CUDA else 1
         pt["indexer_unsplit_ms"] = bench_ms(lambda: held.__setitem__(1, indexer_prefill(
             iq, idx_k, r2t, pool, cu, seq, pre, split_k=1, **ikw)))
         pt["indexer_split_ms"] = bench_ms(lambda: held.__setitem__(sk, indexer_prefill(
@@ -712,8 +718,10 @@ def decode_point(args, cfg, up, layout_name, tier, batch, l2_bytes):
     seq = torch.full((batch,), ctx, device=DEV, dtype=torch.int32)
     out = torch.empty(batch, hq, D, device=DEV, dtype=dtype)
     topk_buf = torch.full((hi, batch, TOPK), -1, device=DEV, dtype=torch.int32)
+    # the backend's decode indexer: stage 2 in parts (choose_topk_part; smoke: parts of the smallest size)
+    part = max(2 * triton.next_power_of_2(TOPK), 16) if args.smoke else choose_topk_part(TOPK)
     indexer = IndexerDecode(num_heads=hi, head_dim=Di, block_size=B, topk=TOPK, init_blocks=cfg["init"],
-                            local_blocks=cfg["local"], page_size=PAGE).plan(batch, ctx, DEV)
+                            local_blocks=cfg["local"], page_size=PAGE, topk_part=part).plan(batch, ctx, DEV)
     wrappers = [SparseDecodeWrapper(torch.device(DEV)).plan(
         r2t, pools[r], seq, block_size=B, page_size=PAGE, num_q_heads=hq, num_kv_heads=hk, topk=TOPK, head_dim=D,
         max_batch=batch) for r in range(rot)]
@@ -730,23 +738,22 @@ def decode_point(args, cfg, up, layout_name, tier, batch, l2_bytes):
     ind_steps = [lambda r=r: indexer.run(iqs[r], idx_k, r2t, pools[r], seq, out=topk_buf) for r in range(rot)]
     pt["ours_indexer_graph_us"] = graph_us(ind_steps)
     # the indexer's two stages apart: at B = 1 it read 81 us at 512k against a ~41 us bytes floor (H100,
-    # 2026-12-06), so either the split-K scan or the single-program top-k per (head, request) is slow
+    # 2026-12-06, stage 2 then one program per (head, request): 25 us of it; in parts: 11 us)
     pt["ours_indexer_scores_graph_us"] = graph_us(
         [lambda r=r: indexer.score(iqs[r], idx_k, r2t, pools[r], seq) for r in range(rot)])
     pt["ours_indexer_topk_graph_us"] = graph_us([lambda: indexer.select(seq, topk_buf)])
-    # the experimental stage 2 in parts (top-k per DECODE_TOPK_PART scores in parallel + a merge) on the
-    # same scores: same selection, and its time
-    part = max(2 * triton.next_power_of_2(TOPK), 16 if args.smoke else DECODE_TOPK_PART)
-    in_parts = IndexerDecode(num_heads=hi, head_dim=Di, block_size=B, topk=TOPK, init_blocks=cfg["init"],
-                             local_blocks=cfg["local"], page_size=PAGE, topk_part=part).plan(batch, ctx, DEV)
-    in_parts.workspace = indexer.workspace  # the scores stage 1 left
+    # stage 2 as one program per (head, request) (SGLANG_MSA_DECODE_TOPK_PART=0) on the same scores: the
+    # same selection, and its time
+    single = IndexerDecode(num_heads=hi, head_dim=Di, block_size=B, topk=TOPK, init_blocks=cfg["init"],
+                           local_blocks=cfg["local"], page_size=PAGE).plan(batch, ctx, DEV)
+    single.workspace = indexer.workspace  # the scores stage 1 left
     indexer.run(iqs[0], idx_k, r2t, pools[0], seq, out=topk_buf)
-    topk_parts = torch.full_like(topk_buf, -1)
-    in_parts.select(seq, topk_parts)
+    topk_single = torch.full_like(topk_buf, -1)
+    single.select(seq, topk_single)
     pt["decode_topk_part"] = part
-    pt["topk_parts_same_selection"] = bool(torch.equal(topk_parts, topk_buf))
-    pt["ours_indexer_topk_parts_graph_us"] = graph_us([lambda: in_parts.select(seq, topk_parts)])
-    del in_parts, topk_parts
+    pt["topk_parts_same_selection"] = bool(torch.equal(topk_single, topk_buf))
+    pt["ours_indexer_topk_single_graph_us"] = graph_us([lambda: single.select(seq, topk_single)])
+    del single, topk_single
     pt["ours_block_table_us"] = graph_us([wrappers[0].build_block_table])  # once per forward, not per layer
     # Where the graph-vs-eager gap of the step lives (512k, B=8: 461 vs 400 us on H100): each half in
     # both modes, and the whole step's graph again after the eager timings (drift between the two).
@@ -779,7 +786,7 @@ def decode_point(args, cfg, up, layout_name, tier, batch, l2_bytes):
     pt["ours_fp8_store_graph_us"] = graph_us([lambda: quantize_index_k(step_k, ik8, iks, step_loc)])
     if CUDA:
         pt["indexer_decode_sweep"] = indexer_decode_sweep(hi, Di, cfg, batch, ctx, ind_steps, iqs, idx_k, ik8, iks,
-                                                          r2t, pools, seq, topk_buf, rot)
+                                                          r2t, pools, seq, topk_buf, rot, part)
     for mode, base in (("graph", "ours_graph_us_again"), ("eager", "ours_eager_us")):
         if pt.get(base) and pt.get(f"ours_fp8_{mode}_us"):
             pt[f"fp8_step_speedup_{mode}"] = pt[base] / pt[f"ours_fp8_{mode}_us"]
@@ -812,12 +819,11 @@ def decode_point(args, cfg, up, layout_name, tier, batch, l2_bytes):
 # Decode indexer launch configs (programs per SM, warps, pipeline stages) timed under graph replay for the
 # bf16 and the fp8 index-K cache: fp8 moves half the bytes per block, so it may want more in flight than
 # the default (8, 4, 3) tuned on bf16. Recorded for choosing defaults; the step figures use the default.
-# Scores per part of the experimental parallel top-k of the decode indexer (IndexerDecode(topk_part=)).
-DECODE_TOPK_PART = 256
 DECODE_SWEEP = [(8, 4, 3), (8, 4, 4), (8, 4, 6), (16, 4, 3), (16, 4, 4), (4, 8, 4), (8, 8, 3)]
 
 
-def indexer_decode_sweep(hi, di, cfg, batch, ctx, ind_steps, iqs, idx_k, ik8, iks, r2t, pools, seq, ref_topk, rot):
+def indexer_decode_sweep(hi, di, cfg, batch, ctx, ind_steps, iqs, idx_k, ik8, iks, r2t, pools, seq, ref_topk, rot,
+                         topk_part):
     ind_steps[0]()  # the default config's selection for the first inputs, into ref_topk
     want = ref_topk.clone()
     out = []
@@ -826,8 +832,8 @@ def indexer_decode_sweep(hi, di, cfg, batch, ctx, ind_steps, iqs, idx_k, ik8, ik
         try:
             ix = IndexerDecode(num_heads=hi, head_dim=di, block_size=cfg["block"], topk=cfg["topk"],
                                init_blocks=cfg["init"], local_blocks=cfg["local"], page_size=cfg["page"],
-                               programs_per_sm=pps, num_warps=warps,
-                               num_stages=stages).plan(batch, ctx, DEV)
+                               programs_per_sm=pps, num_warps=warps, num_stages=stages,
+                               topk_part=topk_part).plan(batch, ctx, DEV)
             got = torch.full_like(ref_topk, -1)
             ix.run(iqs[0], idx_k, r2t, pools[0], seq, out=got)
             row["same_selection_as_default"] = bool(torch.equal(got, want))
@@ -958,12 +964,17 @@ def summarize(res) -> tuple[dict, dict]:
     s["indexer_split_k_rank8_2k_over_64k"] = p2.get("indexer_split_k") if p2 else None
     s["indexer_split_speedup_rank8_2k_over_64k"] = p2.get("indexer_split_speedup") if p2 else None
     s["prefill_layer_rank8_2k_over_64k_speedup_vs_upstream"] = p2.get("layer_speedup_vs_upstream") if p2 else None
+    # a 2k-token prompt without a prefix (`--tiers 0`): what the uncapped split would cost there, and the
+    # S the backend runs (the key-length cap: 1)
+    p0 = find(pts, kind="prefill", layout="8/1/1", chunk_name="2k", tier="0", selection="realistic")
+    s["indexer_split_k_default_rank8_2k_no_prefix"] = p0.get("indexer_split_k_default") if p0 else None
+    s["indexer_split_speedup_rank8_2k_no_prefix"] = p0.get("indexer_split_speedup") if p0 else None
     # decode at one request (c1 serving): the indexer's two stages against the step's bytes floor
     d1 = find(pts, kind="decode", layout="8/1/1", tier="512k", batch=1)
     s["decode_step_512k_b1_us"] = d1.get("ours_graph_us") if d1 else None
     s["decode_512k_b1_indexer_scores_us"] = d1.get("ours_indexer_scores_graph_us") if d1 else None
     s["decode_512k_b1_indexer_topk_us"] = d1.get("ours_indexer_topk_graph_us") if d1 else None
-    s["decode_512k_b1_indexer_topk_parts_us"] = d1.get("ours_indexer_topk_parts_graph_us") if d1 else None
+    s["decode_512k_b1_indexer_topk_single_us"] = d1.get("ours_indexer_topk_single_graph_us") if d1 else None
     s["decode_step_512k_b1_speedup_vs_upstream"] = d1.get("speedup_graph_vs_upstream") if d1 else None
     s["indexer_tuned_config_rank8_128k"] = p.get("indexer_tuned_config") if p else None
     s["indexer_split_tuned_config_rank8_128k"] = p.get("indexer_split_tuned_config") if p else None

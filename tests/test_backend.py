@@ -151,6 +151,18 @@ def test_a_bad_split_k_setting_fails_at_start_up(monkeypatch):
         MSASparseAttnBackend(fake_runner(m3_hf_config()))
 
 
+def test_a_bad_decode_topk_part_fails_at_start_up(monkeypatch):
+    for bad, why in (("fast", "expected auto, 0 or a power of two"), ("4", "got 4"), ("12", "got 12")):
+        monkeypatch.setenv("SGLANG_MSA_DECODE_TOPK_PART", bad)  # TOPK 3: parts of >= 8 scores, powers of two
+        with pytest.raises(MSAConfigError, match=why):
+            MSASparseAttnBackend(fake_runner(m3_hf_config()))
+    for ok, part in (("auto", 256), ("0", None), ("8", 8)):
+        monkeypatch.setenv("SGLANG_MSA_DECODE_TOPK_PART", ok)
+        assert MSASparseAttnBackend(fake_runner(m3_hf_config())).decode_topk_part == part
+    monkeypatch.delenv("SGLANG_MSA_DECODE_TOPK_PART")
+    assert MSASparseAttnBackend(fake_runner(m3_hf_config())).decode_topk_part == 256  # the default
+
+
 def _layer(layer_id):
     return SimpleNamespace(layer_id=layer_id, k_scale_float=None, v_scale_float=None, idx_k_scale_float=None,
                            tp_q_head_num=HQ, v_head_dim=DIM, k_scale=None, v_scale=None)
@@ -190,8 +202,11 @@ def test_prefill_plan_takes_sglangs_host_lengths_when_they_agree():
     assert _host_lens(SimpleNamespace(**{**vars(fb), "extend_prefix_lens_cpu": None}), 2) is None
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_sparse_backend_extend_then_decode_matches_reference(seed):
+# Decode stage 2: the default (parts of 256 scores: one part at this context), parts of 8 (2 parts over
+# 16 blocks, the merge across them), and one program per (head, request).
+@pytest.mark.parametrize("seed,topk_part,n_parts", [(0, "auto", 1), (1, "8", 2), (1, "0", None)])
+def test_sparse_backend_extend_then_decode_matches_reference(seed, topk_part, n_parts, monkeypatch):
+    monkeypatch.setenv("SGLANG_MSA_DECODE_TOPK_PART", topk_part)
     gen = torch.Generator().manual_seed(seed)
     runner = fake_runner(m3_hf_config())
     backend = MSASparseAttnBackend(runner)
@@ -206,6 +221,7 @@ def test_sparse_backend_extend_then_decode_matches_reference(seed):
     def run_extend(reqs, prefix, extend):
         fb = _extend_batch(runner.req_to_token_pool.req_to_token, reqs, prefix, extend)
         backend.init_forward_metadata(fb)
+        assert backend._max_seqlen_k == max(p + e for p, e in zip(prefix, extend))  # host lengths, no sync
         t = sum(extend)
         q, k, v = rand(t, HQ, DIM), rand(t, HKV, DIM), rand(t, HKV, DIM)
         idx_q, idx_k = rand(t, HKV, DIM), rand(t, 1, DIM)
@@ -241,3 +257,5 @@ def test_sparse_backend_extend_then_decode_matches_reference(seed):
     ref = naive_sparse_decode(q, k_cache, v_cache, ref_topk, r2t, reqs, seq, block_size=BLOCK)
     assert idx_out is None
     torch.testing.assert_close(out.view(2, HQ, DIM), ref.float(), atol=2e-4, rtol=2e-4)
+    assert (backend.decode_indexer.topk_part is None) == (n_parts is None)
+    assert n_parts is None or backend.decode_indexer.n_parts == n_parts

@@ -274,10 +274,11 @@ def test_smoke_short_extend_point_reports_the_split(tmp_path):
     assert s["indexer_split_k_rank8_2k_over_64k"] >= 2 and s["indexer_split_speedup_rank8_2k_over_64k"] > 0
     point = next(p for p in res["points"] if p["kind"] == "prefill")
     assert (point["chunk_name"], point["tier"]) == ("2k", "64k") and point["indexer_split_matches_unsplit"]
+    assert point["indexer_split_k_default"] >= 1 and "indexer_split_speedup_rank8_2k_no_prefix" in s
     # decode at one request (c1 serving), the indexer's stages timed apart (graph timings: GPU only)
     dec = next(p for p in res["points"] if p["kind"] == "decode")
     assert dec["batch"] == 1 and "ours_indexer_scores_graph_us" in dec and "ours_indexer_topk_graph_us" in dec
     assert "decode_512k_b1_indexer_topk_us" in s and s["decode_step_512k_b1_us"] == dec["ours_graph_us"]
-    assert dec["topk_parts_same_selection"] and "decode_512k_b1_indexer_topk_parts_us" in s
+    assert dec["topk_parts_same_selection"] and "decode_512k_b1_indexer_topk_single_us" in s
     if isinstance(res["upstream"], dict):  # SGLang's in-tree kernels ran beside ours
         assert s["prefill_layer_rank8_2k_over_64k_speedup_vs_upstream"] > 0

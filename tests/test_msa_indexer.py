@@ -19,6 +19,7 @@ from sglang_msa.kernels.msa_indexer import (
     naive_indexer_decode,
     naive_indexer_prefill,
 )
+from sglang_msa.kernels.msa_indexer.decode import TOPK_PART_ENV, choose_topk_part
 from sglang_msa.kernels.msa_indexer.naive import (
     INIT_SCORE,
     LOCAL_SCORE,
@@ -389,14 +390,16 @@ def test_gpu_decode_bf16(heads, page, capsys):
 
 
 @pytest.mark.gpu
-def test_gpu_decode_cuda_graph():
-    """run() with out= captures into a CUDA graph and replays on new inputs of the same shapes."""
+@pytest.mark.parametrize("topk_part", [None, 32])
+def test_gpu_decode_cuda_graph(topk_part):
+    """run() with out= captures into a CUDA graph and replays on new inputs of the same shapes (stage 2 in
+    one program per (head, request) and in parts, the backend's default)."""
     seqs = [3000, 900, 17]
     b = make_batch([1] * 3, [s - 1 for s in seqs], num_heads=4, page_size=128, dtype=torch.bfloat16,
                    seed=2, device="cuda")
     args = [b[k] for k in ("idx_q", "idx_k_cache", "req_to_token", "req_pool_indices", "seq_lens")]
     kw = dict(block_size=128, topk=16, init_blocks=1, local_blocks=2, score_type="max")
-    dec = IndexerDecode(num_heads=4, head_dim=128, page_size=128, **kw).plan(4, 4096, "cuda")
+    dec = IndexerDecode(num_heads=4, head_dim=128, page_size=128, topk_part=topk_part, **kw).plan(4, 4096, "cuda")
     out = torch.full((4, 3, 16), POISON, dtype=torch.int32, device="cuda")
     dec.run(*args, out=out)  # compile outside the capture
     graph = torch.cuda.CUDAGraph()
@@ -431,8 +434,9 @@ def test_decode_stages_apart_equal_run_into_a_larger_buffer(device):
 
 @pytest.mark.parametrize("case", DECODE_CASES)
 def test_decode_topk_in_parts_selects_the_same_blocks(case, device):
-    """The experimental stage 2 (top-k per part of the scores in parallel, then a merge) against the
-    default one, bit for bit, with its part workspace poisoned; parts past a short request's end too."""
+    """Stage 2 in parts (top-k per part of the scores in parallel, then a merge: the backend's default)
+    against one program per (head, request), bit for bit, with the part workspace poisoned: parts past a
+    short request's end are never written, so a merge that read them would pick a poisoned key."""
     seqs, heads, block, page, topk, init, local, splits = case
     b = make_batch([1] * len(seqs), [s - 1 for s in seqs], num_heads=heads, page_size=page,
                    dtype=torch.float16, seed=3, device=device)
@@ -444,6 +448,7 @@ def test_decode_topk_in_parts_selects_the_same_blocks(case, device):
     parts = IndexerDecode(num_heads=heads, head_dim=128, page_size=page, topk_part=part, **kw).plan(
         len(seqs), max(seqs) + 40, device, num_splits=splits)
     assert parts.n_parts >= 2
+    assert min(triton.cdiv(triton.cdiv(s, block), part) for s in seqs) < parts.n_parts  # unwritten parts
     parts.parts.fill_(2**62)  # a stale slot would win every merge
     out = torch.full((heads, len(seqs), topk), POISON, dtype=torch.int32, device=device)
     assert torch.equal(parts.run(*args, out=out).cpu(), plain.cpu())
@@ -457,3 +462,15 @@ def test_decode_topk_part_must_be_a_power_of_two_above_twice_topk():
         with pytest.raises(ValueError, match="topk_part"):
             IndexerDecode(num_heads=1, head_dim=16, block_size=16, topk=6, init_blocks=0, local_blocks=1,
                           topk_part=bad)
+
+
+def test_choose_topk_part_reads_the_env(monkeypatch):
+    monkeypatch.delenv(TOPK_PART_ENV, raising=False)
+    assert choose_topk_part(16) == 256 and choose_topk_part(200) == 512  # the default, >= 2 x topk's
+    for env, want in (("auto", 256), ("0", None), ("64", 64)):
+        monkeypatch.setenv(TOPK_PART_ENV, env)
+        assert choose_topk_part(16) == want
+    for bad in ("16", "48", "-1", "yes"):
+        monkeypatch.setenv(TOPK_PART_ENV, bad)
+        with pytest.raises(ValueError, match=TOPK_PART_ENV):
+            choose_topk_part(16)

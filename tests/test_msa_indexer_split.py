@@ -139,6 +139,19 @@ def test_split_k_env_and_rule(monkeypatch, device):
     assert prefill_mod.auto_split_k(64, 132) == 9   # 8k chunk
     assert prefill_mod.auto_split_k(512, 132) == 1  # 16k tokens, 4 index heads
     assert prefill_mod.auto_split_k(1, 132) == prefill_mod.MAX_SPLIT_K
+    # >= MIN_SPLIT_RANGE_BLOCKS key blocks per range where the longest request's keys are known
+    assert prefill_mod.auto_split_k(16, 132, key_blocks=16) == 1   # a 2k-token prompt, no prefix
+    assert prefill_mod.auto_split_k(16, 132, key_blocks=64) == 4
+    assert prefill_mod.auto_split_k(16, 132, key_blocks=512) == 16  # 2k over 64k: as measured
+    assert prefill_mod.auto_split_k(128, 132, key_blocks=128) == 5  # a first 16k chunk: unchanged
+    assert prefill_mod.choose_split_k(None, 20, cuda, key_blocks=40) == 2
+    assert prefill_mod.choose_split_k(3, 20, cuda, key_blocks=1) == 3  # a forced S is not capped
+    # indexer_prefill hands the rule the key blocks of max_seqlen_k (block 16: 100 keys = 7 blocks)
+    got, real_choose = [], prefill_mod.choose_split_k
+    monkeypatch.setattr(prefill_mod, "choose_split_k", lambda *a: got.append(a[3]) or real_choose(*a))
+    indexer_prefill(**b, max_seqlen_k=100, **kw)
+    indexer_prefill(**b, **kw)
+    assert got == [7, None]
     assert prefill_mod.split_workspace_bytes(16384, 1, 16, 5) == 16384 * 5 * 16 * 8
     assert prefill_mod.split_workspace_bytes(16384, 1, 16, 1) == 0
 

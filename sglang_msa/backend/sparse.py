@@ -33,6 +33,7 @@ from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sglang_msa.kernels import msa_prefill
 from sglang_msa.kernels.msa_decode import SparseDecodeWrapper
 from sglang_msa.kernels.msa_indexer import IndexerDecode, indexer_prefill
+from sglang_msa.kernels.msa_indexer.decode import choose_topk_part
 from sglang_msa.kernels.msa_indexer.prefill import choose_split_k
 from sglang_msa.kernels.msa_indexer.quant import quantize_index_k
 
@@ -112,6 +113,10 @@ class MSASparseAttnBackend(AttentionBackend):
         self.init_blocks = _blocks_from_tokens(cfg, "sparse_init_block", "sparse_init_tokens", self.block_size, 0)
         self.local_blocks = _blocks_from_tokens(cfg, "sparse_local_block", "sparse_local_tokens", self.block_size, 1)
         self.idx_head_dim = int(cfg["sparse_index_dim"])
+        try:  # SGLANG_MSA_DECODE_TOPK_PART: how the decode indexer's stage 2 runs (read once, here)
+            self.decode_topk_part = choose_topk_part(self.topk)
+        except ValueError as exc:
+            raise MSAConfigError(str(exc)) from None
         self.page_size = pool.page_size
         self._idx_k_scales = self._fp8_index_scales(pool)  # layer id -> fp32 [slots]; {} on the bf16 path
 
@@ -124,6 +129,7 @@ class MSASparseAttnBackend(AttentionBackend):
         self._decode_wrappers: dict[int, SparseDecodeWrapper] = {}
         self._decode_wrapper: Optional[SparseDecodeWrapper] = None
         self._prefill_plan = None
+        self._max_seqlen_k: Optional[int] = None
         self._topk_buf: Optional[torch.Tensor] = None
         self.dense_backend = None  # set by MiniMaxHybridAttnBackend
         if self.page_size % self.block_size:
@@ -168,7 +174,7 @@ class MSASparseAttnBackend(AttentionBackend):
         self.decode_indexer = IndexerDecode(
             num_heads=num_idx_heads, head_dim=self.idx_head_dim, block_size=self.block_size,
             topk=self.topk, init_blocks=self.init_blocks, local_blocks=self.local_blocks,
-            score_type=self.score_type, page_size=self.page_size,
+            score_type=self.score_type, page_size=self.page_size, topk_part=self.decode_topk_part,
         ).plan(max_bs, self.max_context_len, self.device)
         self._topk_buf = torch.full((num_idx_heads, max_bs, self.topk), -1, dtype=torch.int32,
                                     device=self.device)
@@ -219,6 +225,9 @@ class MSASparseAttnBackend(AttentionBackend):
         prefix = torch.zeros_like(seq_lens) if prefix is None else prefix.to(torch.int32)
         lens_cpu = forward_batch.extend_seq_lens_cpu
         self._max_seqlen_q = int(max(lens_cpu)) if lens_cpu else int(extend_lens.max().item())
+        host_lens = _host_lens(forward_batch, extend_lens.shape[0])
+        # the longest request's keys caps the indexer's split-K ranges (None without host lengths: no sync)
+        self._max_seqlen_k = max(int(n) for n in host_lens[1]) if host_lens and host_lens[1] else None
         self._prefill_cu = cu
         self._prefill_seq_lens = seq_lens
         self._prefill_prefix = prefix
@@ -226,7 +235,7 @@ class MSASparseAttnBackend(AttentionBackend):
             cu, seq_lens, prefix, forward_batch.req_pool_indices,
             num_q_heads=self.num_q_heads, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
             topk=self.topk, block_size=self.block_size, page_size=self.page_size,
-            dtype=self.kv_pool.main_pool.dtype, host_lens=_host_lens(forward_batch, extend_lens.shape[0]),
+            dtype=self.kv_pool.main_pool.dtype, host_lens=host_lens,
         )
 
     # --- forward -------------------------------------------------------------------------------
@@ -284,6 +293,7 @@ class MSASparseAttnBackend(AttentionBackend):
         topk_idx = indexer_prefill(
             idx_q, idx_k_cache, self.req_to_token, forward_batch.req_pool_indices, self._prefill_cu,
             self._prefill_seq_lens, self._prefill_prefix, max_seqlen_q=self._max_seqlen_q,
+            max_seqlen_k=self._max_seqlen_k,
             block_size=self.block_size, topk=self.topk, init_blocks=self.init_blocks,
             local_blocks=self.local_blocks, score_type=self.score_type, page_size=self.page_size,
             idx_k_scale=self._idx_k_scales.get(layer.layer_id),

@@ -4,8 +4,11 @@ Stage 1 (grid: splits x requests): each program scores a contiguous range of one
 blocks for all index heads at once (one [H_PAD, BLOCK_SIZE] dot per block, K read once) and writes
 the raw pooled scores to a workspace [H, max_batch, max_blocks]. The split count only depends on the
 batch size, so the grid is static under a CUDA graph; programs past a short request's end exit.
-Stage 2 (grid: heads x requests): forced blocks + top-k over the row of <= max_blocks scores, by
-repeated "largest order key below the previous one" selection, chunk by chunk.
+Stage 2, by default in parts (grid: heads x requests x parts): forced blocks + the top-k order keys
+of each part of `topk_part` scores in parallel, then a merge (grid: heads x requests) of the parts a
+request covers. With `topk_part=None` (SGLANG_MSA_DECODE_TOPK_PART=0) one program per (head, request)
+walks the whole row instead. Both pick by repeated "largest order key below the previous one" and
+select the same blocks bit for bit.
 
 Host API (FlashInfer style): `IndexerDecode(...).plan(max_batch, max_context_len, device)` does all
 allocation once; `run(..., out=)` only launches (no sync, no allocation when `out` is given).
@@ -13,6 +16,7 @@ allocation once; `run(..., out=)` only launches (no sync, no allocation when `ou
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -129,12 +133,14 @@ def _decode_topk_part_kernel(
     stride_ws_h, stride_ws_b, stride_p_h, stride_p_b,
     BLOCK_SIZE: tl.constexpr, TOPK: tl.constexpr, TOPK_PAD: tl.constexpr, PART: tl.constexpr,
 ):
-    """Experimental stage 2a (``IndexerDecode(topk_part=)``): the top-k order keys of one part of PART
-    block scores of one (head, request), INT64_MIN for empty slots. Every program writes its slot, also
-    past the request's end, so the merge never reads a stale one."""
+    """Stage 2a (``IndexerDecode(topk_part=)``): the top-k order keys of one part of PART block scores
+    of one (head, request), INT64_MIN for empty slots. Parts past the request's end exit unwritten: the
+    merge reads only the parts the request covers."""
     i_h, i_b, i_p = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + i_b).to(tl.int32)
     n_blocks = tl.cdiv(seq_len, BLOCK_SIZE)
+    if i_p * PART >= n_blocks:
+        return
     p_ws = ws_ptr + i_h.to(tl.int64) * stride_ws_h + i_b.to(tl.int64) * stride_ws_b
     b_key = _score_keys(p_ws, i_p * PART + tl.arange(0, PART), n_blocks, init_blocks, local_blocks)
     o_j = tl.arange(0, TOPK_PAD)
@@ -145,12 +151,15 @@ def _decode_topk_part_kernel(
 
 @triton.jit
 def _decode_topk_merge_kernel(
-    parts_ptr, out_ptr, n_keys, stride_p_h, stride_p_b, stride_o_h, stride_o_b,
-    TOPK: tl.constexpr, TOPK_PAD: tl.constexpr, CHUNK: tl.constexpr,
+    parts_ptr, seq_lens_ptr, out_ptr, stride_p_h, stride_p_b, stride_o_h, stride_o_b,
+    BLOCK_SIZE: tl.constexpr, TOPK: tl.constexpr, TOPK_PAD: tl.constexpr, PART: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
-    """Experimental stage 2b: the top-k of the parts' n_keys order keys of one (head, request), stored
-    like stage 2 (ascending ids, -1 padded). Keys are distinct, so this is stage 2's selection."""
+    """Stage 2b: the top-k of the order keys of the parts one (head, request) covers, stored like the
+    single-program stage 2 (ascending ids, -1 padded). Keys are distinct, so the selection is the same."""
     i_h, i_b = tl.program_id(0), tl.program_id(1)
+    seq_len = tl.load(seq_lens_ptr + i_b).to(tl.int32)
+    n_keys = tl.cdiv(tl.cdiv(seq_len, BLOCK_SIZE), PART) * TOPK_PAD
     p_part = parts_ptr + i_h.to(tl.int64) * stride_p_h + i_b.to(tl.int64) * stride_p_b
     b_best = tl.full([TOPK_PAD], INT64_MIN, tl.int64)
     for c0 in range(0, n_keys, CHUNK):
@@ -168,6 +177,37 @@ def _decode_topk_merge_kernel(
 # 6 stages took the fp8 indexer from 268 to 234 us while bf16 stayed at 384-389 us over 3-6 stages and
 # 4-16 programs per SM (indexer_decode_sweep in benchmarks/results/kernels-NVIDIA-H100-80GB-HBM3-2026-12-07-regimes.json).
 DECODE_STAGES = {"bf16": 3, "fp8": 6}
+
+# Stage 2 in parts of this many scores by default: on an H100 (512k, 8/1/1, graph replay) it took stage 2
+# from 25.5 to 11.1 us at B = 1 and to 11.9 us at B = 8, the same selection (kernels-NVIDIA-H100-80GB-
+# HBM3-2026-12-07-regimes-short.json), where one program per (head, request) walks 4096 scores in
+# dependent picks. Its workspace: heads x max_batch x cdiv(max_blocks, part) x topk's power of two x 8 B.
+DEFAULT_TOPK_PART = 256
+TOPK_PART_ENV = "SGLANG_MSA_DECODE_TOPK_PART"
+
+
+def check_topk_part(topk_part: int, topk: int) -> int:
+    if topk_part < 2 * triton.next_power_of_2(topk) or topk_part != triton.next_power_of_2(topk_part):
+        raise ValueError(f"topk_part must be a power of two >= 2 x topk's ({2 * triton.next_power_of_2(topk)} "
+                         f"for topk {topk}), got {topk_part}")
+    return topk_part
+
+
+def choose_topk_part(topk: int) -> Optional[int]:
+    """Scores per part of stage 2 from SGLANG_MSA_DECODE_TOPK_PART: unset or ``auto`` = DEFAULT_TOPK_PART
+    (at least 2 x topk's power of two); ``0`` = None, one program per (head, request) walks every score;
+    a power of two >= 2 x topk's forces it. Anything else raises ValueError."""
+    env = os.environ.get(TOPK_PART_ENV, "").strip().lower()
+    if env in ("", "auto"):
+        return max(DEFAULT_TOPK_PART, 2 * triton.next_power_of_2(topk))
+    if env == "0":
+        return None
+    if not env.isdigit():
+        raise ValueError(f"{TOPK_PART_ENV}={env!r}: expected auto, 0 or a power of two >= 2 x topk's")
+    try:
+        return check_topk_part(int(env), topk)
+    except ValueError as exc:
+        raise ValueError(f"{TOPK_PART_ENV}={env!r}: {exc}") from None
 
 
 class IndexerDecode:
@@ -191,12 +231,9 @@ class IndexerDecode:
         self.contiguous_blocks = page_size % block_size == 0
         self.programs_per_sm = programs_per_sm
         self.num_warps, self.num_stages = num_warps, num_stages  # num_stages None: DECODE_STAGES by cache
-        # Experimental (benchmarks only, not used by the backend): stage 2 as top-k per part of topk_part
-        # scores in parallel + a merge, instead of one program per (head, request) walking every score.
-        if topk_part is not None and (topk_part < 2 * triton.next_power_of_2(topk)
-                                      or topk_part != triton.next_power_of_2(topk_part)):
-            raise ValueError(f"topk_part must be a power of two >= 2 x topk's, got {topk_part}")
-        self.topk_part = topk_part
+        # topk_part: stage 2 as top-k per part of topk_part scores in parallel + a merge (the backend's
+        # default, choose_topk_part); None: one program per (head, request) walks every score.
+        self.topk_part = None if topk_part is None else check_topk_part(topk_part, topk)
         self.workspace: Optional[torch.Tensor] = None
         self.parts: Optional[torch.Tensor] = None
 
@@ -276,10 +313,10 @@ class IndexerDecode:
                 ws.stride(0), ws.stride(1), parts.stride(0), parts.stride(1),
                 BLOCK_SIZE=self.block_size, TOPK=self.topk, TOPK_PAD=topk_pad, PART=self.topk_part, num_warps=4,
             )
-            n_keys = self.n_parts * topk_pad
             _decode_topk_merge_kernel[(num_heads, batch)](
-                parts, out, n_keys, parts.stride(0), parts.stride(1), out.stride(0), out.stride(1),
-                TOPK=self.topk, TOPK_PAD=topk_pad, CHUNK=self.merge_chunk, num_warps=4,
+                parts, seq_lens, out, parts.stride(0), parts.stride(1), out.stride(0), out.stride(1),
+                BLOCK_SIZE=self.block_size, TOPK=self.topk, TOPK_PAD=topk_pad, PART=self.topk_part,
+                CHUNK=self.merge_chunk, num_warps=4,
             )
             return out
         _decode_topk_kernel[(num_heads, batch)](

@@ -248,15 +248,28 @@ def _sm_count(device: torch.device) -> int:
     return _SM_COUNT[idx]
 
 
-def auto_split_k(programs: int, num_sms: int) -> int:
-    """Ranges per query tile from the grid size alone (no device data): 1 when the unsplit grid has
-    >= 3 programs per SM, else enough ranges for >= 4 programs per SM, capped at MAX_SPLIT_K."""
+# Fewest key blocks per range the automatic rule makes. Served on an H100 (rank8-12l-split, 2026-12-07),
+# 2k-token prompts without a prefix (cookbook, c64) had a 1.23-1.35x higher TTFT p50 with the split on than
+# off in both repeats: their unsplit grid is small, so the rule split 16 key blocks into up to 16 ranges,
+# and each range's merge and launch cost more than its scan. 16 blocks keeps every split measured to pay
+# (16k chunks: S = 5 over >= 128 blocks; 2k over 64k: S = 16 over 512 blocks, 1.88x).
+MIN_SPLIT_RANGE_BLOCKS = 16
+
+
+def auto_split_k(programs: int, num_sms: int, key_blocks: Optional[int] = None) -> int:
+    """Ranges per query tile from host sizes alone (no device data): 1 when the unsplit grid has >= 3
+    programs per SM, else enough ranges for >= 4 programs per SM, capped at MAX_SPLIT_K and, where the
+    longest request's key blocks are known, at key_blocks // MIN_SPLIT_RANGE_BLOCKS."""
     if programs <= 0 or programs >= 3 * num_sms:
         return 1
-    return max(1, min(MAX_SPLIT_K, triton.cdiv(4 * num_sms, programs)))
+    split = max(1, min(MAX_SPLIT_K, triton.cdiv(4 * num_sms, programs)))
+    if key_blocks is not None:
+        split = max(1, min(split, key_blocks // MIN_SPLIT_RANGE_BLOCKS))
+    return split
 
 
-def choose_split_k(split_k: Optional[int], programs: int, device: torch.device) -> int:
+def choose_split_k(split_k: Optional[int], programs: int, device: torch.device,
+                   key_blocks: Optional[int] = None) -> int:
     """split_k argument > SGLANG_MSA_INDEXER_SPLIT_K (an int >= 1 forces S, ``0``/``1`` = no split;
     unset or ``auto`` = auto_split_k on CUDA, 1 off CUDA (the interpreter)). Clamped to [1, MAX_SPLIT_K].
 
@@ -266,7 +279,7 @@ def choose_split_k(split_k: Optional[int], programs: int, device: torch.device) 
     if split_k is None:
         env = os.environ.get(SPLIT_K_ENV, "").strip().lower()
         if env in ("", "auto"):
-            split_k = auto_split_k(programs, _sm_count(device)) if device.type == "cuda" else 1
+            split_k = auto_split_k(programs, _sm_count(device), key_blocks) if device.type == "cuda" else 1
         elif env.isdigit():
             split_k = int(env)
         else:
@@ -295,6 +308,7 @@ def indexer_prefill(
     prefix_lens: torch.Tensor,
     *,
     max_seqlen_q: Optional[int] = None,
+    max_seqlen_k: Optional[int] = None,
     block_size: int,
     topk: int,
     init_blocks: int,
@@ -324,7 +338,8 @@ def indexer_prefill(
     split_k: key-block ranges per query tile (1 = the single fused kernel; > 1 = split-K + merge,
     same selection bit for bit). None: SGLANG_MSA_INDEXER_SPLIT_K (an int forces it, ``0``/``1`` turn
     the split off); unset or ``auto`` = auto_split_k on the grid of 128-row tiles, 1 off CUDA (see
-    choose_split_k).
+    choose_split_k). max_seqlen_k (host int, the longest request's keys) lets the automatic rule keep
+    >= MIN_SPLIT_RANGE_BLOCKS key blocks per range; None: the grid alone decides.
 
     idx_k_scale: the fp8 index path. idx_k_cache then holds float8 e4m3 values and idx_k_scale
     [slots] fp32 their per-slot scales (quant.quantize_index_k); each (token, head) query row is
@@ -352,7 +367,9 @@ def indexer_prefill(
     assert out.shape == (num_heads, total_q, topk) and out.dtype == torch.int32 and out.stride(2) == 1
     h_pad = triton.next_power_of_2(num_heads)
     ref_rows = block_m or (max(32, h_pad) if interpreting() else max(128, h_pad))
-    n_split = choose_split_k(split_k, triton.cdiv(max_seqlen_q, ref_rows // h_pad) * batch, idx_q.device)
+    key_blocks = None if max_seqlen_k is None else triton.cdiv(max_seqlen_k, block_size)
+    n_split = choose_split_k(split_k, triton.cdiv(max_seqlen_q, ref_rows // h_pad) * batch, idx_q.device,
+                             key_blocks)
     if pool_only and n_split > 1:
         raise ValueError("pool_only (a diagnostic) needs split_k=1")
     if n_split > 1:
