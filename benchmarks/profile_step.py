@@ -25,7 +25,8 @@ from typing import Any
 
 # First match wins. Ours and SGLang 0.5.17's kernel names (Triton function names show up as-is).
 CATEGORIES: list[tuple[str, re.Pattern]] = [
-    ("indexer", re.compile(r"_indexer_prefill_kernel|_decode_block_scores_kernel|_decode_topk_kernel"
+    ("indexer", re.compile(r"_indexer_prefill_kernel|_indexer_merge_kernel|_decode_block_scores_kernel"
+                           r"|_decode_topk_kernel|_decode_topk_part_kernel|_decode_topk_merge_kernel"
                            r"|_flash_attn_fwd_with_block_score|_decode_score|_topk_index")),
     ("sparse_attention", re.compile(r"block_major_fwd|query_major_fwd|combine_kernel|combine_splits"
                                     r"|sparse_decode_split|build_block_table|_gqa_share_sparse"

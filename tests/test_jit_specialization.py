@@ -145,3 +145,14 @@ def test_qk_norm_rope_launches_do_not_specialize_on_batch_shape(launches, device
         pos = torch.randint(0, 256, (tokens,), generator=g).to(device)
         qk_norm_rope(x, 1, 1, 1, HEAD_DIM, w, w, cache, pos, eps=1e-6, gemma=False)
     assert_shape_stable(launches, ["qk_norm_rope"])
+
+
+def test_indexer_size_class_changing_with_the_batch_is_not_a_compile(launches, device):
+    """The autotuner's size class of the batch (rows_bucket) is a runtime argument the kernel ignores:
+    a batch of another class is a new tuning on a GPU, never a new compile."""
+    for seed, (ext, pre) in enumerate((([37, 5], [20, 0]), ([300], [7]))):
+        b = make_batch(ext, pre, num_heads=1, page_size=1, dtype=torch.float32, seed=seed, device=device,
+                       head_dim=32)
+        indexer_prefill(**b, block_size=BLOCK, topk=3, init_blocks=1, local_blocks=1, split_k=1)
+    assert [r["rows_bucket"] for r in launches["indexer"]] == [0, 1]
+    assert "rows_bucket" in not_specialized(KERNELS["indexer"])  # (the two batches' r2t widths differ too)

@@ -474,3 +474,29 @@ def test_choose_topk_part_reads_the_env(monkeypatch):
         monkeypatch.setenv(TOPK_PART_ENV, bad)
         with pytest.raises(ValueError, match=TOPK_PART_ENV):
             choose_topk_part(16)
+
+
+def test_prefill_autotune_key_has_the_batch_size_class():
+    """The autotuner keys on the batch's size class (rows_bucket), so SGLang's 128-token warm-up no
+    longer picks the config that a 16k chunk then runs."""
+    from sglang_msa.kernels.msa_indexer import prefill as prefill_mod
+
+    sizes = (1, 128, 256, 257, 1024, 1025, 4096, 4097, 16384, 10**6)
+    assert [prefill_mod.rows_bucket(n) for n in sizes] == [0, 0, 0, 1, 1, 2, 2, 3, 3, 3]
+    assert "rows_bucket" in prefill_mod._indexer_prefill_tuned.keys  # (no compile per class:
+    # test_jit_specialization runs the indexer on batches of two size classes)
+
+
+@pytest.mark.gpu
+def test_gpu_prefill_tunes_once_per_size_class():
+    """A 128-token batch and a 5k-token batch of the same key tune apart; a second 5k batch reuses."""
+    from sglang_msa.kernels.msa_indexer import prefill as prefill_mod
+
+    tuned = prefill_mod._indexer_prefill_tuned
+    kw = dict(block_size=128, topk=16, init_blocks=1, local_blocks=2, page_size=128, split_k=1)
+    before = len(tuned.cache)
+    for ext, seed in ((128, 0), (5000, 1), (6000, 2)):
+        b = make_batch([ext], [9000], num_heads=1, page_size=128, dtype=torch.bfloat16, seed=seed, device="cuda")
+        indexer_prefill(**b, max_seqlen_q=ext, **kw)
+    assert len(tuned.cache) - before <= 2
+    assert {0, 3} <= {k[tuned.keys.index("rows_bucket")] for k in tuned.cache}

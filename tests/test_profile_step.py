@@ -18,6 +18,9 @@ from benchmarks.profile_step import OTHER, categorize, load_trace, main, summari
 
 @pytest.mark.parametrize("name, category", [
     ("_indexer_prefill_kernel", "indexer"),
+    ("_indexer_merge_kernel", "indexer"),
+    ("_decode_topk_part_kernel", "indexer"),
+    ("_decode_topk_merge_kernel", "indexer"),
     ("_flash_attn_fwd_with_block_score_kernel", "indexer"),
     ("_topk_index_partial_kernel", "indexer"),
     ("block_major_fwd_kernel", "sparse_attention"),

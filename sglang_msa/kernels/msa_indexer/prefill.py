@@ -67,11 +67,11 @@ def _take(b_list, b_sink, b_pool, i_blk, n_causal, init_blocks, local_blocks, CA
     return b_list, b_sink
 
 
-@triton.jit(do_not_specialize=["num_splits", "stride_o_h", "stride_ws_s"])
+@triton.jit(do_not_specialize=["num_splits", "rows_bucket", "stride_o_h", "stride_ws_s"])
 def _indexer_prefill_kernel(
     q_ptr, k_ptr, ks_ptr, r2t_ptr, pool_idx_ptr, cu_q_ptr, seq_lens_ptr, prefix_lens_ptr, out_ptr,
     ws_score_ptr, ws_id_ptr,
-    num_heads, sm_scale, init_blocks, local_blocks, num_splits,
+    num_heads, sm_scale, init_blocks, local_blocks, num_splits, rows_bucket,
     stride_q_t, stride_q_h, stride_k_s, stride_r2t, stride_o_h, stride_o_t, stride_ws_s,
     HEAD_DIM: tl.constexpr, H_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, TOPK: tl.constexpr,
     TOPK_PAD: tl.constexpr, SCORE_TYPE: tl.constexpr, CONTIGUOUS_BLOCKS: tl.constexpr,
@@ -225,12 +225,25 @@ def _prune(configs, named_args, **kwargs):
     return kept or [triton.Config({"BLOCK_M": triton.next_power_of_2(h_pad)}, num_warps=4, num_stages=2)]
 
 
+def rows_bucket(max_seqlen_q: int) -> int:
+    """Size class of a prefill batch for the autotuner's key (the kernel ignores it): <= 256, <= 1k,
+    <= 4k, > 4k query tokens per request. Without it the first call of a key picked the config for
+    every later shape, and a server's first prefill is SGLang's 128-token warm-up: the configs of a
+    16k chunk ranged 1.28-1.82 ms on an H100 (128k, 1 index head), so a pick made on 128 tokens could
+    cost a long prefill up to ~1.4x in its indexer."""
+    bucket = 0
+    while bucket < 3 and max_seqlen_q > 256 << (2 * bucket):
+        bucket += 1
+    return bucket
+
+
 _indexer_prefill_tuned = triton.autotune(
     configs=_configs(),
     # SPLIT, not num_splits: the automatic S changes with the batch's grid, and a key per S would
-    # autotune again (~0.5 s, on the serving path) for each new S
+    # autotune again (~0.5 s, on the serving path) for each new S. rows_bucket: one tuning per size
+    # class of the batch (at most 4 per key, each on the first batch of its class)
     key=["num_heads", "HEAD_DIM", "BLOCK_SIZE", "TOPK", "SCORE_TYPE", "CONTIGUOUS_BLOCKS", "SPLIT", "FP8",
-         "POOL_ONLY"],
+         "POOL_ONLY", "rows_bucket"],
     prune_configs_by={"early_config_prune": _prune},
 )(_indexer_prefill_kernel)
 
@@ -380,7 +393,7 @@ def indexer_prefill(
     args = (
         idx_q, idx_k_cache, idx_k_scale if fp8 else idx_k_cache, req_to_token, req_pool_indices,
         cu_seqlens_q, seq_lens, prefix_lens, out, ws_score, ws_id,
-        num_heads, sm_scale, init_blocks, local_blocks, n_split,
+        num_heads, sm_scale, init_blocks, local_blocks, n_split, rows_bucket(max_seqlen_q),
         idx_q.stride(0), idx_q.stride(1), idx_k_cache.stride(0), req_to_token.stride(0),
         out.stride(0), out.stride(1), stride_ws,
     )
