@@ -163,6 +163,23 @@ def test_a_bad_decode_topk_part_fails_at_start_up(monkeypatch):
     assert MSASparseAttnBackend(fake_runner(m3_hf_config())).decode_topk_part == 256  # the default
 
 
+def test_startup_logs_the_memory_outside_the_kv_pool(caplog):
+    """The prefill scratch for the server's chunk size and the decode buffers for its captured batch
+    sizes (sglang_msa.backend.memory) are logged, with the figures the memory module gives."""
+    from sglang_msa.backend import memory
+
+    runner = fake_runner(m3_hf_config())
+    runner.server_args.chunked_prefill_size = 512
+    runner.server_args.cuda_graph_bs_decode = [1, 2, 4]
+    with caplog.at_level("INFO", logger="sglang_msa"):
+        backend = MSASparseAttnBackend(runner)
+        backend.init_cuda_graph_state(4, 4)
+    want = memory.prefill_scratch_bytes(512, num_q_heads=HQ, num_kv_heads=HKV, num_idx_heads=HKV, head_dim=DIM,
+                                        topk=TOPK, block_size=BLOCK, max_blocks=256 // BLOCK, dtype_bytes=4)
+    assert f"prefill scratch up to {memory.gib(want['total'])} per sparse layer for a 512-token batch" in caplog.text
+    assert "decode buffers" in caplog.text and "for 3 captured batch sizes up to 4" in caplog.text
+
+
 def _layer(layer_id):
     return SimpleNamespace(layer_id=layer_id, k_scale_float=None, v_scale_float=None, idx_k_scale_float=None,
                            tp_q_head_num=HQ, v_head_dim=DIM, k_scale=None, v_scale=None)

@@ -30,8 +30,10 @@ from sglang.srt.configs.model_config import (
 )
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 
+from sglang_msa.backend import memory
 from sglang_msa.kernels import msa_prefill
 from sglang_msa.kernels.msa_decode import SparseDecodeWrapper
+from sglang_msa.kernels.msa_decode.paged import _num_sms
 from sglang_msa.kernels.msa_indexer import IndexerDecode, indexer_prefill
 from sglang_msa.kernels.msa_indexer.decode import choose_topk_part
 from sglang_msa.kernels.msa_indexer.prefill import choose_split_k
@@ -88,7 +90,7 @@ class MSASparseAttnBackend(AttentionBackend):
         self.req_to_token = runner.req_to_token_pool.req_to_token
         self.max_context_len = int(runner.model_config.context_len)
         self.device = self.req_to_token.device
-        server_args = runner.server_args
+        server_args = self._server_args = runner.server_args
         if getattr(server_args, "speculative_algorithm", None) is not None:
             raise MSAConfigError("msa does not support speculative decoding yet")
         if pool.main_pool.dtype not in (torch.bfloat16, torch.float16, torch.float32):
@@ -143,6 +145,7 @@ class MSASparseAttnBackend(AttentionBackend):
             "score %s, page %d)", self.num_q_heads, self.num_kv_heads, self.block_size, self.topk,
             self.init_blocks, self.local_blocks, self.score_type, self.page_size,
         )
+        self._log_prefill_scratch(server_args)
 
     def _fp8_index_scales(self, pool) -> dict:
         """The fp8 index path (``SGLANG_MSA_FP8_INDEX=1``, :mod:`sglang_msa.backend.fp8_index`): the
@@ -182,6 +185,34 @@ class MSASparseAttnBackend(AttentionBackend):
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
         self.max_batch = max(self.max_batch, max_bs)
         self._ensure_decode_buffers(self.max_batch)
+        self._log_decode_buffers(max_bs)
+
+    # --- memory outside SGLang's KV pool (sglang_msa.backend.memory; README "Memory") -------------
+    def _log_prefill_scratch(self, server_args) -> None:
+        chunk = getattr(server_args, "chunked_prefill_size", None) or 0
+        tokens = chunk if chunk > 0 else int(getattr(server_args, "max_prefill_tokens", 0) or 0)
+        if tokens <= 0:
+            return
+        dtype_bytes = torch.empty((), dtype=self.kv_pool.main_pool.dtype).element_size()
+        size = memory.prefill_scratch_bytes(
+            tokens, num_q_heads=self.num_q_heads, num_kv_heads=self.num_kv_heads, num_idx_heads=self.num_kv_heads,
+            head_dim=self.head_dim, topk=self.topk, block_size=self.block_size,
+            max_blocks=-(-self.max_context_len // self.block_size), dtype_bytes=dtype_bytes)
+        logger.info("sglang-msa: prefill scratch up to %s per sparse layer for a %d-token batch (block-major "
+                    "partials %s), outside the KV pool, freed after each layer", memory.gib(size["total"]),
+                    tokens, memory.gib(size["partials"]))
+
+    def _log_decode_buffers(self, max_bs: int) -> None:
+        sizes = getattr(self._server_args, "cuda_graph_bs_decode", None) or getattr(
+            self._server_args, "cuda_graph_bs", None) or [max_bs]
+        sizes = sorted({int(b) for b in sizes if 0 < int(b) <= max_bs}) or [max_bs]
+        size = memory.decode_buffer_bytes(
+            graph_batch_sizes=sizes, max_context_len=int(self.req_to_token.shape[1]), num_q_heads=self.num_q_heads,
+            num_kv_heads=self.num_kv_heads, num_idx_heads=self.num_kv_heads, head_dim=self.head_dim,
+            topk=self.topk, block_size=self.block_size, paged=self.page_size % self.block_size == 0,
+            num_sms=_num_sms(self.device), topk_part=self.decode_topk_part)
+        logger.info("sglang-msa: decode buffers %s for %d captured batch sizes up to %d (held for the "
+                    "server's life, outside the KV pool)", memory.gib(size["total"]), len(sizes), max(sizes))
 
     def get_cuda_graph_seq_len_fill_value(self):
         return 1
