@@ -178,6 +178,22 @@ def test_startup_logs_the_memory_outside_the_kv_pool(caplog):
                                         topk=TOPK, block_size=BLOCK, max_blocks=256 // BLOCK, dtype_bytes=4)
     assert f"prefill scratch up to {memory.gib(want['total'])} per sparse layer for a 512-token batch" in caplog.text
     assert "decode buffers" in caplog.text and "for 3 captured batch sizes up to 4" in caplog.text
+    assert "may run out of memory" not in caplog.text  # off CUDA: nothing to compare with
+
+
+def test_startup_warns_when_the_prefill_scratch_crowds_the_free_memory(caplog, monkeypatch):
+    from sglang_msa.backend import memory
+
+    runner = fake_runner(m3_hf_config())
+    runner.server_args.chunked_prefill_size = 512
+    need = memory.prefill_scratch_bytes(512, num_q_heads=HQ, num_kv_heads=HKV, num_idx_heads=HKV, head_dim=DIM,
+                                        topk=TOPK, block_size=BLOCK, max_blocks=256 // BLOCK, dtype_bytes=4)["total"]
+    for free, warned in ((2 * need + 2, False), (2 * need - 2, True)):
+        monkeypatch.setattr(memory, "free_device_bytes", lambda device, free=free: free)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="sglang_msa"):
+            MSASparseAttnBackend(runner)
+        assert ("may run out of memory. Lower --chunked-prefill-size" in caplog.text) == warned
 
 
 def _layer(layer_id):

@@ -79,5 +79,14 @@ def _split_workspace(max_batch, num_q_heads, num_kv_heads, head_dim, topk, block
     return need * 4
 
 
+def free_device_bytes(device) -> "int | None":
+    """Free bytes on a CUDA device now (None elsewhere)."""
+    import torch
+
+    if getattr(device, "type", None) != "cuda":
+        return None
+    return int(torch.cuda.mem_get_info(device)[0])
+
+
 def gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"

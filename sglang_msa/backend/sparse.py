@@ -201,6 +201,12 @@ class MSASparseAttnBackend(AttentionBackend):
         logger.info("sglang-msa: prefill scratch up to %s per sparse layer for a %d-token batch (block-major "
                     "partials %s), outside the KV pool, freed after each layer", memory.gib(size["total"]),
                     tokens, memory.gib(size["partials"]))
+        free = memory.free_device_bytes(self.device)
+        if free is not None and size["total"] > free // 2:
+            logger.warning("sglang-msa: the prefill scratch of a %d-token batch (%s) is more than half of the "
+                           "%s this GPU has free after the KV pool: long prefills may run out of memory. "
+                           "Lower --chunked-prefill-size or --mem-fraction-static.", tokens,
+                           memory.gib(size["total"]), memory.gib(free))
 
     def _log_decode_buffers(self, max_bs: int) -> None:
         sizes = getattr(self._server_args, "cuda_graph_bs_decode", None) or getattr(
