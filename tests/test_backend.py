@@ -235,8 +235,8 @@ def test_prefill_plan_takes_sglangs_host_lengths_when_they_agree():
     assert _host_lens(SimpleNamespace(**{**vars(fb), "extend_prefix_lens_cpu": None}), 2) is None
 
 
-# Decode stage 2: the default (parts of 256 scores: one part at this context), parts of 8 (2 parts over
-# 16 blocks, the merge across them), and one program per (head, request).
+# Decode stage 2: the default (parts of 256 scores: one part at this context, so the single program runs),
+# parts of 8 (2 parts over 16 blocks, the merge across them), and one program per (head, request).
 @pytest.mark.parametrize("seed,topk_part,n_parts", [(0, "auto", 1), (1, "8", 2), (1, "0", None)])
 def test_sparse_backend_extend_then_decode_matches_reference(seed, topk_part, n_parts, monkeypatch):
     monkeypatch.setenv("SGLANG_MSA_DECODE_TOPK_PART", topk_part)

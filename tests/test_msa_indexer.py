@@ -500,3 +500,26 @@ def test_gpu_prefill_tunes_once_per_size_class():
         indexer_prefill(**b, max_seqlen_q=ext, **kw)
     assert len(tuned.cache) - before <= 2
     assert {0, 3} <= {k[tuned.keys.index("rows_bucket")] for k in tuned.cache}
+
+
+def test_decode_topk_in_one_part_runs_the_single_program(monkeypatch, device):
+    """A context that fits one part (the default 256 scores: 32k tokens at block 128) gains nothing from
+    the merge: stage 2 is the single program's one launch, the same selection."""
+    from sglang_msa.kernels.msa_indexer import decode as decode_mod
+
+    seqs = [150, 90, 17]
+    b = make_batch([1] * 3, [s - 1 for s in seqs], num_heads=2, page_size=16, dtype=torch.float16, seed=5,
+                   device=device)
+    args = [b[k] for k in ("idx_q", "idx_k_cache", "req_to_token", "req_pool_indices", "seq_lens")]
+    kw = dict(block_size=16, topk=5, init_blocks=1, local_blocks=1, score_type="max")
+    want = IndexerDecode(num_heads=2, head_dim=128, page_size=16, **kw).plan(3, max(seqs), device).run(*args)
+    one = IndexerDecode(num_heads=2, head_dim=128, page_size=16, topk_part=256, **kw).plan(3, max(seqs), device)
+    assert one.n_parts == 1
+
+    class NotLaunched:
+        def __getitem__(self, grid):
+            raise AssertionError("the parts kernels ran for a single part")
+
+    monkeypatch.setattr(decode_mod, "_decode_topk_part_kernel", NotLaunched())
+    monkeypatch.setattr(decode_mod, "_decode_topk_merge_kernel", NotLaunched())
+    assert torch.equal(one.run(*args).cpu(), want.cpu())

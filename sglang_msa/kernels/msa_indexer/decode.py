@@ -306,7 +306,7 @@ class IndexerDecode:
         num_heads, batch = self.num_heads, seq_lens.shape[0]  # ``out`` may be a larger buffer
         ws = self.workspace
         topk_pad = triton.next_power_of_2(self.topk)
-        if self.topk_part is not None:
+        if self.topk_part is not None and self.n_parts > 1:  # one part: the single program, one launch
             parts = self.parts
             _decode_topk_part_kernel[(num_heads, batch, self.n_parts)](
                 ws, seq_lens, parts, self.init_blocks, self.local_blocks,
