@@ -17,14 +17,13 @@ the kernels allocate); the backend logs both at startup for the server's shapes.
 
 from __future__ import annotations
 
+import torch
 import triton
 
-from sglang_msa.kernels.msa_decode.paged import choose_tiling
-from sglang_msa.kernels.msa_indexer.prefill import MAX_SPLIT_K
-from sglang_msa.kernels.msa_prefill.plan import DEFAULT_SEG_TOKENS
+from sglang_msa.kernels.msa_decode.paged import split_workspace_numel
+from sglang_msa.kernels.msa_indexer.prefill import MAX_SPLIT_K, split_workspace_bytes
+from sglang_msa.kernels.msa_prefill.plan import DEFAULT_ITEM_TOKENS, DEFAULT_SEG_TOKENS
 from sglang_msa.kernels.msa_prefill.reverse_map import max_work_items
-
-ITEM_TOKENS = 128  # block-major work item (plan.py's default)
 
 
 def prefill_scratch_bytes(num_tokens: int, *, num_q_heads: int, num_kv_heads: int, num_idx_heads: int,
@@ -37,12 +36,12 @@ def prefill_scratch_bytes(num_tokens: int, *, num_q_heads: int, num_kv_heads: in
     entries = num_kv_heads * num_tokens * topk
     group = num_q_heads // num_kv_heads
     buckets = num_kv_heads * max(triton.cdiv(num_tokens, DEFAULT_SEG_TOKENS), 1) * max(max_blocks, 1)
-    items = max_work_items(entries, buckets, ITEM_TOKENS)
+    items = max_work_items(entries, buckets, DEFAULT_ITEM_TOKENS)
     sizes = {
         "partials": entries * group * (head_dim * dtype_bytes + 4),  # ws_o (KV dtype) + ws_lse (fp32)
         "reverse_map": 4 * (2 * max(entries, 1) + (buckets + 1) + 3 * items),
         "indexer_out": num_idx_heads * num_tokens * topk * 4,
-        "indexer_split": (split_k * num_tokens * num_idx_heads * topk * 8) if split_k > 1 else 0,
+        "indexer_split": split_workspace_bytes(num_tokens, num_idx_heads, topk, split_k),
     }
     sizes["total"] = sum(sizes.values())
     return sizes
@@ -62,27 +61,15 @@ def decode_buffer_bytes(*, graph_batch_sizes, max_context_len: int, num_q_heads:
                           if topk_part else 0),
         "indexer_out": num_idx_heads * max_bs * topk * 4,
         "block_tables": sum(bs * max_blocks * 4 for bs in graph_batch_sizes) if paged else 0,
-        "split_workspaces": sum(_split_workspace(bs, num_q_heads, num_kv_heads, head_dim, topk, block_size,
-                                                 num_sms) for bs in graph_batch_sizes),
+        "split_workspaces": sum(4 * split_workspace_numel(bs, num_q_heads, num_kv_heads, topk, head_dim, block_size,
+                                                          num_sms) for bs in graph_batch_sizes),
     }
     sizes["total"] = sum(sizes.values())
     return sizes
 
 
-def _split_workspace(max_batch, num_q_heads, num_kv_heads, head_dim, topk, block_size, num_sms) -> int:
-    """SparseDecodeWrapper.plan's workspace for batches up to max_batch (fp32 partial outputs + LSE)."""
-    need = 0
-    for b in range(1, max_batch + 1):
-        t = choose_tiling(b, num_kv_heads, topk, block_size, num_sms)
-        if t.num_splits > 1:
-            need = max(need, b * num_q_heads * t.num_splits * (head_dim + 1))
-    return need * 4
-
-
 def free_device_bytes(device) -> "int | None":
     """Free bytes on a CUDA device now (None elsewhere)."""
-    import torch
-
     if getattr(device, "type", None) != "cuda":
         return None
     return int(torch.cuda.mem_get_info(device)[0])

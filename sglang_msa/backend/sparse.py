@@ -193,11 +193,10 @@ class MSASparseAttnBackend(AttentionBackend):
         tokens = chunk if chunk > 0 else int(getattr(server_args, "max_prefill_tokens", 0) or 0)
         if tokens <= 0:
             return
-        dtype_bytes = torch.empty((), dtype=self.kv_pool.main_pool.dtype).element_size()
         size = memory.prefill_scratch_bytes(
             tokens, num_q_heads=self.num_q_heads, num_kv_heads=self.num_kv_heads, num_idx_heads=self.num_kv_heads,
             head_dim=self.head_dim, topk=self.topk, block_size=self.block_size,
-            max_blocks=-(-self.max_context_len // self.block_size), dtype_bytes=dtype_bytes)
+            max_blocks=-(-self.max_context_len // self.block_size), dtype_bytes=self.kv_pool.main_pool.dtype.itemsize)
         logger.info("sglang-msa: prefill scratch up to %s per sparse layer for a %d-token batch (block-major "
                     "partials %s), outside the KV pool, freed after each layer", memory.gib(size["total"]),
                     tokens, memory.gib(size["partials"]))

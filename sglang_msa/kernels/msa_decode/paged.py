@@ -220,6 +220,18 @@ _SPLIT_LAUNCH = LaunchCache(sparse_decode_split_kernel)
 _COMBINE_LAUNCH = LaunchCache(combine_splits_kernel)
 
 
+def split_workspace_numel(max_batch: int, num_q_heads: int, num_kv_heads: int, topk: int, head_dim: int,
+                          block_size: int, num_sms: int, *, num_splits: Optional[int] = None,
+                          tile_n: Optional[int] = None) -> int:
+    """fp32 elements of the split workspace (partial outputs + LSE) for every batch up to max_batch."""
+    need = 0
+    for b in range(1, max_batch + 1):
+        t = choose_tiling(b, num_kv_heads, topk, block_size, num_sms, num_splits=num_splits, tile_n=tile_n)
+        if t.num_splits > 1:
+            need = max(need, b * num_q_heads * t.num_splits * (head_dim + 1))
+    return need
+
+
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 8  # small, so CPU tests exercise both the split and the single-pass path
@@ -280,11 +292,8 @@ class SparseDecodeWrapper:
         )
 
         # Workspace sized for every batch up to max_batch, so later plans of smaller batches reuse it.
-        need = 0
-        for b in range(1, max_batch + 1):
-            t = choose_tiling(b, num_kv_heads, topk, block_size, sms, num_splits=num_splits, tile_n=tile_n)
-            if t.num_splits > 1:
-                need = max(need, b * num_q_heads * t.num_splits * (head_dim + 1))
+        need = split_workspace_numel(max_batch, num_q_heads, num_kv_heads, topk, head_dim, block_size, sms,
+                                     num_splits=num_splits, tile_n=tile_n)
         if need and (self._workspace is None or self._workspace.numel() < need or self._workspace.device != device):
             self._workspace = torch.empty(need, dtype=torch.float32, device=device)
         n_part = batch * num_q_heads * self.tiling.num_splits

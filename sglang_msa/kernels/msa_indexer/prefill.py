@@ -264,8 +264,9 @@ def _sm_count(device: torch.device) -> int:
 # Fewest key blocks per range the automatic rule makes. Served on an H100 (rank8-12l-split, 2026-12-07),
 # 2k-token prompts without a prefix (cookbook, c64) had a 1.35x / 1.23x / 1.01x higher TTFT p50 with the
 # split on than off in three repeats: their unsplit grid is small, so the rule split 16 key blocks into up
-# to 16 ranges, about one block per range, whose merge and launch cost more than its scan. 16 blocks keeps every split measured to pay
-# (16k chunks: S = 5 over >= 128 blocks; 2k over 64k: S = 16 over 512 blocks, 1.88x).
+# to 16 ranges, about one block per range, whose merge and launch cost more than its scan. 16 blocks keeps
+# every split measured to pay (16k chunks: S = 5 over >= 128 blocks; 2k over 64k: S = 16 over 512 blocks,
+# 1.88x).
 MIN_SPLIT_RANGE_BLOCKS = 16
 
 

@@ -37,6 +37,7 @@ from .union_tile import UnionMap, build_union_map, launch_union_tile, max_union_
 # Query-major's cost grows with tokens x KV heads, block-major's floor is fixed: crossover ~1k x 4.
 QUERY_MAJOR_MAX_TOKEN_HEADS = 4096
 DEFAULT_SEG_TOKENS = 4096
+DEFAULT_ITEM_TOKENS = 128  # entries per block-major work item
 METHODS = ("block_major", "query_major", "union_tile")
 METHOD_ENV = "SGLANG_MSA_PREFILL_METHOD"
 REVERSE_MAPS = ("sort", "counting")
@@ -281,7 +282,7 @@ def _plan_block_major(p, device, extend, lens, seg_tokens, chunk_tokens, item_to
     # and 128-token items: 13.8 ms block-major kernel vs 17.5 ms for 128-row tiles on 8 warps and
     # 24-26 ms without the Q prefetch.
     p.chunk_tokens = chunk_tokens or max(1, 64 // p.block_h)
-    p.item_tokens = item_tokens or 128
+    p.item_tokens = item_tokens or DEFAULT_ITEM_TOKENS
     p.num_warps = num_warps or 4
     p.num_stages = num_stages or 1
     num_entries = p.num_kv_heads * p.num_tokens * p.topk
