@@ -108,6 +108,14 @@ def _top_keys(b_key, b_best, TOPK: tl.constexpr):
 
 
 @triton.jit
+def _store_top(out_ptr, i_h, i_b, stride_o_h, stride_o_b, b_best, TOPK: tl.constexpr):
+    """The block ids of the order keys b_best into out[i_h, i_b, :], ascending, -1 padded."""
+    p_out = out_ptr + i_h.to(tl.int64) * stride_o_h + i_b.to(tl.int64) * stride_o_b
+    store_sorted_ids(p_out + tl.zeros([1], tl.int64), key_block_id(b_best)[None, :],
+                     (b_best != INT64_MIN)[None, :], tl.full([1], 1, tl.int1), TOPK)
+
+
+@triton.jit
 def _decode_topk_kernel(
     ws_ptr, seq_lens_ptr, out_ptr, init_blocks, local_blocks,
     stride_ws_h, stride_ws_b, stride_o_h, stride_o_b,
@@ -121,10 +129,7 @@ def _decode_topk_kernel(
     for c0 in range(0, n_blocks, CHUNK):
         b_key = _score_keys(p_ws, c0 + tl.arange(0, CHUNK), n_blocks, init_blocks, local_blocks)
         b_best = _top_keys(b_key, b_best, TOPK)  # top-k of (this chunk + the best so far)
-    m_valid = b_best != INT64_MIN
-    p_out = out_ptr + i_h.to(tl.int64) * stride_o_h + i_b.to(tl.int64) * stride_o_b
-    store_sorted_ids(p_out + tl.zeros([1], tl.int64), key_block_id(b_best)[None, :],
-                     m_valid[None, :], tl.full([1], 1, tl.int1), TOPK)
+    _store_top(out_ptr, i_h, i_b, stride_o_h, stride_o_b, b_best, TOPK)
 
 
 @triton.jit
@@ -166,10 +171,7 @@ def _decode_topk_merge_kernel(
         o_c = c0 + tl.arange(0, CHUNK)
         b_key = tl.load(p_part + o_c, mask=o_c < n_keys, other=INT64_MIN)
         b_best = _top_keys(b_key, b_best, TOPK)
-    m_valid = b_best != INT64_MIN
-    p_out = out_ptr + i_h.to(tl.int64) * stride_o_h + i_b.to(tl.int64) * stride_o_b
-    store_sorted_ids(p_out + tl.zeros([1], tl.int64), key_block_id(b_best)[None, :],
-                     m_valid[None, :], tl.full([1], 1, tl.int1), TOPK)
+    _store_top(out_ptr, i_h, i_b, stride_o_h, stride_o_b, b_best, TOPK)
 
 
 # Software-pipeline depth of the block-score scan. An e4m3 key block is half a bf16 one, so the fp8 scan
