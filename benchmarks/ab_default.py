@@ -42,7 +42,9 @@ from benchmarks.servers import Server, post_json  # noqa: E402
 BASELINES = ("A", "A2")
 METRICS = ("output_throughput", "request_throughput", "median_ttft_ms", "p99_ttft_ms", "mean_ttft_ms",
            "median_tpot_ms", "median_itl_ms", "duration", "completed", "total_input_tokens",
-           "total_output_tokens")
+           "total_output_tokens", "ttft_p50_first_wave_ms", "ttft_p50_later_ms")
+# Per-request lists of SGLang's --output-details: read for the wave split, then dropped from the record.
+DETAILS = ("input_lens", "output_lens", "ttfts", "itls", "generated_texts", "errors")
 
 # Two all-reduces per layer at --tp 8 (after attention and after the MoE), which the TP1 proxy omits.
 # No multi-GPU machine was lent to measure them with NCCL, so these are stated assumptions: NCCL
@@ -123,6 +125,9 @@ def summarize(rows: list[dict], points: list[dict], logs: dict, model: dict, not
                  # decode: A's median time per output token over B's (> 1: B decodes faster)
                  "tpot_p50_ratio": (a["median_tpot_ms"] / b["median_tpot_ms"])
                  if a.get("median_tpot_ms") and b.get("median_tpot_ms") else None,
+                 # TTFT of the requests after the first wave (each sent as one finishes), A over B
+                 "ttft_p50_later_ratio": (a["ttft_p50_later_ms"] / b["ttft_p50_later_ms"])
+                 if a.get("ttft_p50_later_ms") and b.get("ttft_p50_later_ms") else None,
                  "spread": {"baseline": a.get("output_throughput_spread"), "B": b.get("output_throughput_spread")},
                  "repeats": {"baseline": a["repeats"], "B": b["repeats"]}}
         extra = allreduce_seconds(p, model["layers"], model["hidden"])
@@ -231,8 +236,9 @@ def _why_missed(measured: list[dict], scope: tuple | None) -> str:
                 f"repeats {pct(e['spread']['baseline'])} (baseline {e['baseline']}) / {pct(e['spread']['B'])} (B)"
                 + (": the shortfall is inside the spread" if inside else ""))
     workload, n = scope
-    parts = [f"{e['point']}: output {fmt(e['output_throughput_ratio'])}, TTFT p50 {fmt(e['ttft_p50_ratio'])} lower, "
-             f"TPOT p50 {fmt(e.get('tpot_p50_ratio'))}" for e in measured
+    parts = [f"{e['point']}: output {fmt(e['output_throughput_ratio'])}, TTFT p50 {fmt(e['ttft_p50_ratio'])} lower"
+             + (f" ({fmt(e['ttft_p50_later_ratio'])} after the first wave)" if e.get("ttft_p50_later_ratio") else "")
+             + f", TPOT p50 {fmt(e.get('tpot_p50_ratio'))}" for e in measured
              if e["workload"] == workload and (n is None or e["input_len"] == n)]
     return "; ".join(parts) or "no point of this target was measured"
 
@@ -345,6 +351,21 @@ def server_specs(model: Path, context: int, mem_fraction: float, graph_bs: list[
                    {"SGLANG_MSA_DISABLE": "0", "SGLANG_MSA_INDEXER_SPLIT_K": "1"})}
 
 
+def wave_ttfts(record: dict, concurrency: int) -> dict:
+    """TTFT p50 (ms) of a point's first wave (its first ``concurrency`` requests, sent at once and queued
+    behind each other's prefill and tokenization) and of the later requests (each sent as one finishes,
+    so its TTFT is one prefill among running decodes), from SGLang's ``--output-details`` lists (in
+    request order, seconds; failed requests left out). Empty where the record has no details."""
+    ttfts, errors = record.get("ttfts"), record.get("errors") or []
+    if not ttfts:
+        return {}
+    ok = [i for i, t in enumerate(ttfts) if t and t > 0 and not (i < len(errors) and errors[i])]
+    first = [ttfts[i] * 1000.0 for i in ok if i < concurrency]
+    later = [ttfts[i] * 1000.0 for i in ok if i >= concurrency]
+    return {"ttft_p50_first_wave_ms": statistics.median(first) if first else None,
+            "ttft_p50_later_ms": statistics.median(later) if later else None}
+
+
 def run_points(server, points: list[Point], out_dir: Path, seed: int, deadline: float, tokenizer: Path) -> dict:
     """Every point against ``server`` with SGLang's ``sglang.benchmark.serving``, in one client process
     (``benchmarks/serving/sglang_client.py``); ``{point key: last JSONL record or None}``."""
@@ -359,7 +380,7 @@ def run_points(server, points: list[Point], out_dir: Path, seed: int, deadline: 
         warmup = 0 if p.dataset == "random-ids" else 1
         jobs.append({"key": p.key, "estimate_s": estimate_s(p), "argv": [
             "--host", "127.0.0.1", "--port", str(server.port), *p.bench_args(seed, warmup), "--tokenizer", str(tokenizer),
-            "--output-file", str(out), "--ready-check-timeout-sec", "30", "--disable-tqdm"]})
+            "--output-file", str(out), "--output-details", "--ready-check-timeout-sec", "30", "--disable-tqdm"]})
     spec = out_dir / f"{server.name}-jobs-{seed}.json"
     spec.write_text(json.dumps({"deadline": deadline, "jobs": jobs}))
     log = out_dir / f"{server.name}-client-{seed}.log"
@@ -372,9 +393,15 @@ def run_points(server, points: list[Point], out_dir: Path, seed: int, deadline: 
         except subprocess.TimeoutExpired:
             f.write("\n[ab_default] client timed out\n")
     results = {}
-    for key, out in outs.items():
+    for p in points:
+        out = outs[p.key]
         lines = [ln for ln in out.read_text().splitlines() if ln.strip()] if out.exists() else []
-        results[key] = json.loads(lines[-1]) if lines else None
+        record = json.loads(lines[-1]) if lines else None
+        if record is not None:
+            record.update(wave_ttfts(record, p.concurrency))
+            for k in DETAILS:  # the JSONL keeps them; the results file holds the point's metrics only
+                record.pop(k, None)
+        results[p.key] = record
     return results
 
 

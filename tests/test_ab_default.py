@@ -182,12 +182,42 @@ def test_sglang_load_generator_against_fake_server(tmp_path):
     m = res["cookbook/64/c4"]
     assert m["completed"] == 8 and m["total_output_tokens"] == 8 * 12 and m["max_concurrency"] == 4
     assert m["median_ttft_ms"] >= 50
+    # SGLang's per-request details give the wave split, then leave the record
+    assert m["ttft_p50_first_wave_ms"] >= 50 and m["ttft_p50_later_ms"] >= 50
+    assert not set(ab_default.DETAILS) & set(m)
     assert res["long/10000000/c1"] is None  # cannot finish before the deadline: skipped, not failed
     assert all(len(b["input_ids"]) == 64 for b in sent)
     assert len(sent) == 8  # no warm-up request: ab_default warms each server before measuring it
     # The measured prompts start from an empty prefix cache: our waiting flush, then SGLang's own (the
     # skipped point sends none).
     assert flushes == 2
+
+
+def test_wave_ttfts_splits_the_first_concurrent_requests_from_the_rest_and_skips_failures():
+    rec = {"ttfts": [0.4, 0.5, 0.0, 0.3, 0.05, 0.07, 0.06, 9.0],
+           "errors": ["", "", "timeout", "", "", "", "", "refused"]}
+    w = ab_default.wave_ttfts(rec, concurrency=4)
+    assert w["ttft_p50_first_wave_ms"] == pytest.approx(400.0)  # 0.3, 0.4, 0.5 (the failed one left out)
+    assert w["ttft_p50_later_ms"] == pytest.approx(60.0)  # 0.05, 0.06, 0.07; the failed 9 s left out
+    assert ab_default.wave_ttfts({"median_ttft_ms": 1.0}, 4) == {}
+    assert ab_default.wave_ttfts({"ttfts": [0.1, 0.2]}, 8) == {"ttft_p50_first_wave_ms": pytest.approx(150.0),
+                                                              "ttft_p50_later_ms": None}
+
+
+def test_summary_gives_the_later_requests_ttft_ratio_where_the_details_were_kept():
+    points = [{"key": "agentic/64096/c8", "workload": "agentic", "input_len": 64096, "concurrency": 8,
+               "new_prompt_tokens": 200000, "output_len": 256, "num_prompts": 64}]
+
+    def row(server, tp, ttft, later):
+        return {"server": server, "rep": 1, "point": "agentic/64096/c8", "num_prompts": 64, "metrics": {
+            "output_throughput": tp, "median_ttft_ms": ttft, "median_tpot_ms": 4.0, "ttft_p50_later_ms": later,
+            "duration": 7.0, "total_output_tokens": 10000, "completed": 64}}
+
+    s = ab_default.summarize([row("A2", 1000.0, 130.0, 120.0), row("B", 970.0, 260.0, 60.0)], points, {},
+                             {"layers": 12, "hidden": 6144})
+    e = s["per_point"][0]
+    assert e["ttft_p50_ratio"] == pytest.approx(0.5) and e["ttft_p50_later_ratio"] == pytest.approx(2.0)
+    assert "2.00x after the first wave" in s["targets"]["moonshot agentic output throughput >= 1.8x"]["why"]
 
 
 def test_request_cap_keeps_each_point_at_its_concurrency():
