@@ -100,6 +100,11 @@ def allreduce_seconds(point: dict, layers: int, hidden: int, ar: dict = ALLREDUC
     return prefill + decode
 
 
+def _ratio(num: dict, den: dict, key: str) -> float | None:
+    """``num[key] / den[key]`` where both sides measured it, else None (a latency ratio > 1: ``den`` is faster)."""
+    return num[key] / den[key] if num.get(key) and den.get(key) else None
+
+
 def summarize(rows: list[dict], points: list[dict], logs: dict, model: dict, not_run: list[dict] = ()) -> dict:
     """The results file's ``summary``: B against the faster of A and A2 on each workload."""
     med = _median_by_point(rows)
@@ -121,13 +126,11 @@ def summarize(rows: list[dict], points: list[dict], logs: dict, model: dict, not
         entry = {"point": key, "workload": p["workload"], "input_len": p["input_len"],
                  "concurrency": p["concurrency"], "baseline": base, "measured": True,
                  "output_throughput_ratio": b["output_throughput"] / a["output_throughput"],
-                 "ttft_p50_ratio": (a["median_ttft_ms"] / b["median_ttft_ms"]) if b.get("median_ttft_ms") else None,
+                 "ttft_p50_ratio": _ratio(a, b, "median_ttft_ms"),
                  # decode: A's median time per output token over B's (> 1: B decodes faster)
-                 "tpot_p50_ratio": (a["median_tpot_ms"] / b["median_tpot_ms"])
-                 if a.get("median_tpot_ms") and b.get("median_tpot_ms") else None,
+                 "tpot_p50_ratio": _ratio(a, b, "median_tpot_ms"),
                  # TTFT of the requests after the first wave (each sent as one finishes), A over B
-                 "ttft_p50_later_ratio": (a["ttft_p50_later_ms"] / b["ttft_p50_later_ms"])
-                 if a.get("ttft_p50_later_ms") and b.get("ttft_p50_later_ms") else None,
+                 "ttft_p50_later_ratio": _ratio(a, b, "ttft_p50_later_ms"),
                  "spread": {"baseline": a.get("output_throughput_spread"), "B": b.get("output_throughput_spread")},
                  "repeats": {"baseline": a["repeats"], "B": b["repeats"]}}
         extra = allreduce_seconds(p, model["layers"], model["hidden"])
@@ -186,8 +189,7 @@ def summarize(rows: list[dict], points: list[dict], logs: dict, model: dict, not
         if b and b1:
             split_effect.append({
                 "point": key, "output_throughput_ratio": b["output_throughput"] / b1["output_throughput"],
-                "ttft_p50_ratio": (b1["median_ttft_ms"] / b["median_ttft_ms"])
-                if b.get("median_ttft_ms") and b1.get("median_ttft_ms") else None,
+                "ttft_p50_ratio": _ratio(b1, b, "median_ttft_ms"),
                 "repeats": {"B": b["repeats"], "B1": b1["repeats"]}})
     if split_effect:
         summary["split_effect"] = split_effect
