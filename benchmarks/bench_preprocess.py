@@ -74,20 +74,27 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    out, times = None, []
+def timed_interleaved(fns: dict, repeats: int) -> dict:
+    """Times every path of `fns` once per round, rounds repeated `repeats` times, so a ratio of
+    two medians compares calls made side by side (a shared VM drifts between blocks of calls).
+    Per path: the median ms, the spread (max - min) / median over the rounds, process CPU time
+    over wall time of its own calls (how busy the cores were), and the last call's output."""
+    res = {k: {"times": [], "cpu": 0.0, "wall": 0.0, "out": None} for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3, out
-
-
-def timed_cpu(fn, repeats: int) -> tuple[float, float, object]:
-    """Median wall ms, and process CPU time / wall time over all repeats (how busy the cores were)."""
-    c0, w0 = time.process_time(), time.perf_counter()
-    ms, out = timed(fn, repeats)
-    return ms, (time.process_time() - c0) / max(time.perf_counter() - w0, 1e-9), out
+        for name, fn in fns.items():
+            r = res[name]
+            c0, t0 = time.process_time(), time.perf_counter()
+            r["out"] = fn()
+            dt = time.perf_counter() - t0
+            r["times"].append(dt)
+            r["cpu"] += time.process_time() - c0
+            r["wall"] += dt
+    out = {}
+    for name, r in res.items():
+        med = statistics.median(r["times"])
+        out[name] = {"ms": med * 1e3, "spread": (max(r["times"]) - min(r["times"])) / med,
+                     "cpu_per_wall": r["cpu"] / max(r["wall"], 1e-9), "out": r["out"]}
+    return out
 
 
 def geomean(xs) -> float:
@@ -312,20 +319,34 @@ def measure_clip(path: Path, row: dict, paths: dict, repeats: int) -> None:
     SGLang's Python path, the ffmpeg-subprocess peer and the other installed decoders."""
     python_path, ffmpeg_path, others = paths["sglang_python"], paths["ffmpeg_subprocess"], paths["others"]
     for threads in (1, 2):
-        os.environ["SMG_RS_SEQUENTIAL_DECODE"] = "1"  # decode every picture (no skipping, no seeking)
-        seq_ms, _ = timed(lambda: smg_rs.preprocess_video(path, threads=threads), repeats)
-        os.environ.pop("SMG_RS_SEQUENTIAL_DECODE")
-        ms, cpu_wall, feats = timed_cpu(lambda: smg_rs.preprocess_video(path, threads=threads), repeats)
-        dec_ms, _ = timed(lambda: smg_rs.decode_frames(path, fps=1.0, threads=threads), repeats)
-        py_ms, (pv, grid, idx) = timed(lambda: python_path(path, threads), repeats)
+        def sequential(threads=threads):
+            os.environ["SMG_RS_SEQUENTIAL_DECODE"] = "1"  # decode every picture (no skipping, no seeking)
+            try:
+                return smg_rs.preprocess_video(path, threads=threads)
+            finally:
+                os.environ.pop("SMG_RS_SEQUENTIAL_DECODE")
+
+        fns = {
+            "smg_rs": lambda: smg_rs.preprocess_video(path, threads=threads),
+            "smg_rs_sequential_decode": sequential,
+            "smg_rs_decode_only": lambda: smg_rs.decode_frames(path, fps=1.0, threads=threads),
+            "python": lambda: python_path(path, threads),
+            "ffmpeg_subprocess": lambda: ffmpeg_path(path, threads),
+            **{alt: (lambda run: lambda: run(path, threads))(run) for alt, run in others.items()},
+        }
+        t = timed_interleaved(fns, repeats)
+        ms, cpu_wall, feats = t["smg_rs"]["ms"], t["smg_rs"]["cpu_per_wall"], t["smg_rs"]["out"]
+        seq_ms, dec_ms, py_ms = (t[k]["ms"] for k in ("smg_rs_sequential_decode", "smg_rs_decode_only", "python"))
+        pv, grid, idx = t["python"]["out"]
         assert tuple(feats.grid_thw) == grid and feats.frame_indices == list(idx)
         err = float(np.abs(feats.pixel_values - pv).max())
-        ff_ms, (fpv, fgrid, fidx) = timed(lambda: ffmpeg_path(path, threads), repeats)
+        ff_ms, (fpv, fgrid, fidx) = t["ffmpeg_subprocess"]["ms"], t["ffmpeg_subprocess"]["out"]
         assert tuple(fgrid) == grid and list(fidx) == list(idx), "ffmpeg_subprocess sampled other frames"
         ff_stages = {k: round(v, 2) for k, v in ffmpeg_path.stages.items()}  # the last repeat
         alt_ms = {}
-        for alt, run in others.items():
-            alt_ms[alt], (apv, agrid, aidx) = timed(lambda: run(path, threads), repeats)
+        for alt in others:
+            alt_ms[alt] = t[alt]["ms"]
+            _, agrid, aidx = t[alt]["out"]
             assert tuple(agrid) == grid and list(aidx) == list(idx), alt
         n_src = feats.num_source_frames
         row[f"threads{threads}"] = {
@@ -350,6 +371,8 @@ def measure_clip(path: Path, row: dict, paths: dict, repeats: int) -> None:
             "ffmpeg_subprocess_max_abs_err_vs_hf": float(np.abs(fpv - pv).max()),
             **{f"{alt}_ms": round(v, 2) for alt, v in alt_ms.items()},
             **{f"speedup_vs_{alt}": round(v / ms, 3) for alt, v in alt_ms.items()},
+            # (max - min) / median of each path's calls; the paths ran interleaved, round by round
+            "spread": {k: round(v["spread"], 3) for k, v in t.items()},
         }
         print(row["video"], threads, row[f"threads{threads}"], flush=True)
 
@@ -396,6 +419,9 @@ def summarize(classes: dict, paths: dict, conc: dict, mal: dict, wheel: dict, rs
         "speedup_vs_sglang_python_bframes": round(geomean(r["threads1"]["speedup"] for r in rows_b), 3),
         "speedup_vs_sglang_python_2threads_bframes": round(geomean(r["threads2"]["speedup"] for r in rows_b), 3),
         **({"speedup_vs_sglang_python_long_gop2s": rows_long[0]["threads2"]["speedup"],
+            # the larger spread of the two paths' calls ((max - min) / median over the rounds)
+            "speedup_vs_sglang_python_long_gop2s_spread": max(
+                rows_long[0]["threads2"]["spread"][k] for k in ("smg_rs", "python")),
             "speedup_vs_sequential_decode_long_gop2s": round(
                 rows_long[0]["threads2"]["smg_rs_sequential_decode_ms"] / rows_long[0]["threads2"]["smg_rs_ms"], 3)}
            if rows_long else {}),
@@ -449,7 +475,7 @@ def summarize(classes: dict, paths: dict, conc: dict, mal: dict, wheel: dict, rs
         "videos_per_s_concurrent: the older 2-worker pool over eight 360p requests; wheel_needs_system_ffmpeg: the "
         "extension's ELF NEEDED names libav*/libsw* not shipped in the wheel; rss_growth: fresh process, RSS read after "
         "each of --rss-calls calls after warm-up, lowest reading of the last tenth minus lowest of the first tenth "
-        "(>= 5 each) per 100 calls: glibc arena heaps swing single readings by ~3-5 MB, a leak lifts every one; timings are medians on a shared VM, so treat as rough",
+        "(>= 5 each) per 100 calls: glibc arena heaps swing single readings by ~3-5 MB, a leak lifts every one; timings are medians on a shared VM, so treat as rough; the paths of a clip ran interleaved (one call of each per round, --repeats rounds), each row's spread = (max - min) / median of a path's calls",
     }
     summary["target_met"] = summary["speedup_vs_sglang_python"] >= summary["target_speedup_vs_sglang_python"]
     return summary

@@ -252,3 +252,16 @@ def test_rss_window_growth_ignores_arena_swings_but_not_a_leak():
     leak = [x + 100 * i for i, x in enumerate(swings)]
     growth, calls = peers.rss_window_growth(leak)
     assert growth * 100 / calls > 5.0
+
+
+def test_timed_interleaved_runs_the_paths_round_by_round():
+    """Ratios of medians compare calls made side by side: one call of each path per round."""
+    from benchmarks import bench_preprocess as bp
+
+    calls = []
+    fns = {name: (lambda name: lambda: calls.append(name) or len(calls))(name) for name in ("a", "b", "c")}
+    t = bp.timed_interleaved(fns, 3)
+    assert calls == ["a", "b", "c"] * 3
+    assert t["c"]["out"] == 9 and t["a"]["out"] == 7  # the last call's output
+    for r in t.values():
+        assert r["ms"] >= 0 and r["spread"] >= 0 and r["cpu_per_wall"] >= 0
