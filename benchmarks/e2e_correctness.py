@@ -9,7 +9,8 @@ a prefix so B serves cached prefixes from the radix cache), and compares tokens 
 ``--num-prompts N`` spaces N prompt lengths geometrically from ``--min-len`` to ``--max-len``;
 ``--fp32-reference`` then scores both servers' continuations with transformers' fp32 model of the same
 checkpoint (``benchmarks/reference_fp32.py``) once the servers are stopped: issue #14's comparison,
-``logprob_gap_vs_fp32_ours_over_intree`` = B's mean |dlogp| to fp32 over A's (A in-tree, B ours).
+``logprob_gap_vs_fp32_ours_over_intree`` = B's mean |dlogp| to fp32 over A's (A in-tree, B ours), with
+how many prompts each is closer on and a 95% bootstrap interval over prompts (``logprob_gap_ci95``).
 Writes ``e2e-correctness-<card>-<date>.json`` with a ``summary`` object.
 """
 
@@ -113,7 +114,48 @@ def reference_summary(rows: list[dict], models: str) -> dict:
     m = out["mean_abs_dlogp_vs_fp32"]
     out["logprob_gap_vs_fp32_ours_over_intree"] = (m["B"] / m["A"] if models == "mixed" and m.get("A")
                                                    and "B" in m else None)
+    if out["logprob_gap_vs_fp32_ours_over_intree"] is not None:
+        out.update(paired_gap(rows))
     return out
+
+
+def paired_gap(rows: list[dict], draws: int = 4000, seed: int = 0) -> dict:
+    """How far the gap's distance from 1 is from noise: per prompt scored on both servers, which one
+    is closer to fp32, and a 95% bootstrap interval of the token-weighted gap (prompts resampled
+    with replacement; a fixed seed, so the same rows give the same interval)."""
+    pairs = [(r["fp32_a"]["mean_abs_dlogp"] * len(r["tokens_a"]), len(r["tokens_a"]),
+              r["fp32_b"]["mean_abs_dlogp"] * len(r["tokens_b"]), len(r["tokens_b"]))
+             for r in rows if r.get("fp32_a") and r.get("fp32_b")
+             and r["fp32_a"]["mean_abs_dlogp"] is not None and r["fp32_b"]["mean_abs_dlogp"] is not None
+             and r["tokens_a"] and r["tokens_b"]]
+    out = {"prompts_ours_closer_to_fp32": sum(b / kb < a / ka for a, ka, b, kb in pairs),
+           "prompts_intree_closer_to_fp32": sum(a / ka < b / kb for a, ka, b, kb in pairs),
+           "logprob_gap_ci95": None}
+    if len(pairs) < 2:
+        return out
+    rng = random.Random(seed)
+    gaps = []
+    for _ in range(draws):
+        pick = [pairs[rng.randrange(len(pairs))] for _ in pairs]
+        a, ka = sum(p[0] for p in pick), sum(p[1] for p in pick)
+        b, kb = sum(p[2] for p in pick), sum(p[3] for p in pick)
+        if a > 0:
+            gaps.append((b / kb) / (a / ka))
+    gaps.sort()
+    if gaps:
+        out["logprob_gap_ci95"] = [gaps[int(0.025 * (len(gaps) - 1))], gaps[int(0.975 * (len(gaps) - 1))]]
+    return out
+
+
+def resummarize(path: Path, models: str) -> dict:
+    """The reference part of an existing results file's summary computed again from its rows (no
+    GPU): a summary field added after the run reaches the file the run wrote, which keeps its name."""
+    results = json.loads(path.read_text())
+    results["summary"].update(reference_summary(results["prompts"], models))
+    results.setdefault("resummarized", []).append({"date": date.today().isoformat(),
+                                                   "command": " ".join(sys.argv)})
+    path.write_text(json.dumps(results, indent=1))
+    return results["summary"]
 
 
 def compare(a: dict, b: dict) -> dict:
@@ -126,7 +168,8 @@ def compare(a: dict, b: dict) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model-path", required=True)
+    ap.add_argument("--model-path", default=None, help="the checkpoint both servers load (required unless "
+                    "--resummarize)")
     ap.add_argument("--out-dir", default="benchmarks/results")
     ap.add_argument("--prompt-lens", default="3000,9000,17000")
     ap.add_argument("--new-tokens", type=int, default=24)
@@ -155,7 +198,14 @@ def main(argv=None) -> int:
                     "0 = no limit")
     ap.add_argument("--log-dir", default="/tmp/e2e-logs")
     ap.add_argument("--port-base", type=int, default=30000, help="A listens here, B on the next port")
+    ap.add_argument("--resummarize", type=Path, default=None, help="no GPU: compute the fp32-reference part "
+                    "of this results file's summary again from its rows, in place")
     args = ap.parse_args(argv)
+    if args.resummarize:
+        print(json.dumps(resummarize(args.resummarize, args.models), indent=1))
+        return 0
+    if not args.model_path:
+        ap.error("--model-path is required")
     t_start = time.time()
 
     cfg = json.loads((Path(args.model_path) / "config.json").read_text())

@@ -331,6 +331,15 @@ def _target(value, target, higher_is_better: bool = True, why: str | None = None
     return d
 
 
+def _spread_note(rows: list[dict], paths: tuple) -> str:
+    """How far apart one path's calls were in this run (rows timed interleaved, bench_preprocess)."""
+    spreads = {p: max(r["spread"][p] for r in rows) for p in paths if rows and all(p in r.get("spread", {}) for r in rows)}
+    if not spreads:
+        return ""
+    return (" Calls of one path spread by up to " + ", ".join(f"{100 * v:.0f}% ({p})" for p, v in spreads.items())
+            + " of their median between rounds on this machine.")
+
+
 def build_targets(summary: dict, classes: dict, wheel: dict, rss: dict) -> dict:
     """Issue #15's targets from the summary; `classes` maps a clip class to its rows (for the
     explanations), `wheel` / `rss` are wheel_report / rss_growth."""
@@ -345,7 +354,11 @@ def build_targets(summary: dict, classes: dict, wheel: dict, rss: dict) -> dict:
                f"{100 * (1 - frac):.0f}% of our time; the target allows 13% (1.15x decode). Process CPU "
                f"time / wall over our call = {cpu:.2f} on {summary['cores']} cores"
                + (", i.e. the cores are already busy, so overlapping resize with decoding cannot hide it."
-                  if cpu > 0.85 * min(2, summary["cores"] or 1) else ", so some of the resize could still overlap decoding."))
+                  if cpu > 0.85 * min(2, summary["cores"] or 1) else ", so some of the resize could still overlap decoding.")
+               + _spread_note(rows, ("smg_rs", "smg_rs_decode_only"))
+               + (f" With 1 thread (resize on a core the decoder leaves free) the fraction is "
+                  f"{summary['fraction_of_decode_bound_1thread'][cls]}."
+                  if cls in summary.get("fraction_of_decode_bound_1thread", {}) else ""))
         t[f"fraction_of_decode_bound.{cls}"] = _target(frac, 0.87, why=why)
     ub = summary["speedup_upper_bound_if_only_decoding"]
     t["speedup_vs_sglang_python"] = _target(
@@ -355,7 +368,8 @@ def build_targets(summary: dict, classes: dict, wheel: dict, rss: dict) -> dict:
     if "speedup_vs_sglang_python_long_gop2s" in summary:
         t["speedup_vs_sglang_python_long_gop2s"] = _target(
             summary["speedup_vs_sglang_python_long_gop2s"], 3.5,
-            why=f"bound if only decoding counted: {ub.get('videos_long_threads2')}x (2 threads)")
+            why=f"bound if only decoding counted: {ub.get('videos_long_threads2')}x (2 threads)"
+                + _spread_note([r["threads2"] for r in classes.get("videos_long", [])], ("smg_rs", "python")))
     else:
         t["speedup_vs_sglang_python_long_gop2s"] = _target(None, 3.5, why="long clip not run")
     fs = summary.get("speedup_vs_ffmpeg_subprocess")

@@ -265,3 +265,12 @@ def test_timed_interleaved_runs_the_paths_round_by_round():
     assert t["c"]["out"] == 9 and t["a"]["out"] == 7  # the last call's output
     for r in t.values():
         assert r["ms"] >= 0 and r["spread"] >= 0 and r["cpu_per_wall"] >= 0
+
+
+def test_missed_target_why_names_the_spread_between_rounds():
+    from benchmarks import preprocess_peers as pp
+
+    rows = [{"spread": {"smg_rs": 0.1, "python": 0.3}}, {"spread": {"smg_rs": 0.5, "python": 0.2}}]
+    note = pp._spread_note(rows, ("smg_rs", "python"))
+    assert "50% (smg_rs)" in note and "30% (python)" in note
+    assert pp._spread_note([{}], ("smg_rs",)) == ""  # rows of an older run carry no spread

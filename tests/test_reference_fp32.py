@@ -6,6 +6,8 @@ forward of the same tokens on the tiny checkpoint; the comparison and summary he
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest.importorskip("torch")
@@ -87,3 +89,28 @@ def test_prompt_lengths_are_geometric_and_bounded():
     assert e2e_correctness.prompt_lengths(1, 128, 4096) == [4096]
     with pytest.raises(ValueError):
         e2e_correctness.prompt_lengths(4, 500, 100)
+
+
+def test_paired_gap_counts_prompts_and_brackets_the_gap(tmp_path):
+    """Which server is closer to fp32 per prompt, and a bootstrap interval that holds the gap."""
+    def row(a, b, k=4):
+        return {"tokens_a": [1] * k, "tokens_b": [1] * k,
+                "fp32_a": {"mean_abs_dlogp": a, "max_abs_dlogp": a, "greedy_equals_reference": True},
+                "fp32_b": {"mean_abs_dlogp": b, "max_abs_dlogp": b, "greedy_equals_reference": True}}
+    rows = [row(0.01, 0.02), row(0.03, 0.02), row(0.02, 0.02), row(0.05, 0.01), row(0.02, 0.03)]
+    s = e2e_correctness.reference_summary(rows, "mixed")
+    assert s["prompts_ours_closer_to_fp32"] == 2 and s["prompts_intree_closer_to_fp32"] == 2
+    lo, hi = s["logprob_gap_ci95"]
+    assert lo <= s["logprob_gap_vs_fp32_ours_over_intree"] <= hi and lo < hi
+    assert e2e_correctness.reference_summary(rows, "mixed")["logprob_gap_ci95"] == [lo, hi]  # seeded
+    # B always exactly half of A: every resample has the same gap
+    s = e2e_correctness.reference_summary([row(0.02, 0.01), row(0.04, 0.02), row(0.06, 0.03)], "mixed")
+    assert s["logprob_gap_ci95"] == [pytest.approx(0.5), pytest.approx(0.5)]
+    assert s["prompts_ours_closer_to_fp32"] == 3
+    # --resummarize recomputes the summary of a written file in place, from its rows
+    path = tmp_path / "e2e.json"
+    path.write_text(json.dumps({"summary": {"card": "X", "prompts": 5}, "prompts": rows}))
+    assert e2e_correctness.main(["--resummarize", str(path)]) == 0
+    out = json.loads(path.read_text())
+    assert out["summary"]["card"] == "X" and out["summary"]["prompts_ours_closer_to_fp32"] == 2
+    assert out["resummarized"][0]["date"]
