@@ -147,6 +147,13 @@ def paired_gap(rows: list[dict], draws: int = 4000, seed: int = 0) -> dict:
     return out
 
 
+def reference_order(scored: list[tuple], min_len: int = 0) -> list[tuple]:
+    """The (row, prompt ids, reply A, reply B) tuples the fp32 reference scores, in its order: the
+    shortest first (most prompts by a deadline), none shorter than ``min_len`` tokens (a call that
+    scores only the lengths an earlier one did not reach)."""
+    return sorted((x for x in scored if len(x[1]) >= min_len), key=lambda x: len(x[1]))
+
+
 def resummarize(path: Path, models: str) -> dict:
     """The reference part of an existing results file's summary computed again from its rows (no
     GPU): a summary field added after the run reaches the file the run wrote, which keeps its name."""
@@ -193,6 +200,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fp32-reference", action="store_true", help="score both servers' continuations with "
                     "transformers' fp32 model of the checkpoint after the servers stop (reference_fp32.py)")
     ap.add_argument("--reference-chunk", type=int, default=256)
+    ap.add_argument("--reference-min-len", type=int, default=0, help="score only prompts of at least this many "
+                    "tokens against fp32 (e.g. the lengths an earlier call's deadline did not reach)")
     ap.add_argument("--reference-deadline-s", type=float, default=0, help="stop fp32 scoring this many "
                     "seconds after start (shortest prompts are scored first; the results say how many were); "
                     "0 = no limit")
@@ -261,9 +270,10 @@ def main(argv=None) -> int:
                                      "teacher-forced on each server's own continuation")
         results["fp32_scored_prompts"] = None  # set below
         n_ref = 0
-        for row, ids, ra, rb in sorted(scored, key=lambda x: len(x[1])):  # shortest first: most prompts by a deadline
+        for row, ids, ra, rb in reference_order(scored, args.reference_min_len):
             if args.reference_deadline_s and time.time() - t_start > args.reference_deadline_s:
                 break
+            t_row = time.time()
             refs = {}  # identical continuations are scored once
             for s, r in (("a", ra), ("b", rb)):
                 key = tuple(r["output_ids"])
@@ -271,8 +281,9 @@ def main(argv=None) -> int:
                     refs[key] = reference_fp32.score(model, ids, r["output_ids"], chunk=args.reference_chunk)
                 row[f"fp32_{s}"] = reference_fp32.compare_to_reference(r["logprobs"], r["output_ids"], refs[key])
             n_ref += 1
+            row["fp32_s"] = round(time.time() - t_row, 2)  # what a later call can plan with
             print(f"{row['name']:>22} fp32 |dlogp| mean A {row['fp32_a']['mean_abs_dlogp']} "
-                  f"B {row['fp32_b']['mean_abs_dlogp']}", flush=True)
+                  f"B {row['fp32_b']['mean_abs_dlogp']} ({row['fp32_s']} s)", flush=True)
         results["fp32_scored_prompts"] = n_ref
         del model
 

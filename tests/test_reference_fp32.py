@@ -114,3 +114,11 @@ def test_paired_gap_counts_prompts_and_brackets_the_gap(tmp_path):
     out = json.loads(path.read_text())
     assert out["summary"]["card"] == "X" and out["summary"]["prompts_ours_closer_to_fp32"] == 2
     assert out["resummarized"][0]["date"]
+
+
+def test_reference_order_shortest_first_from_a_minimum_length():
+    """The fp32 scoring takes the shortest prompts first; a later call can start where a deadline stopped."""
+    scored = [({"name": n}, [0] * n, {}, {}) for n in (9000, 128, 65000, 20000)]
+    assert [len(x[1]) for x in e2e_correctness.reference_order(scored)] == [128, 9000, 20000, 65000]
+    assert [len(x[1]) for x in e2e_correctness.reference_order(scored, 20000)] == [20000, 65000]
+    assert e2e_correctness.reference_order(scored, 70000) == []
