@@ -24,7 +24,8 @@
 #                                         prompts of 128 to ACC_MAX_LEN tokens, both servers scored against
 #                                         transformers' fp32 model (issue #14); then the GPU test tier
 #                                         (ACC_TEST_S seconds kept for it, 0 = none); ACC_REF_MIN_LEN scores
-#                                         only prompts that long or longer, ACC_REF_CHUNK its prefill chunk
+#                                         only prompts that long or longer, ACC_REF_CHUNK its prefill chunk,
+#                                         ACC_NAME the results file's suffix
 #
 # Every mode first checks the bundle's pruned FlashAttention-3 (.gpu/test_fa3_pruned.py under
 # CUDA_MODULE_LOADING=EAGER; SKIP_FA3_CHECK=1 skips it): SGLang's default backend for MiniMax-M3 on Hopper,
@@ -195,7 +196,7 @@ accuracy)
     timeout $(( $(left) - 60 )) python3 benchmarks/e2e_correctness.py --model-path /tmp/tiny --out-dir "$W/e2e" \
       --num-prompts "${ACC_PROMPTS:-64}" --max-len "${ACC_MAX_LEN:-65536}" --context-length 65536 --new-tokens 16 \
       --fp32-reference --reference-deadline-s $(( $(left) - ref_margin )) --port-base 31000 --health-timeout 300 \
-      --reference-min-len "${ACC_REF_MIN_LEN:-0}" --reference-chunk "${ACC_REF_CHUNK:-256}" \
+      --reference-min-len "${ACC_REF_MIN_LEN:-0}" --reference-chunk "${ACC_REF_CHUNK:-256}" ${ACC_NAME:+--name "$ACC_NAME"} \
       --log-dir "$W/e2e/logs" > "$W/e2e.log" 2>&1
     echo "e2e-accuracy rc=$?" >> "$W/status.txt"
     if [ "$test_s" -gt 0 ]; then
