@@ -267,7 +267,9 @@ def main(argv=None) -> int:
         model = reference_fp32.load(args.model_path)
         results["fp32_reference"] = ("transformers' minimax_m3_vl text model in fp32 on the same checkpoint, "
                                      f"prompt in {args.reference_chunk}-token chunks through its DynamicCache, "
-                                     "teacher-forced on each server's own continuation")
+                                     "teacher-forced on each server's own continuation"
+                                     + (f"; prompts of {args.reference_min_len}+ tokens only"
+                                        if args.reference_min_len else ""))
         results["fp32_scored_prompts"] = None  # set below
         n_ref = 0
         for row, ids, ra, rb in reference_order(scored, args.reference_min_len):
