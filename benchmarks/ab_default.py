@@ -105,6 +105,20 @@ def _ratio(num: dict, den: dict, key: str) -> float | None:
     return num[key] / den[key] if num.get(key) and den.get(key) else None
 
 
+def _by_repeat(rows: list[dict], key: str, base: str) -> list[tuple[int, float, str]]:
+    """Per repeat in which both ``base`` and B measured point ``key``: (repeat, B's output throughput over
+    ``base``'s, the server measured first in that repeat). Rows are appended in measurement order, one
+    server's points after the other's, the order swapped between repeats; with an odd number of repeats
+    one order runs once more, which a per-repeat view shows where an order effect would hide in medians."""
+    tput: dict[int, dict[str, float]] = {}
+    first: dict[int, str] = {}
+    for r in rows:
+        if r["point"] == key and r["server"] in (base, "B") and (r.get("metrics") or {}).get("output_throughput"):
+            first.setdefault(r["rep"], r["server"])
+            tput.setdefault(r["rep"], {})[r["server"]] = r["metrics"]["output_throughput"]
+    return [(rep, v["B"] / v[base], first[rep]) for rep, v in sorted(tput.items()) if base in v and "B" in v]
+
+
 def summarize(rows: list[dict], points: list[dict], logs: dict, model: dict, not_run: list[dict] = ()) -> dict:
     """The results file's ``summary``: B against the faster of A and A2 on each workload."""
     med = _median_by_point(rows)
@@ -133,6 +147,12 @@ def summarize(rows: list[dict], points: list[dict], logs: dict, model: dict, not
                  "ttft_p50_later_ratio": _ratio(a, b, "ttft_p50_later_ms"),
                  "spread": {"baseline": a.get("output_throughput_spread"), "B": b.get("output_throughput_spread")},
                  "repeats": {"baseline": a["repeats"], "B": b["repeats"]}}
+        by_rep = _by_repeat(rows, key, base)
+        if len(by_rep) > 1:
+            entry["output_throughput_ratio_by_repeat"] = [round(x, 4) for _, x, _ in by_rep]
+            entry["measured_first_by_repeat"] = [f for _, _, f in by_rep]
+            # each repeat's ratio counted once, whichever server went first in it
+            entry["output_throughput_ratio_repeat_geomean"] = _geomean([x for _, x, _ in by_rep])
         extra = allreduce_seconds(p, model["layers"], model["hidden"])
         adj = [m["total_output_tokens"] / (m["duration"] + extra) for m in (a, b)]
         entry["allreduce_s_estimate"] = extra

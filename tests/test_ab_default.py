@@ -721,3 +721,24 @@ def test_missed_never_slower_names_the_slowest_point_against_the_spread():
     # 1% short against 2% between repeats (the rows' own spread)
     assert t["why"].startswith("slowest point cookbook/2048/c64: 0.990x, 1.0% short")
     assert t["why"].endswith("inside the spread")
+
+
+def test_summary_gives_each_repeats_ratio_and_which_server_went_first():
+    """Medians hide an order effect when one order runs once more: the per-repeat view shows it."""
+    points = [{"key": "agentic/64096/c8", "workload": "agentic", "input_len": 64096, "concurrency": 8,
+               "new_prompt_tokens": 200000, "output_len": 256, "num_prompts": 64}]
+
+    def row(server, rep, tp):
+        return {"server": server, "rep": rep, "point": "agentic/64096/c8", "num_prompts": 64, "metrics": {
+            "output_throughput": tp, "median_ttft_ms": 100.0, "duration": 7.0, "total_output_tokens": 10000,
+            "completed": 64}}
+
+    # measurement order: A2 first in repeats 0 and 2, B first in repeat 1; repeat 3 has no B
+    rows = [row("A2", 0, 1000.0), row("B", 0, 1100.0), row("B", 1, 950.0), row("A2", 1, 1000.0),
+            row("A2", 2, 1000.0), row("B", 2, 1100.0), row("A2", 3, 1000.0),
+            {"server": "B", "rep": 3, "point": "agentic/64096/c8", "num_prompts": 64, "metrics": None}]
+    e = ab_default.summarize(rows, points, {}, {"layers": 12, "hidden": 6144})["per_point"][0]
+    assert e["output_throughput_ratio"] == pytest.approx(1.1)  # medians
+    assert e["output_throughput_ratio_by_repeat"] == [1.1, 0.95, 1.1]
+    assert e["measured_first_by_repeat"] == ["A2", "B", "A2"]
+    assert e["output_throughput_ratio_repeat_geomean"] == pytest.approx((1.1 * 0.95 * 1.1) ** (1 / 3))
