@@ -123,13 +123,13 @@ def paired_gap(rows: list[dict], draws: int = 4000, seed: int = 0) -> dict:
     """How far the gap's distance from 1 is from noise: per prompt scored on both servers, which one
     is closer to fp32, and a 95% bootstrap interval of the token-weighted gap (prompts resampled
     with replacement; a fixed seed, so the same rows give the same interval)."""
-    pairs = [(r["fp32_a"]["mean_abs_dlogp"] * len(r["tokens_a"]), len(r["tokens_a"]),
-              r["fp32_b"]["mean_abs_dlogp"] * len(r["tokens_b"]), len(r["tokens_b"]))
+    # per prompt: (A's mean |dlogp|, A's tokens, B's mean, B's tokens)
+    pairs = [(r["fp32_a"]["mean_abs_dlogp"], len(r["tokens_a"]), r["fp32_b"]["mean_abs_dlogp"], len(r["tokens_b"]))
              for r in rows if r.get("fp32_a") and r.get("fp32_b")
              and r["fp32_a"]["mean_abs_dlogp"] is not None and r["fp32_b"]["mean_abs_dlogp"] is not None
              and r["tokens_a"] and r["tokens_b"]]
-    out = {"prompts_ours_closer_to_fp32": sum(b / kb < a / ka for a, ka, b, kb in pairs),
-           "prompts_intree_closer_to_fp32": sum(a / ka < b / kb for a, ka, b, kb in pairs),
+    out = {"prompts_ours_closer_to_fp32": sum(mb < ma for ma, _, mb, _ in pairs),
+           "prompts_intree_closer_to_fp32": sum(ma < mb for ma, _, mb, _ in pairs),
            "logprob_gap_ci95": None}
     if len(pairs) < 2:
         return out
@@ -137,10 +137,11 @@ def paired_gap(rows: list[dict], draws: int = 4000, seed: int = 0) -> dict:
     gaps = []
     for _ in range(draws):
         pick = [pairs[rng.randrange(len(pairs))] for _ in pairs]
-        a, ka = sum(p[0] for p in pick), sum(p[1] for p in pick)
-        b, kb = sum(p[2] for p in pick), sum(p[3] for p in pick)
+        # token-weighted means of the resample, as reference_summary weights the whole set
+        a = sum(ma * ka for ma, ka, _, _ in pick) / sum(ka for _, ka, _, _ in pick)
+        b = sum(mb * kb for _, _, mb, kb in pick) / sum(kb for _, _, _, kb in pick)
         if a > 0:
-            gaps.append((b / kb) / (a / ka))
+            gaps.append(b / a)
     gaps.sort()
     if gaps:
         out["logprob_gap_ci95"] = [gaps[int(0.025 * (len(gaps) - 1))], gaps[int(0.975 * (len(gaps) - 1))]]
