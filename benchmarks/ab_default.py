@@ -604,7 +604,18 @@ def merge_results(files: list[Path], out_dir: Path, name: str) -> Path:
                               "placement": p.get("placement"), "measuring_plan": p.get("measuring_plan"),
                               "adopted_servers": p.get("adopted_servers"), "skipped": p.get("skipped")}
                              for f, p in zip(files, parts)]
-    merged["rows"] = [r for p in parts for r in p["rows"]]
+    merged["rows"], renumbered = [], []
+    for f, p in zip(files, parts):
+        # Two calls may number their repeats alike (each started with the same --first-rep): the merged
+        # file keeps them apart, later ones numbered on, so the per-repeat view counts each once.
+        used = {r["rep"] for r in merged["rows"]}
+        reps = sorted({r["rep"] for r in p["rows"]})
+        shift = (max(used) + 1 - reps[0]) if used and reps and used & set(reps) else 0
+        if shift:
+            renumbered.append({"file": Path(f).name, "repeats": reps, "as": [x + shift for x in reps]})
+        merged["rows"] += [{**r, "rep": r["rep"] + shift} for r in p["rows"]]
+    if renumbered:
+        merged["repeats_renumbered"] = renumbered
     merged["points"] = list({pt["key"]: pt for p in parts for pt in p["points"]}.values())
     run_keys = {pt["key"] for pt in merged["points"]}
     merged["points_not_run"] = list({d["point"]: d for p in parts for d in p.get("points_not_run") or []

@@ -594,6 +594,20 @@ def test_two_calls_share_live_servers_and_merge(monkeypatch, tmp_path):
     assert pp["repeats"] == {"baseline": 2, "B": 2}
     assert res["summary"]["min_output_throughput_ratio"] == pytest.approx(1.65)  # median of 160 and 170
     assert len(res["merged_from"]) == 2
+    assert "repeats_renumbered" not in res
+
+    # Two calls that numbered their repeats alike (both --first-rep 1, as on 2026-12-08): the merge keeps
+    # both, the later one numbered on, so the per-repeat view has one entry per call.
+    call2 = next(f for f in files if f.name.endswith("call2.json"))
+    twin = tmp_path / call2.name.replace("call2", "call2b")
+    twin.write_text(call2.read_text())
+    assert ab_default.main(["--out-dir", str(tmp_path), "--merge", str(call2), str(twin), "--name", "same-rep"]) == 0
+    res = json.loads(next(tmp_path.glob("serving-Stub-GPU-*-same-rep.json")).read_text())
+    assert sorted({r["rep"] for r in res["rows"]}) == [1, 2]
+    assert res["repeats_renumbered"] == [{"file": twin.name, "repeats": [1], "as": [2]}]
+    (pp,) = res["summary"]["per_point"]
+    assert pp["output_throughput_ratio_by_repeat"] == [pytest.approx(1.7), pytest.approx(1.7)]
+    assert pp["measured_first_by_repeat"] == ["B", "B"]
 
 
 def test_jit_events_reads_compiles_and_autotuning():
