@@ -26,6 +26,9 @@
 #                                         (ACC_TEST_S seconds kept for it, 0 = none); ACC_REF_MIN_LEN scores
 #                                         only prompts that long or longer, ACC_REF_CHUNK its prefill chunk,
 #                                         ACC_NAME the results file's suffix
+#   bash benchmarks/gpu_call.sh video     one GPU: ab_video.py, SGLang's own M3-VL video path vs ours on the
+#                                         rank8 VL proxy (VIDEO_LAYERS, VIDEO_CLIPS, VIDEO_CONC,
+#                                         VIDEO_REQUESTS, VIDEO_WARMUP, VIDEO_CONTEXT, VIDEO_SERVER_ARGS, VIDEO_NAME)
 #
 # Every mode first checks the bundle's pruned FlashAttention-3 (.gpu/test_fa3_pruned.py under
 # CUDA_MODULE_LOADING=EAGER; SKIP_FA3_CHECK=1 skips it): SGLang's default backend for MiniMax-M3 on Hopper,
@@ -33,7 +36,7 @@
 # Everything lands in /tmp/gpu-out; $OUT gets results.tar.gz (all logs and JSON) plus the summaries, and
 # jit-cache.tar.xz (Triton + FlashInfer JIT caches; put it in .gpu/ to start the next fresh machine warm).
 set -u
-MODE=${1:?usage: gpu_call.sh check|vl|default|regimes|reliability|accuracy}
+MODE=${1:?usage: gpu_call.sh check|vl|default|regimes|reliability|accuracy|video}
 LIMIT=${GPU_CALL_LIMIT_S:-560}  # leave the call's last ~40 s for packing up
 T0=$(date +%s)
 left() { echo $((LIMIT - ($(date +%s) - T0))); }
@@ -210,18 +213,44 @@ accuracy)
     fi
   ) &
   ;;
-*) echo "unknown mode $MODE (check|vl|default|regimes|reliability|accuracy)"; exit 2 ;;
+video)
+  # Issue #15's served video A/B (ab_video.py): SGLang's own M3-VL path (TorchCodec, from
+  # .gpu/torchcodec-bundle.tar.xz: the image has no FFmpeg) against ours, on the rank8 VL proxy with dummy
+  # weights, clips from .gpu/video (ab_video.py --make-clips on a machine with the ffmpeg CLI).
+  (
+    export CUDA_VISIBLE_DEVICES=0
+    TC=/tmp/torchcodec-bundle
+    if [ ! -d "$TC/site/torchcodec" ]; then
+      mkdir -p "$TC" && tar -xJf .gpu/torchcodec-bundle.tar.xz -C "$TC" || echo "torchcodec bundle: unpack failed" >> "$W/status.txt"
+    fi
+    export PYTHONPATH=$TC/site:$PYTHONPATH LD_LIBRARY_PATH=$TC/lib:${LD_LIBRARY_PATH:-}
+    python3 -c 'from sglang.srt.utils.video_decoder import _BACKEND; print("sglang video decoder:", _BACKEND)' \
+      >> "$W/status.txt" 2>&1
+    mkdir -p "${OUT:-$W/video}" && cp "$W/status.txt" "$W/gpus.txt" "${OUT:-$W/video}/" 2>/dev/null
+    python3 -m sglang_msa_tools.tiny_m3 /tmp/m3vl --preset rank8 --vision --layers "${VIDEO_LAYERS:-4}" > "$W/m3vl.log" 2>&1
+    clips=(); for label in ${VIDEO_CLIPS:-10s-720p 60s-720p 60s-1080p 5m-720p}; do
+      [ -f ".gpu/video/$label.mp4" ] && clips+=(--clip "$label=.gpu/video/$label.mp4"); done
+    srv=(); for a in ${VIDEO_SERVER_ARGS:---disable-cuda-graph --mm-attention-backend triton_attn}; do srv+=("--server-arg=$a"); done
+    timeout $(( $(left) - 15 )) python3 benchmarks/ab_video.py --model-path /tmp/m3vl "${clips[@]}" \
+      --concurrency "${VIDEO_CONC:-1,8}" --num-requests "${VIDEO_REQUESTS:-16}" --warmup "${VIDEO_WARMUP:-1}" \
+      --context-length "${VIDEO_CONTEXT:-131072}" --deadline-s $(( $(left) - 60 )) "${srv[@]}" \
+      --work-dir "$W/video" --log-dir "${OUT:-$W/video}/video-logs" --out-dir "${OUT:-$W/video}" --name "${VIDEO_NAME:-rank8vl}" 2>&1 | tee "${OUT:-$W/video}/video-run.log" > "$W/video.log"
+    echo "ab_video rc=${PIPESTATUS[0]}" >> "$W/status.txt"
+    # (results go straight to $OUT, rewritten after every point: a call cut short keeps what it measured)
+  ) &
+  ;;
+*) echo "unknown mode $MODE (check|vl|default|regimes|reliability|accuracy|video)"; exit 2 ;;
 esac
 wait
-tar czf "$OUT/results.tar.gz" --exclude=rank8-model --exclude="prof-*" --exclude="*.pt.trace.json*" -C "$W" . 2>/dev/null
+tar czf "$OUT/results.tar.gz" --exclude=rank8-model --exclude=copies --exclude="prof-*" --exclude="*.pt.trace.json*" -C "$W" . 2>/dev/null
 cp "$W"/*.json "$OUT"/ 2>/dev/null
 find "$W" -maxdepth 2 -newer "$W/gpus.txt" \( -name 'kernels-*.json' -o -name 'e2e-correctness-*.json' \
-  -o -name 'e2e-vl-*.json' -o -name 'serving-*.json' -o -name 'serving-*.png' \) \
+  -o -name 'e2e-vl-*.json' -o -name 'serving-*.json' -o -name 'serving-*.png' \) -not -path '*/copies/*' \
   | head -6 | xargs -r cp -t "$OUT"
 existing=(); for d in "${JIT_DIRS[@]}"; do [ -d "$d" ] && existing+=("${d#/}"); done
 [ -n "${OUT:-}" ] && ((${#existing[@]})) && tar -cf - -C / "${existing[@]}" 2>/dev/null | xz -T0 -6 > "$OUT/jit-cache.tar.xz"
 echo "== status"; cat "$W/status.txt"; cat "$W/gpus.txt" "$W/versions.txt" /tmp/gpu-warm.txt 2>/dev/null
-for f in "$W/fa3.log" "$W/default.log" "$W/kernels.log" "$W/pytest-gpu.log" "$W/e2e.log" "$W/e2e-vl.log" "$W/prefill-sweep.log"; do
+for f in "$W/fa3.log" "$W/video.log" "$W/default.log" "$W/kernels.log" "$W/pytest-gpu.log" "$W/e2e.log" "$W/e2e-vl.log" "$W/prefill-sweep.log"; do
   [ -f "$f" ] && { echo "== $(basename "$f")"; tail -n 25 "$f"; }
 done
 exit 0
