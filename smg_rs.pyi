@@ -29,6 +29,10 @@ class LimitExceededError(SmgError):
 class InvalidArgumentError(SmgError):
     """An argument is out of range or inconsistent."""
 
+class HardwareUnavailableError(SmgError):
+    """`decoder="nvdec"` cannot run here: no CUDA driver or NVDEC, no NVDEC decoder for the codec
+    in this build, or the GPU refused the stream. Software decoding still works."""
+
 class VideoFeatures:
     """Patch features of one video or image (immutable)."""
 
@@ -80,6 +84,7 @@ def preprocess_video(
     max_source_frames: int | None = None,
     max_duration_s: float | None = None,
     timeout_s: float | None = None,
+    decoder: Literal["software", "nvdec"] = "software",
 ) -> VideoFeatures:
     """Decode, sample, resize, normalize and patchify a video for `preset`.
 
@@ -105,8 +110,10 @@ def decode_frames(
     max_source_frames: int | None = None,
     max_duration_s: float | None = None,
     timeout_s: float | None = None,
+    decoder: Literal["software", "nvdec"] = "software",
 ) -> DecodedFrames:
-    """Decode selected frames to uint8 RGB `(n, H, W, 3)`."""
+    """Decode selected frames to uint8 RGB `(n, H, W, 3)`. `decoder="nvdec"`: on the GPU's NVDEC
+    engine (opt-in; HardwareUnavailableError where it cannot run; smg_rs/README.md, "NVDEC")."""
 
 def preprocess_image(
     image: npt.NDArray[np.uint8] | bytes | bytearray | memoryview,

@@ -304,6 +304,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--concurrency-paths", default="smg_rs,ffmpeg_subprocess,sglang_python",
                     help="paths measured under concurrency (smg_rs, ffmpeg_subprocess, sglang_python, pyav, decord)")
     ap.add_argument("--requests-per-worker", type=int, default=2, help="requests per pool worker (default 2)")
+    ap.add_argument("--nvdec-only", type=Path, nargs="+", default=None, metavar="CLIP",
+                    help="only compare smg_rs' NVDEC decoder with its software decoder on these clips (a GPU "
+                    "machine without the ffmpeg CLI): writes preprocess-nvdec-<host>-<date>.json")
     ap.add_argument("--rss-calls", type=int, default=100)
     ap.add_argument("--rss-warmup", type=int, default=10)
     args = ap.parse_args(argv)
@@ -375,6 +378,41 @@ def measure_clip(path: Path, row: dict, paths: dict, repeats: int) -> None:
             "spread": {k: round(v["spread"], 3) for k, v in t.items()},
         }
         print(row["video"], threads, row[f"threads{threads}"], flush=True)
+
+
+def nvdec_round(clips: list[Path], repeats: int) -> dict:
+    """smg_rs' opt-in NVDEC decoder against its software decoder on the same clips: decode-only and
+    full-pipeline time (interleaved), and the largest pixel / feature difference. Where NVDEC cannot
+    run here (no NVIDIA driver exposing it, e.g. this CPU machine) only the reason is recorded."""
+    try:
+        smg_rs.decode_frames(clips[0], frame_indices=[0], decoder="nvdec")
+    except smg_rs.HardwareUnavailableError as exc:
+        return {"available": False, "reason": str(exc)}
+    rows = []
+    for path in clips:
+        t = timed_interleaved({
+            "software_decode_only": lambda: smg_rs.decode_frames(path, fps=1.0, threads=1),
+            "nvdec_decode_only": lambda: smg_rs.decode_frames(path, fps=1.0, decoder="nvdec"),
+            "software": lambda: smg_rs.preprocess_video(path, threads=2),
+            "nvdec": lambda: smg_rs.preprocess_video(path, threads=2, decoder="nvdec"),
+        }, repeats)
+        soft, hw = t["software_decode_only"]["out"], t["nvdec_decode_only"]["out"]
+        assert soft.frame_indices == hw.frame_indices, path.name
+        rows.append({
+            "video": path.name,
+            "frames": len(soft.frame_indices),
+            "max_pixel_diff_vs_software": int(np.abs(soft.frames.astype(np.int16) - hw.frames.astype(np.int16)).max()),
+            "mean_pixel_diff_vs_software": float(np.abs(soft.frames.astype(np.int16) - hw.frames.astype(np.int16)).mean()),
+            "max_feature_diff_vs_software": float(np.abs(t["software"]["out"].pixel_values - t["nvdec"]["out"].pixel_values).max()),
+            **{f"{k}_ms": round(v["ms"], 2) for k, v in t.items()},
+            "decode_speedup_vs_software_1thread": round(t["software_decode_only"]["ms"] / t["nvdec_decode_only"]["ms"], 3),
+            "speedup_vs_software_2threads": round(t["software"]["ms"] / t["nvdec"]["ms"], 3),
+            "spread": {k: round(v["spread"], 3) for k, v in t.items()},
+        })
+        print("nvdec", rows[-1], flush=True)
+    return {"available": True, "rows": rows,
+            "max_pixel_diff_vs_software": max(r["max_pixel_diff_vs_software"] for r in rows),
+            "decode_speedup_vs_software_1thread": round(geomean(r["decode_speedup_vs_software_1thread"] for r in rows), 3)}
 
 
 def concurrency_round(clips: list[Path], levels: list[int], names: list[str], per_worker: int, paths: dict) -> dict:
@@ -483,6 +521,16 @@ def summarize(classes: dict, paths: dict, conc: dict, mal: dict, wheel: dict, rs
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
+    if args.nvdec_only:
+        result = {"nvdec": nvdec_round(args.nvdec_only, args.repeats), "host": platform.node(), "cores": os.cpu_count(),
+                  "date": dt.date.today().isoformat(), "command": " ".join(sys.argv),
+                  "versions": {"smg_rs": smg_rs.__version__, "python": platform.python_version()}}
+        result["summary"] = {k: v for k, v in result["nvdec"].items() if k != "rows"}
+        args.out.mkdir(parents=True, exist_ok=True)
+        out = args.out / f"preprocess-nvdec-{platform.node() or 'host'}-{dt.date.today().isoformat()}.json"
+        out.write_text(json.dumps(result, indent=2))
+        print(json.dumps(result["summary"], indent=1), "\nwrote", out)
+        return out
     paths = {"sglang_python": python_path_factory(), "ffmpeg_subprocess": ffmpeg_subprocess_path_factory(),
              "others": alt_paths()}
     classes: dict = {k: [] for k in CLASSES}
@@ -521,14 +569,16 @@ def main(argv=None) -> Path:
         rss = peers.rss_growth(rss_clip, calls=args.rss_calls, warmup=args.rss_warmup)
         print("rss", rss, flush=True)
         mal = malformed_round(tmp / "malformed")
+        nvdec = nvdec_round(short_clips, args.repeats)
 
     wheel = peers.wheel_report(peers.find_wheel(args.wheel), installed_ext=Path(smg_rs.smg_rs.__file__))
     summary = summarize(classes, paths, conc, mal, wheel, rss)
     targets = peers.build_targets(summary, classes, wheel, rss)
+    summary["nvdec"] = {k: v for k, v in nvdec.items() if k != "rows"}
     summary["targets_met"] = {k: v["met"] for k, v in targets.items()}
     summary["all_targets_met"] = all(v["met"] for v in targets.values())
     result = {"summary": summary, "targets": targets, **classes, "concurrency": conc, "wheel": wheel, "rss": rss,
-              "malformed": mal, "quick": args.quick,
+              "malformed": mal, "nvdec": nvdec, "quick": args.quick,
               "versions": {"smg_rs": smg_rs.__version__, "python": platform.python_version()}}
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"preprocess-{platform.node() or 'host'}-{dt.date.today().isoformat()}{'-quick' if args.quick else ''}.json"

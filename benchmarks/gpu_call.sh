@@ -227,6 +227,10 @@ video)
     python3 -c 'from sglang.srt.utils.video_decoder import _BACKEND; print("sglang video decoder:", _BACKEND)' \
       >> "$W/status.txt" 2>&1
     mkdir -p "${OUT:-$W/video}" && cp "$W/status.txt" "$W/gpus.txt" "${OUT:-$W/video}/" 2>/dev/null
+    # smg_rs' opt-in NVDEC decoder against its software decoder on the carried clips (or why it cannot run)
+    timeout 120 python3 benchmarks/bench_preprocess.py --nvdec-only .gpu/video/10s-720p.mp4 .gpu/video/60s-720p.mp4 \
+      --repeats 3 --out "${OUT:-$W/video}" > "$W/nvdec.log" 2>&1
+    echo "nvdec check rc=$? ($(grep -o '"available": [a-z]*' "$W/nvdec.log" | head -1))" >> "$W/status.txt"
     python3 -m sglang_msa_tools.tiny_m3 /tmp/m3vl --preset rank8 --vision --layers "${VIDEO_LAYERS:-4}" > "$W/m3vl.log" 2>&1
     clips=(); for label in ${VIDEO_CLIPS:-10s-720p 60s-720p 60s-1080p 5m-720p}; do
       [ -f ".gpu/video/$label.mp4" ] && clips+=(--clip "$label=.gpu/video/$label.mp4"); done
@@ -250,7 +254,7 @@ find "$W" -maxdepth 2 -newer "$W/gpus.txt" \( -name 'kernels-*.json' -o -name 'e
 existing=(); for d in "${JIT_DIRS[@]}"; do [ -d "$d" ] && existing+=("${d#/}"); done
 [ -n "${OUT:-}" ] && ((${#existing[@]})) && tar -cf - -C / "${existing[@]}" 2>/dev/null | xz -T0 -6 > "$OUT/jit-cache.tar.xz"
 echo "== status"; cat "$W/status.txt"; cat "$W/gpus.txt" "$W/versions.txt" /tmp/gpu-warm.txt 2>/dev/null
-for f in "$W/fa3.log" "$W/video.log" "$W/default.log" "$W/kernels.log" "$W/pytest-gpu.log" "$W/e2e.log" "$W/e2e-vl.log" "$W/prefill-sweep.log"; do
+for f in "$W/fa3.log" "$W/nvdec.log" "$W/video.log" "$W/default.log" "$W/kernels.log" "$W/pytest-gpu.log" "$W/e2e.log" "$W/e2e-vl.log" "$W/prefill-sweep.log"; do
   [ -f "$f" ] && { echo "== $(basename "$f")"; tail -n 25 "$f"; }
 done
 exit 0

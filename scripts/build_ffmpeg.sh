@@ -10,8 +10,11 @@
 # What is in it (and nothing else): decoders h264 hevc vp8 vp9 mpeg4 mpeg1video mpeg2video mjpeg
 # (+ AV1 through libdav1d; png webp bmp for still images), their parsers, demuxers mov/mp4,
 # matroska/webm, avi, mpegts (+ the png/jpeg/webp/bmp "pipe" demuxers for images), protocols
-# file and pipe, libswscale. No encoders, muxers, filters, devices, network, programs, docs,
-# hardware acceleration or autodetected system libraries; no --enable-gpl/--enable-nonfree.
+# file and pipe, libswscale. No encoders, muxers, filters, devices, network, programs, docs or
+# autodetected system libraries; no --enable-gpl/--enable-nonfree. One hardware path, opt-in at run
+# time: NVIDIA's NVDEC through FFmpeg's cuvid decoders (h264_cuvid, hevc_cuvid, vp8/vp9/av1/mpeg4/
+# mpeg1/mpeg2/mjpeg_cuvid), built against nv-codec-headers (MIT; headers only: libcuda and
+# libnvcuvid are loaded with dlopen when a caller asks for NVDEC, never linked).
 #
 # Variables: SGLANG_MSA_CACHE (cache root), SGLANG_MSA_FFMPEG_JOBS (make -j, default 2),
 # SGLANG_MSA_FFMPEG_NO_ASM=1 (build without nasm: works, but decoding is several times slower).
@@ -21,6 +24,7 @@ set -euo pipefail
 FFMPEG_VERSION=7.1.5
 DAV1D_VERSION=1.5.1
 ZLIB_VERSION=1.3.1
+NVCODEC_VERSION=12.1.14.0
 # Debian 13 "trixie" source packages: the .orig tarballs are the upstream release tarballs
 # (FFmpeg's and dav1d's verified against the upstream release signatures, .asc next to them).
 DEBIAN_POOL="${SGLANG_MSA_DEBIAN_MIRROR:-http://deb.debian.org/debian}/pool/main"
@@ -30,6 +34,8 @@ DAV1D_URL="$DEBIAN_POOL/d/dav1d/dav1d_${DAV1D_VERSION}.orig.tar.xz"
 DAV1D_SHA256=401813f1f89fa8fd4295805aa5284d9aed9bc7fc1fdbe554af4292f64cbabe21
 ZLIB_URL="$DEBIAN_POOL/z/zlib/zlib_1.3.dfsg+really${ZLIB_VERSION}.orig.tar.gz"
 ZLIB_SHA256=60dd315c07f616887caa029408308a018ace66e3d142726a97db164b3b8f69fb
+NVCODEC_URL="$DEBIAN_POOL/n/nv-codec-headers/nv-codec-headers_${NVCODEC_VERSION}.orig.tar.xz"
+NVCODEC_SHA256=0ca1a0c85b149646fa6ce4d600584507fdccf5a23d58e668d8701e89cee0c3fb
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${SGLANG_MSA_CACHE:-$HOME/.cache/sglang-msa}"
@@ -46,6 +52,7 @@ fi
 
 # --- the configuration (its hash names the install prefix) --------------------------------------
 DECODERS=h264,hevc,vp8,vp9,mpeg4,mpeg1video,mpeg2video,mjpeg,libdav1d,png,webp,bmp
+CUVID_DECODERS=h264_cuvid,hevc_cuvid,vp8_cuvid,vp9_cuvid,av1_cuvid,mpeg4_cuvid,mpeg1_cuvid,mpeg2_cuvid,mjpeg_cuvid
 PARSERS=h264,hevc,vp8,vp9,av1,mpeg4video,mpegvideo,mjpeg,png,webp,bmp
 DEMUXERS=mov,matroska,avi,mpegts,image_png_pipe,image_jpeg_pipe,image_webp_pipe,image_bmp_pipe
 PROTOCOLS=file,pipe
@@ -55,8 +62,8 @@ FFMPEG_FLAGS=(
   --disable-avdevice --disable-avfilter --disable-swresample --disable-postproc
   --enable-avcodec --enable-avformat --enable-swscale
   --enable-static --disable-shared --enable-pic
-  --enable-zlib --enable-libdav1d
-  "--enable-decoder=$DECODERS" "--enable-parser=$PARSERS"
+  --enable-zlib --enable-libdav1d --enable-ffnvcodec --enable-cuvid
+  "--enable-decoder=$DECODERS,$CUVID_DECODERS" "--enable-parser=$PARSERS"
   "--enable-demuxer=$DEMUXERS" "--enable-protocol=$PROTOCOLS"
 )
 [ "$ASM" = 1 ] || FFMPEG_FLAGS+=(--disable-x86asm)
@@ -64,7 +71,7 @@ DAV1D_FLAGS=(--buildtype=release --default-library=static -Db_pic=true -Dbitdept
   -Denable_tools=false -Denable_tests=false -Denable_examples=false -Denable_docs=false
   -Dlogging=false "-Denable_asm=$([ "$ASM" = 1 ] && echo true || echo false)")
 
-key="$(printf '%s\n' "$FFMPEG_VERSION $DAV1D_VERSION $ZLIB_VERSION" "${FFMPEG_FLAGS[*]}" "${DAV1D_FLAGS[*]}" \
+key="$(printf '%s\n' "$FFMPEG_VERSION $DAV1D_VERSION $ZLIB_VERSION $NVCODEC_VERSION" "${FFMPEG_FLAGS[*]}" "${DAV1D_FLAGS[*]}" \
   "$(cc -dumpmachine 2>/dev/null)" | sha256sum | cut -c1-10)"
 PREFIX="$CACHE/ffmpeg-$FFMPEG_VERSION-$key"
 if [ -f "$PREFIX/.complete" ]; then
@@ -92,6 +99,7 @@ fetch() {  # url sha256 -> path
 ffmpeg_tar="$(fetch "$FFMPEG_URL" "$FFMPEG_SHA256")"
 dav1d_tar="$(fetch "$DAV1D_URL" "$DAV1D_SHA256")"
 zlib_tar="$(fetch "$ZLIB_URL" "$ZLIB_SHA256")"
+nvcodec_tar="$(fetch "$NVCODEC_URL" "$NVCODEC_SHA256")"
 
 start=$(date +%s)
 BUILD="$CACHE/ffmpeg-build-$key"
@@ -116,6 +124,12 @@ tar -xJf "$dav1d_tar" -C "$BUILD"
   && ninja -C build -j"$JOBS" install >>"$BUILD/dav1d.log" 2>&1 ) \
   || { tail -30 "$BUILD/dav1d.log" >&2; die "dav1d build failed"; }
 
+# --- nv-codec-headers (headers + ffnvcodec.pc only) -----------------------------------------------
+log "nv-codec-headers $NVCODEC_VERSION"
+tar -xJf "$nvcodec_tar" -C "$BUILD"
+( cd "$BUILD/nv-codec-headers-n$NVCODEC_VERSION" && make PREFIX="$STAGE" install >"$BUILD/nvcodec.log" 2>&1 ) \
+  || { tail -30 "$BUILD/nvcodec.log" >&2; die "nv-codec-headers install failed"; }
+
 # --- FFmpeg ---------------------------------------------------------------------------------------
 log "FFmpeg $FFMPEG_VERSION (configure: ${FFMPEG_FLAGS[*]})"
 tar -xJf "$ffmpeg_tar" -C "$BUILD"
@@ -137,6 +151,9 @@ cp "$src/COPYING.LGPLv2.1" "$STAGE/share/licenses/FFmpeg-COPYING.LGPLv2.1"
 cp "$src/LICENSE.md" "$STAGE/share/licenses/FFmpeg-LICENSE.md"
 cp "$BUILD/dav1d-$DAV1D_VERSION/COPYING" "$STAGE/share/licenses/dav1d-COPYING"
 cp "$BUILD/zlib-$ZLIB_VERSION/LICENSE" "$STAGE/share/licenses/zlib-LICENSE"
+# The MIT notice heading each nv-codec-headers file (the package ships no separate licence file)
+sed -n '1,/\*\//p' "$BUILD/nv-codec-headers-n$NVCODEC_VERSION/include/ffnvcodec/dynlink_loader.h" \
+  > "$STAGE/share/licenses/nv-codec-headers-LICENSE"
 {
   echo "FFmpeg $FFMPEG_VERSION (LGPL version 2.1 or later), statically linked into smg_rs"
   echo "  source: $FFMPEG_URL"
@@ -150,6 +167,10 @@ cp "$BUILD/zlib-$ZLIB_VERSION/LICENSE" "$STAGE/share/licenses/zlib-LICENSE"
   echo "zlib $ZLIB_VERSION (zlib license), statically linked (PNG decoding)"
   echo "  source: $ZLIB_URL"
   echo "  sha256: $ZLIB_SHA256"
+  echo "nv-codec-headers $NVCODEC_VERSION (MIT), headers only: FFmpeg's cuvid decoders load libcuda and"
+  echo "  libnvcuvid with dlopen when NVDEC is asked for (smg_rs decoder=\"nvdec\")"
+  echo "  source: $NVCODEC_URL"
+  echo "  sha256: $NVCODEC_SHA256"
 } > "$STAGE/share/licenses/BUILD-INFO.txt"
 cp "$BUILD/ffmpeg-configure.log" "$STAGE/share/licenses/ffmpeg-configure.log"
 

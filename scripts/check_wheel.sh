@@ -40,7 +40,7 @@ log "$name: $(( bytes / 1024 )) KiB"
 
 mkdir -p "$WORK/unpacked"
 "$PY" -m zipfile -e "$WHEEL" "$WORK/unpacked"
-for f in NOTICE-FFmpeg.md FFmpeg-COPYING.LGPLv2.1 FFmpeg-LICENSE.md dav1d-COPYING zlib-LICENSE; do
+for f in NOTICE-FFmpeg.md FFmpeg-COPYING.LGPLv2.1 FFmpeg-LICENSE.md dav1d-COPYING zlib-LICENSE nv-codec-headers-LICENSE; do
   ls "$WORK"/unpacked/*.dist-info/licenses/licenses/"$f" >/dev/null 2>&1 \
     || fail "$f is not in the wheel's .dist-info/licenses/licenses/"
 done

@@ -237,6 +237,12 @@ def test_quick_run_writes_every_summary_key_and_target(tmp_path):
                 assert {"ffmpeg_subprocess_ms", "speedup_vs_ffmpeg_subprocess", "fraction_of_decode_bound",
                         "ffmpeg_subprocess_decode_ms"} <= set(r)
                 assert r["ffmpeg_subprocess_max_abs_err_vs_hf"] <= 0.02
+    # NVDEC: measured where the machine exposes it, else the reason (this CPU machine, CI)
+    nv = summary["nvdec"]
+    if nv["available"]:
+        assert nv["max_pixel_diff_vs_software"] == 0 and result["nvdec"]["rows"]
+    else:
+        assert "NVDEC" in nv["reason"]
 
 
 def test_rss_window_growth_ignores_arena_swings_but_not_a_leak():
@@ -274,3 +280,21 @@ def test_missed_target_why_names_the_spread_between_rounds():
     note = pp._spread_note(rows, ("smg_rs", "python"))
     assert "50% (smg_rs)" in note and "30% (python)" in note
     assert pp._spread_note([{}], ("smg_rs",)) == ""  # rows of an older run carry no spread
+
+
+def test_nvdec_only_writes_its_comparison_or_the_reason(clip, tmp_path):
+    """`--nvdec-only CLIP` (the GPU call's NVDEC check): one file with NVDEC's pixel difference and
+    times against software, or, where NVDEC cannot run (here), why."""
+    import json
+
+    from benchmarks import bench_preprocess as bp
+
+    out = bp.main(["--nvdec-only", str(clip), "--repeats", "1", "--out", str(tmp_path)])
+    result = json.loads(out.read_text())
+    assert out.name.startswith("preprocess-nvdec-")
+    s = result["summary"]
+    if s["available"]:
+        (row,) = result["nvdec"]["rows"]
+        assert row["max_pixel_diff_vs_software"] == 0 and row["nvdec_ms"] > 0
+    else:
+        assert "NVDEC" in s["reason"] and "rows" not in result["nvdec"]

@@ -274,6 +274,59 @@ def test_text_only_request_does_not_load_smg_rs(default_pair, smg_rs_missing, ca
     assert ours.input_ids == ref.input_ids and ours.mm_items == ref.mm_items == []
 
 
+def test_video_decoder_setting(monkeypatch):
+    mod = importlib.import_module(MODULE)
+    monkeypatch.delenv(mod.DECODER_ENV, raising=False)
+    assert mod.video_decoder() == "software"
+    monkeypatch.setenv(mod.DECODER_ENV, " NVDEC ")
+    assert mod.video_decoder() == "nvdec"
+    monkeypatch.setenv(mod.DECODER_ENV, "cuda")
+    with pytest.raises(ValueError, match="SGLANG_MSA_VIDEO_DECODER"):
+        mod.video_decoder()
+
+
+def test_nvdec_failure_falls_back_to_software_once_logged(caplog):
+    mod = importlib.import_module(MODULE)
+
+    class Unavailable(Exception):
+        pass
+
+    calls = []
+
+    def decode(src, *, decoder="software", frame_indices=()):
+        calls.append(decoder)
+        if decoder == "nvdec":
+            raise Unavailable("NVDEC: cannot open h264_cuvid (Function not implemented); needs a driver")
+        return f"{src}:{decoder}"
+
+    smg = SimpleNamespace(HardwareUnavailableError=Unavailable)
+    mod._fallback_logged.clear()
+    with caplog.at_level(logging.WARNING, logger=MODULE):
+        assert mod.with_software_fallback(smg, decode, "a.mp4", decoder="nvdec") == "a.mp4:software"
+        assert mod.with_software_fallback(smg, decode, "b.mp4", decoder="nvdec") == "b.mp4:software"
+        assert mod.with_software_fallback(smg, decode, "c.mp4") == "c.mp4:software"
+    assert calls == ["nvdec", "software", "nvdec", "software", "software"]
+    assert sum("NVDEC unavailable" in r.message for r in caplog.records) == 1
+    # other errors are not swallowed
+    def broken(src, *, decoder="software"):
+        raise ValueError("corrupt")
+    with pytest.raises(ValueError, match="corrupt"):
+        mod.with_software_fallback(smg, broken, "d.mp4", decoder="nvdec")
+
+
+def test_processor_passes_the_decoder_to_smg_rs(build, monkeypatch):
+    mod = importlib.import_module(MODULE)
+    monkeypatch.setenv(mod.DECODER_ENV, "nvdec")
+    _, ours = build()
+    assert ours._smg_limits["decoder"] == "nvdec" and ours._smg_video_kwargs["decoder"] == "nvdec"
+    monkeypatch.setenv(mod.DECODER_ENV, "gpu")
+    with pytest.raises(ValueError, match="SGLANG_MSA_VIDEO_DECODER"):
+        build()
+    monkeypatch.delenv(mod.DECODER_ENV)
+    _, ours = build()
+    assert "decoder" not in ours._smg_limits and "decoder" not in ours._smg_video_kwargs
+
+
 def test_import_does_not_import_smg_rs(monkeypatch):
     attempts = []
 

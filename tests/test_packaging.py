@@ -25,7 +25,8 @@ import fixtures_video as fv
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_FFMPEG = os.environ.get("SGLANG_MSA_FFMPEG") == "system"
 FFMPEG_LIBS = re.compile(r"lib(avcodec|avformat|avutil|avfilter|avdevice|swscale|swresample|postproc|dav1d)\.so")
-NOTICES = ("NOTICE-FFmpeg.md", "FFmpeg-COPYING.LGPLv2.1", "FFmpeg-LICENSE.md", "dav1d-COPYING", "zlib-LICENSE")
+NOTICES = ("NOTICE-FFmpeg.md", "FFmpeg-COPYING.LGPLv2.1", "FFmpeg-LICENSE.md", "dav1d-COPYING", "zlib-LICENSE",
+           "nv-codec-headers-LICENSE")
 
 
 def test_smg_rs_is_installed_with_version_and_stubs():
@@ -90,8 +91,8 @@ def test_notice_matches_the_ffmpeg_build_script():
     script = (ROOT / "scripts" / "build_ffmpeg.sh").read_text()
     notice = (ROOT / "licenses" / "NOTICE-FFmpeg.md").read_text()
     values = dict(re.findall(r"^([A-Z0-9_]+)=([^\s$(]+)$", script, flags=re.M))
-    for key in ("FFMPEG_VERSION", "DAV1D_VERSION", "ZLIB_VERSION", "FFMPEG_SHA256", "DAV1D_SHA256", "ZLIB_SHA256",
-                "DECODERS", "PARSERS", "DEMUXERS", "PROTOCOLS"):
+    for key in ("FFMPEG_VERSION", "DAV1D_VERSION", "ZLIB_VERSION", "NVCODEC_VERSION", "FFMPEG_SHA256", "DAV1D_SHA256",
+                "ZLIB_SHA256", "NVCODEC_SHA256", "DECODERS", "CUVID_DECODERS", "PARSERS", "DEMUXERS", "PROTOCOLS"):
         assert key in values, f"{key} not found in build_ffmpeg.sh"
         assert values[key] in notice, f"{key}={values[key]} is not what licenses/NOTICE-FFmpeg.md says"
     code = "\n".join(line.split("#", 1)[0] for line in script.splitlines())

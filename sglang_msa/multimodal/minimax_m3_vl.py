@@ -36,6 +36,11 @@ it. Videos in containers or codecs smg_rs was built without get the same 400;
 may lack FFmpeg). If it cannot be imported, a warning is logged once and SGLang's path is used.
 ``SGLANG_MSA_SMG_RS=0`` forces SGLang's path; ``SGLANG_MSA_SMG_LIMITS`` takes a JSON object of
 smg_rs limit arguments (``max_source_frames``, ``max_duration_s``, ``timeout_s``, ...).
+
+``SGLANG_MSA_VIDEO_DECODER=nvdec`` (opt-in; default ``software``) decodes videos on the GPU's NVDEC
+engine through smg_rs' ``decoder="nvdec"``; any other value than the two stops the server at
+start-up. Where NVDEC cannot take a request (no driver support, a codec or size the GPU does not
+decode), that request is decoded in software and a warning is logged once per reason.
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ logger = logging.getLogger(__name__)
 
 ENABLE_ENV = "SGLANG_MSA_SMG_RS"
 LIMITS_ENV = "SGLANG_MSA_SMG_LIMITS"
+DECODER_ENV = "SGLANG_MSA_VIDEO_DECODER"
+DECODERS = ("software", "nvdec")
 _LIMIT_KEYS = ("threads", "max_input_bytes", "max_frame_pixels", "max_source_frames", "max_duration_s", "timeout_s")
 
 # The minimax_m3 preset of smg_rs (CLIP normalization, 14 px patches, 2x2 merge, 2 frames a patch).
@@ -98,6 +105,34 @@ def _import_smg_rs():
                        "preprocessing", exc)
         return None
     return smg_rs
+
+
+def video_decoder() -> str:
+    """``SGLANG_MSA_VIDEO_DECODER``: smg_rs' video decoder, ``software`` (default) or ``nvdec``."""
+    value = os.environ.get(DECODER_ENV, "").strip().lower() or "software"
+    if value not in DECODERS:
+        raise ValueError(f"{DECODER_ENV}={value!r}: expected one of {DECODERS}")
+    return value
+
+
+_fallback_logged: set[str] = set()
+
+
+def with_software_fallback(smg, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``; if NVDEC was asked for and cannot take this video, the same call
+    decoded in software (a warning once per reason)."""
+    if kwargs.get("decoder", "software") == "software":
+        return fn(*args, **kwargs)
+    try:
+        return fn(*args, **kwargs)
+    except getattr(smg, "HardwareUnavailableError", ()) as exc:
+        reason = str(exc).split(";")[0]
+        with _smg_lock:
+            first = reason not in _fallback_logged
+            _fallback_logged.add(reason)
+        if first:
+            logger.warning("sglang-msa: NVDEC unavailable for a video (%s); decoding in software", exc)
+        return fn(*args, **{**kwargs, "decoder": "software"})
 
 
 def smg_limits() -> dict:
@@ -212,6 +247,10 @@ class MiniMaxM3VLSmgProcessor(_SGLangProcessor):
         self._smg_image_kwargs = self._image_settings()
         self._smg_video_kwargs = self._video_settings()
         self._smg_limits = smg_limits()
+        decoder = video_decoder()  # a bad value stops the server here, at start-up
+        if decoder != "software":
+            self._smg_limits["decoder"] = decoder
+            logger.info("sglang-msa: MiniMax-M3-VL videos decode with %s (%s)", decoder, DECODER_ENV)
         if self._smg_video_kwargs is not None:
             self._smg_video_kwargs.update(self._smg_limits)
 
@@ -296,7 +335,7 @@ class MiniMaxM3VLSmgProcessor(_SGLangProcessor):
             if isinstance(item, dict):
                 out_videos.append(item)
                 continue
-            f = smg.preprocess_video(item.source, **self._smg_video_kwargs)
+            f = with_software_fallback(smg, smg.preprocess_video, item.source, **self._smg_video_kwargs)
             _, grid_h, grid_w = f.grid_thw
             # Tiny frames: smg_rs upscales them with smart_resize, SGLang's processor call does not.
             if grid_h * grid_w * 14 * 14 <= 2 * _MIN_PIXELS:
@@ -402,7 +441,7 @@ class _SmgFrameReader:
 
     def __init__(self, smg, source, limits: dict):
         self._smg, self._source, self._limits = smg, source, limits
-        probe = smg.decode_frames(source, frame_indices=[0], **limits)
+        probe = with_software_fallback(smg, smg.decode_frames, source, frame_indices=[0], **limits)
         self._num_frames = probe.num_source_frames
         self.avg_fps = probe.source_fps
 
@@ -410,5 +449,6 @@ class _SmgFrameReader:
         return self._num_frames
 
     def get_frames_as_tensor(self, indices) -> torch.Tensor:
-        decoded = self._smg.decode_frames(self._source, frame_indices=list(indices), **self._limits)
+        decoded = with_software_fallback(self._smg, self._smg.decode_frames, self._source,
+                                         frame_indices=list(indices), **self._limits)
         return torch.from_numpy(decoded.frames)

@@ -15,6 +15,10 @@ pub enum SmgError {
     /// A caller argument is out of range or inconsistent.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The hardware decoder asked for (`decoder="nvdec"`) cannot run here: no CUDA driver or
+    /// NVDEC, no NVDEC decoder for the codec in this build, or the GPU refused the stream.
+    #[error("{0}")]
+    HardwareUnavailable(String),
 }
 
 pub type Result<T> = std::result::Result<T, SmgError>;

@@ -1,7 +1,7 @@
 //! End-to-end calls: decode -> sample -> resize -> normalize -> patchify, with per-frame work
 //! on a bounded rayon pool while the (sequential) decoder keeps going.
 use crate::avio::Source;
-use crate::decode::{DecodeOptions, RgbFrame, VideoDecoder};
+use crate::decode::{DecodeOptions, DecoderKind, RgbFrame, VideoDecoder};
 use crate::error::{invalid, limit, Result, SmgError};
 use crate::limits::Limits;
 use crate::normalize::Normalizer;
@@ -20,6 +20,8 @@ pub struct VideoRequest {
     /// Total thread budget (decoder threads and resize workers); None = min(cores, 8).
     pub threads: Option<usize>,
     pub limits: Limits,
+    /// Software (default) or NVDEC decoding (`decode::DecoderKind`).
+    pub decoder: DecoderKind,
 }
 
 #[derive(Debug, Clone)]
@@ -186,7 +188,8 @@ pub fn preprocess_video<T: OutElem + Cacheable>(source: Source<'_>, preset: &Pre
     let mut limits = req.limits.clone();
     limits.min_side = limits.min_side.max(preset.geometry.patch as u32);
     limits.max_aspect_ratio = limits.max_aspect_ratio.min(preset.max_aspect_ratio);
-    let mut decoder = VideoDecoder::open(source, DecodeOptions { threads, limits: limits.clone(), images: false })?;
+    let mut decoder =
+        VideoDecoder::open(source, DecodeOptions { threads, limits: limits.clone(), images: false, decoder: req.decoder })?;
     let info = decoder.info().clone();
     let indices = preset.sample(info.num_frames, info.avg_fps, req.fps, req.max_frames)?;
     let plan = preset.resize_plan(info.height, info.width, req.size, indices.len())?;
@@ -277,12 +280,19 @@ pub struct FrameSelection {
 
 /// Decodes the selected frames to uint8 RGB at display size. Default selection: every frame
 /// (thinned evenly to `max_frames`); with `fps`, the MiniMax-M3 constant-rate sampling.
-pub fn decode_frames(source: Source<'_>, sel: &FrameSelection, threads: Option<usize>, limits: &Limits) -> Result<DecodedVideo> {
+pub fn decode_frames(
+    source: Source<'_>,
+    sel: &FrameSelection,
+    threads: Option<usize>,
+    limits: &Limits,
+    kind: DecoderKind,
+) -> Result<DecodedVideo> {
     if let Some(0) = sel.max_frames {
         return invalid("max_frames must be >= 1");
     }
     let threads = resolve_threads(threads)?;
-    let mut decoder = VideoDecoder::open(source, DecodeOptions { threads, limits: limits.clone(), images: false })?;
+    let mut decoder =
+        VideoDecoder::open(source, DecodeOptions { threads, limits: limits.clone(), images: false, decoder: kind })?;
     let info = decoder.info().clone();
     let indices = match (&sel.frame_indices, sel.fps) {
         (Some(_), Some(_)) => return invalid("pass either frame_indices or fps, not both"),
@@ -360,7 +370,7 @@ pub fn preprocess_image<T: OutElem>(rgb: &[u8], height: u32, width: u32, preset:
 
 /// Encoded image bytes (PNG, JPEG, WebP, BMP) -> features, through FFmpeg's image decoders.
 pub fn preprocess_image_bytes<T: OutElem>(data: &[u8], preset: &Preset, max_pixels: Option<u64>, limits: &Limits) -> Result<Features<T>> {
-    let mut decoder = VideoDecoder::open(Source::Bytes(data), DecodeOptions { threads: 1, limits: limits.clone(), images: true })?;
+    let mut decoder = VideoDecoder::open(Source::Bytes(data), DecodeOptions { threads: 1, limits: limits.clone(), images: true, decoder: DecoderKind::Software })?;
     let mut frame: Option<RgbFrame> = None;
     decoder.decode_selected(&[0], |_, f| {
         frame = Some(f);

@@ -1,5 +1,6 @@
 //! PyO3 layer: argument conversion, GIL release, zero-copy numpy output, typed exceptions.
 use crate::avio::Source;
+use crate::decode::DecoderKind;
 use crate::error::SmgError as CoreError;
 use crate::limits::Limits;
 use crate::pipeline::{self, Features, FrameSelection, VideoRequest};
@@ -18,6 +19,7 @@ create_exception!(smg_rs, VideoDecodeError, SmgError, "The input could not be de
 create_exception!(smg_rs, UnsupportedFormatError, SmgError, "Container, codec or stream kind outside the allow-list, or not a video.");
 create_exception!(smg_rs, LimitExceededError, SmgError, "A documented resource limit was hit (size, pixels, frames, duration, aspect, time).");
 create_exception!(smg_rs, InvalidArgumentError, SmgError, "An argument is out of range or inconsistent.");
+create_exception!(smg_rs, HardwareUnavailableError, SmgError, "decoder=\"nvdec\" cannot run here: no CUDA driver or NVDEC, no NVDEC decoder for the codec in this build, or the GPU refused the stream. Software decoding still works.");
 
 fn to_py(e: CoreError) -> PyErr {
     match e {
@@ -25,6 +27,7 @@ fn to_py(e: CoreError) -> PyErr {
         CoreError::UnsupportedFormat(m) => UnsupportedFormatError::new_err(m),
         CoreError::LimitExceeded(m) => LimitExceededError::new_err(m),
         CoreError::InvalidArgument(m) => InvalidArgumentError::new_err(m),
+        CoreError::HardwareUnavailable(m) => HardwareUnavailableError::new_err(m),
     }
 }
 
@@ -237,9 +240,11 @@ fn parse_dtype(s: &str) -> PyResult<DType> {
 /// patch, output <= 4 GiB. Violations raise LimitExceededError before the costly work.
 ///
 /// `threads` bounds the decoder threads and the resize workers (default min(cores, 8)).
+/// `decoder="nvdec"` (opt-in) decodes on the GPU's NVDEC engine instead of the CPU and raises
+/// HardwareUnavailableError where it cannot (smg_rs/README.md, "NVDEC").
 /// The GIL is released while working.
 #[pyfunction]
-#[pyo3(signature = (source, *, preset="minimax_m3", fps=None, max_frames=None, max_pixels=None, max_long_side=None, dtype="float32", threads=None, max_input_bytes=None, max_frame_pixels=None, max_source_frames=None, max_duration_s=None, timeout_s=None))]
+#[pyo3(signature = (source, *, preset="minimax_m3", fps=None, max_frames=None, max_pixels=None, max_long_side=None, dtype="float32", threads=None, max_input_bytes=None, max_frame_pixels=None, max_source_frames=None, max_duration_s=None, timeout_s=None, decoder="software"))]
 #[allow(clippy::too_many_arguments)]
 fn preprocess_video(
     py: Python<'_>,
@@ -256,9 +261,11 @@ fn preprocess_video(
     max_source_frames: Option<u64>,
     max_duration_s: Option<f64>,
     timeout_s: Option<f64>,
+    decoder: &str,
 ) -> PyResult<VideoFeatures> {
     let preset = Preset::by_name(preset).map_err(to_py)?;
     let dtype = parse_dtype(dtype)?;
+    let decoder = DecoderKind::parse(decoder).map_err(to_py)?;
     let input = Input::extract(source)?;
     let req = VideoRequest {
         fps,
@@ -266,6 +273,7 @@ fn preprocess_video(
         size: SizeOverrides { max_pixels, max_long_side },
         threads,
         limits: limits_from(max_input_bytes, max_frame_pixels, max_source_frames, max_duration_s, timeout_s)?,
+        decoder,
     };
     let src = SendSource(input.source());
     match dtype {
@@ -284,9 +292,9 @@ fn preprocess_video(
 ///
 /// Select with `frame_indices` (any order, repeats allowed), or `fps` (MiniMax-M3
 /// constant-rate sampling, thinned to `max_frames`); default: every frame, evenly thinned to
-/// `max_frames`. Same sources and limits as `preprocess_video`.
+/// `max_frames`. Same sources, limits and `decoder` choice as `preprocess_video`.
 #[pyfunction]
-#[pyo3(signature = (source, *, fps=None, max_frames=None, frame_indices=None, threads=None, max_input_bytes=None, max_frame_pixels=None, max_source_frames=None, max_duration_s=None, timeout_s=None))]
+#[pyo3(signature = (source, *, fps=None, max_frames=None, frame_indices=None, threads=None, max_input_bytes=None, max_frame_pixels=None, max_source_frames=None, max_duration_s=None, timeout_s=None, decoder="software"))]
 #[allow(clippy::too_many_arguments)]
 fn decode_frames(
     py: Python<'_>,
@@ -300,7 +308,9 @@ fn decode_frames(
     max_source_frames: Option<u64>,
     max_duration_s: Option<f64>,
     timeout_s: Option<f64>,
+    decoder: &str,
 ) -> PyResult<DecodedFrames> {
+    let kind = DecoderKind::parse(decoder).map_err(to_py)?;
     let input = Input::extract(source)?;
     let frame_indices = match frame_indices {
         Some(v) => {
@@ -315,7 +325,7 @@ fn decode_frames(
     let limits = limits_from(max_input_bytes, max_frame_pixels, max_source_frames, max_duration_s, timeout_s)?;
     let src = SendSource(input.source());
     let d = py
-        .allow_threads(move || { let s = src; pipeline::decode_frames(s.0, &sel, threads, &limits) })
+        .allow_threads(move || { let s = src; pipeline::decode_frames(s.0, &sel, threads, &limits, kind) })
         .map_err(to_py)?;
     let arr = Array4::from_shape_vec((d.count, d.height as usize, d.width as usize, 3), d.frames)
         .map_err(|e| InvalidArgumentError::new_err(e.to_string()))?
@@ -400,6 +410,7 @@ fn smg_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("UnsupportedFormatError", py.get_type::<UnsupportedFormatError>())?;
     m.add("LimitExceededError", py.get_type::<LimitExceededError>())?;
     m.add("InvalidArgumentError", py.get_type::<InvalidArgumentError>())?;
+    m.add("HardwareUnavailableError", py.get_type::<HardwareUnavailableError>())?;
     m.add(
         "__all__",
         vec![
@@ -416,6 +427,7 @@ fn smg_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
             "UnsupportedFormatError",
             "LimitExceededError",
             "InvalidArgumentError",
+            "HardwareUnavailableError",
         ],
     )?;
     Ok(())

@@ -31,6 +31,27 @@ use parallel::MAX_GOP_WORKERS;
 use pass::{NonRefSkipper, Pass, PassRun};
 use seek::{decode_cost, parallel_pays_off, sequential_decode_forced, split_by_gop, KeyframeIndex, Seeker};
 
+/// Which decoders run: FFmpeg's software decoders (the default), or NVIDIA's NVDEC through
+/// FFmpeg's cuvid decoders (opt-in). NVDEC decodes one stream in order on the GPU's video engine
+/// (no frame threads, no GOP-parallel workers, no skipping of non-reference pictures) and hands
+/// back NV12 frames in host memory, which take the same RGB conversion as software frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DecoderKind {
+    #[default]
+    Software,
+    Nvdec,
+}
+
+impl DecoderKind {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "software" => Ok(Self::Software),
+            "nvdec" => Ok(Self::Nvdec),
+            other => crate::error::invalid(format!("decoder must be 'software' or 'nvdec', got {other:?}")),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DecodeOptions {
     /// Decoding threads (0 or 1 = single-threaded): FFmpeg frame/slice threads of one decoder,
@@ -40,11 +61,12 @@ pub struct DecodeOptions {
     pub limits: Limits,
     /// Accept still-image formats (PNG, JPEG, WebP, BMP) instead of video containers.
     pub images: bool,
+    pub decoder: DecoderKind,
 }
 
 impl Default for DecodeOptions {
     fn default() -> Self {
-        Self { threads: 1, limits: Limits::default(), images: false }
+        Self { threads: 1, limits: Limits::default(), images: false, decoder: DecoderKind::Software }
     }
 }
 
@@ -212,8 +234,9 @@ impl<'a> VideoDecoder<'a> {
             wanted.entry(i).or_default().push(slot);
         }
         let seeking = self.keyframes.is_some() && self.frame_pts.is_some() && !sequential_decode_forced();
+        let hardware = self.opts.decoder != DecoderKind::Software;
         let groups = match &self.keyframes {
-            Some(keys) if seeking => {
+            Some(keys) if seeking && !hardware => {
                 let groups = split_by_gop(keys, &wanted, self.opts.threads.min(MAX_GOP_WORKERS));
                 let costs: Vec<usize> = groups.iter().map(|g| decode_cost(keys, g)).collect();
                 if parallel_pays_off(&costs, self.opts.threads) { groups } else { Vec::new() }
@@ -246,7 +269,10 @@ impl<'a> VideoDecoder<'a> {
         sink: &mut impl FnMut(usize, RgbFrame) -> Result<()>,
     ) -> Result<()> {
         let mut state = self.deliver_state(wanted, prior_errors);
-        let skipper = NonRefSkipper::new(self.codec_id, self.frame_pts.as_deref(), None);
+        let skipper = match self.opts.decoder {
+            DecoderKind::Software => NonRefSkipper::new(self.codec_id, self.frame_pts.as_deref(), None),
+            DecoderKind::Nvdec => None, // cuvid parses every picture itself
+        };
         let mut seeker = match (&self.keyframes, self.frame_pts.as_deref()) {
             (Some(keys), Some(pts)) if seeking => Some(Seeker::new(keys, pts)),
             _ => None,

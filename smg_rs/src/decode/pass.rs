@@ -3,7 +3,7 @@
 use super::deliver::DeliverState;
 use super::scan::read_packet;
 use super::seek::{accept_landing, sequential_decode_forced, Seeker};
-use super::{check_deadline, DecodeStats, RgbFrame, VideoDecoder};
+use super::{check_deadline, stream, DecodeStats, DecoderKind, RgbFrame, VideoDecoder};
 use crate::avio::{self, ff_err};
 use crate::error::{Result, SmgError};
 use ffmpeg_next as ff;
@@ -134,9 +134,22 @@ impl VideoDecoder<'_> {
                 (*raw).max_pixels = limits.max_frame_pixels.min(i32::MAX as u64) as i64;
                 (*raw).pkt_timebase = (*stream.as_ptr()).time_base;
             }
-            ctx.decoder()
-                .video()
-                .map_err(|e| SmgError::VideoDecode(format!("cannot open decoder: {}", ff_err(e))))?
+            match self.opts.decoder {
+                DecoderKind::Software => ctx
+                    .decoder()
+                    .video()
+                    .map_err(|e| SmgError::VideoDecode(format!("cannot open decoder: {}", ff_err(e))))?,
+                DecoderKind::Nvdec => {
+                    let (name, codec) = stream::cuvid_decoder(self.codec_id)?;
+                    ctx.decoder().open_as(codec).and_then(|o| o.video()).map_err(|e| {
+                        SmgError::HardwareUnavailable(format!(
+                            "NVDEC: cannot open {name} ({}); needs an NVIDIA driver with libcuda and libnvcuvid \
+                             (containers: NVIDIA_DRIVER_CAPABILITIES with 'video') and a GPU that decodes this stream",
+                            ff_err(e)
+                        ))
+                    })?
+                }
+            }
         };
         state.begin_pass();
         let mut packet = ff::Packet::empty();

@@ -28,6 +28,31 @@ pub const IMAGE_CODECS: &[ffi::AVCodecID] = &[
     ffi::AVCodecID::AV_CODEC_ID_BMP,
 ];
 
+/// FFmpeg's NVDEC (cuvid) decoder for a codec, when this FFmpeg has one; `HardwareUnavailable`
+/// otherwise (a codec NVDEC does not take, or an FFmpeg built without cuvid: the system FFmpeg).
+pub(crate) fn cuvid_decoder(codec_id: ffi::AVCodecID) -> Result<(&'static str, ff::Codec)> {
+    use ffi::AVCodecID::*;
+    let name = match codec_id {
+        AV_CODEC_ID_H264 => "h264_cuvid",
+        AV_CODEC_ID_HEVC => "hevc_cuvid",
+        AV_CODEC_ID_VP8 => "vp8_cuvid",
+        AV_CODEC_ID_VP9 => "vp9_cuvid",
+        AV_CODEC_ID_AV1 => "av1_cuvid",
+        AV_CODEC_ID_MPEG4 => "mpeg4_cuvid",
+        AV_CODEC_ID_MPEG1VIDEO => "mpeg1_cuvid",
+        AV_CODEC_ID_MPEG2VIDEO => "mpeg2_cuvid",
+        AV_CODEC_ID_MJPEG => "mjpeg_cuvid",
+        other => {
+            return Err(SmgError::HardwareUnavailable(format!("NVDEC does not decode {other:?}")));
+        }
+    };
+    ff::codec::decoder::find_by_name(name).map(|c| (name, c)).ok_or_else(|| {
+        SmgError::HardwareUnavailable(format!(
+            "NVDEC: this FFmpeg has no {name} decoder (the wheel's bundled FFmpeg has it; a system FFmpeg may not)"
+        ))
+    })
+}
+
 /// The chosen video stream, as its headers describe it.
 pub(super) struct StreamHeader {
     pub index: usize,
