@@ -313,6 +313,24 @@ def test_nvdec_failure_falls_back_to_software_once_logged(caplog):
     with pytest.raises(ValueError, match="corrupt"):
         mod.with_software_fallback(smg, broken, "d.mp4", decoder="nvdec")
 
+    # a decode error under NVDEC is retried in software; one that software also raises propagates
+    class DecodeError(Exception):
+        pass
+
+    smg = SimpleNamespace(HardwareUnavailableError=Unavailable, VideoDecodeError=DecodeError)
+    seen = []
+
+    def midway(src, *, decoder="software"):
+        seen.append(decoder)
+        if decoder == "nvdec" or src == "damaged.mp4":
+            raise DecodeError(f"stream is damaged: {src}")
+        return "ok"
+
+    assert mod.with_software_fallback(smg, midway, "a.mp4", decoder="nvdec") == "ok"
+    with pytest.raises(DecodeError, match="damaged.mp4"):
+        mod.with_software_fallback(smg, midway, "damaged.mp4", decoder="nvdec")
+    assert seen == ["nvdec", "software", "nvdec", "software"]
+
 
 def test_processor_passes_the_decoder_to_smg_rs(build, monkeypatch):
     mod = importlib.import_module(MODULE)

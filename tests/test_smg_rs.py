@@ -172,6 +172,14 @@ def test_decoder_argument_is_checked(video):
     assert np.array_equal(soft.frames, smg_rs.decode_frames(path, frame_indices=[0, 5]).frames)
 
 
+def test_nvdec_refuses_what_it_cannot_decode_before_decoding(video):
+    """4:4:4 H.264 (NVDEC decodes 4:2:0): the typed error, on any machine, before any frame."""
+    with pytest.raises(smg_rs.HardwareUnavailableError, match="yuv444p is not 4:2:0"):
+        smg_rs.decode_frames(video("h264_odd_444"), frame_indices=[0], decoder="nvdec")
+    with pytest.raises(smg_rs.HardwareUnavailableError, match="4:2:0"):
+        smg_rs.preprocess_video(video("h264_odd_444"), max_frames=2, decoder="nvdec")
+
+
 def _nvdec_or_reason(path) -> tuple[object, str | None]:
     try:
         return smg_rs.decode_frames(path, frame_indices=[0, 7, 31, 60], decoder="nvdec"), None

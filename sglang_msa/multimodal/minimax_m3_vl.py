@@ -120,13 +120,17 @@ _fallback_logged: set[str] = set()
 
 def with_software_fallback(smg, fn, *args, **kwargs):
     """``fn(*args, **kwargs)``; if NVDEC was asked for and cannot take this video, the same call
-    decoded in software (a warning once per reason)."""
+    decoded in software (a warning once per reason). smg_rs refuses what NVDEC does not take before
+    decoding (HardwareUnavailableError); a stream NVDEC fails on midway raises VideoDecodeError, so
+    that is retried in software too: a really damaged stream then fails there as it always would."""
     if kwargs.get("decoder", "software") == "software":
         return fn(*args, **kwargs)
+    retry = tuple(c for c in (getattr(smg, "HardwareUnavailableError", None), getattr(smg, "VideoDecodeError", None))
+                  if isinstance(c, type))
     try:
         return fn(*args, **kwargs)
-    except getattr(smg, "HardwareUnavailableError", ()) as exc:
-        reason = str(exc).split(";")[0]
+    except retry as exc:
+        reason = f"{type(exc).__name__}: {str(exc).split(';')[0]}"
         with _smg_lock:
             first = reason not in _fallback_logged
             _fallback_logged.add(reason)

@@ -140,7 +140,7 @@ impl VideoDecoder<'_> {
                     .video()
                     .map_err(|e| SmgError::VideoDecode(format!("cannot open decoder: {}", ff_err(e))))?,
                 DecoderKind::Nvdec => {
-                    let (name, codec) = stream::cuvid_decoder(self.codec_id)?;
+                    let (name, codec) = stream::cuvid_decoder(&stream.parameters())?;
                     ctx.decoder().open_as(codec).and_then(|o| o.video()).map_err(|e| {
                         SmgError::HardwareUnavailable(format!(
                             "NVDEC: cannot open {name} ({}); needs an NVIDIA driver with libcuda and libnvcuvid \

@@ -28,10 +28,38 @@ pub const IMAGE_CODECS: &[ffi::AVCodecID] = &[
     ffi::AVCodecID::AV_CODEC_ID_BMP,
 ];
 
-/// FFmpeg's NVDEC (cuvid) decoder for a codec, when this FFmpeg has one; `HardwareUnavailable`
-/// otherwise (a codec NVDEC does not take, or an FFmpeg built without cuvid: the system FFmpeg).
-pub(crate) fn cuvid_decoder(codec_id: ffi::AVCodecID) -> Result<(&'static str, ff::Codec)> {
+/// FFmpeg's NVDEC (cuvid) decoder for a stream, when this FFmpeg has one and NVDEC takes the
+/// stream; `HardwareUnavailable` otherwise, before any decoding: a codec NVDEC does not take, an
+/// FFmpeg built without cuvid (the system FFmpeg), chroma other than 4:2:0 or a size above NVDEC's
+/// (4096 per side for H.264 and older codecs, 8192 for HEVC, VP9, AV1). A stream refused midway
+/// would otherwise surface as a decode error that software decoding would not have.
+pub(crate) fn cuvid_decoder(par: &ff::codec::Parameters) -> Result<(&'static str, ff::Codec)> {
     use ffi::AVCodecID::*;
+    use ffi::AVPixelFormat::*;
+    // SAFETY: the parameters of an open stream, only read.
+    let (codec_id, format, w, h) = unsafe {
+        let p = par.as_ptr();
+        ((*p).codec_id, (*p).format, (*p).width, (*p).height)
+    };
+    let fmt_420 = [AV_PIX_FMT_YUV420P, AV_PIX_FMT_YUVJ420P, AV_PIX_FMT_YUV420P10LE, AV_PIX_FMT_YUV420P12LE];
+    if let Some(other) = (!fmt_420.iter().any(|&f| f as i32 == format)).then_some(format) {
+        let name = fmt_420
+            .iter()
+            .chain([AV_PIX_FMT_YUV422P, AV_PIX_FMT_YUV444P, AV_PIX_FMT_YUV422P10LE, AV_PIX_FMT_YUV444P10LE].iter())
+            .find(|&&f| f as i32 == other)
+            .map(|f| format!("{f:?}").trim_start_matches("AV_PIX_FMT_").to_lowercase())
+            .unwrap_or_else(|| format!("#{other}"));
+        return Err(SmgError::HardwareUnavailable(format!(
+            "NVDEC: pixel format {name} is not 4:2:0 (decode in software)"
+        )));
+    }
+    let max_side = match codec_id {
+        AV_CODEC_ID_HEVC | AV_CODEC_ID_VP9 | AV_CODEC_ID_AV1 => 8192,
+        _ => 4096,
+    };
+    if w > max_side || h > max_side {
+        return Err(SmgError::HardwareUnavailable(format!("NVDEC: {w}x{h} is above {max_side} per side")));
+    }
     let name = match codec_id {
         AV_CODEC_ID_H264 => "h264_cuvid",
         AV_CODEC_ID_HEVC => "hevc_cuvid",
