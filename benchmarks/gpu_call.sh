@@ -28,7 +28,8 @@
 #                                         ACC_NAME the results file's suffix
 #   bash benchmarks/gpu_call.sh video     one GPU: ab_video.py, SGLang's own M3-VL video path vs ours on the
 #                                         rank8 VL proxy (VIDEO_LAYERS, VIDEO_CLIPS, VIDEO_CONC,
-#                                         VIDEO_REQUESTS, VIDEO_WARMUP, VIDEO_CONTEXT, VIDEO_SERVER_ARGS, VIDEO_NAME)
+#                                         VIDEO_REQUESTS, VIDEO_WARMUP, VIDEO_CONTEXT, VIDEO_KV (both servers'
+#                                         --max-total-tokens, so their pools match), VIDEO_SERVER_ARGS, VIDEO_NAME)
 #
 # Every mode first checks the bundle's pruned FlashAttention-3 (.gpu/test_fa3_pruned.py under
 # CUDA_MODULE_LOADING=EAGER; SKIP_FA3_CHECK=1 skips it): SGLang's default backend for MiniMax-M3 on Hopper,
@@ -237,7 +238,7 @@ video)
     srv=(); for a in ${VIDEO_SERVER_ARGS:---disable-cuda-graph --mm-attention-backend triton_attn}; do srv+=("--server-arg=$a"); done
     timeout $(( $(left) - 15 )) python3 benchmarks/ab_video.py --model-path /tmp/m3vl "${clips[@]}" \
       --concurrency "${VIDEO_CONC:-1,8}" --num-requests "${VIDEO_REQUESTS:-16}" --warmup "${VIDEO_WARMUP:-1}" \
-      --context-length "${VIDEO_CONTEXT:-131072}" --deadline-s $(( $(left) - 60 )) "${srv[@]}" \
+      --context-length "${VIDEO_CONTEXT:-131072}" --kv-tokens "${VIDEO_KV:-600000}" --deadline-s $(( $(left) - 60 )) "${srv[@]}" \
       --work-dir "$W/video" --log-dir "${OUT:-$W/video}/video-logs" --out-dir "${OUT:-$W/video}" --name "${VIDEO_NAME:-rank8vl}" 2>&1 | tee "${OUT:-$W/video}/video-run.log" > "$W/video.log"
     echo "ab_video rc=${PIPESTATUS[0]}" >> "$W/status.txt"
     # (results go straight to $OUT, rewritten after every point: a call cut short keeps what it measured)
