@@ -93,10 +93,23 @@ if [ -f "$W/default/live-servers.json" ] && ! { [ "$MODE" = default ] && [ -n "$
   python3 benchmarks/ab_default.py --out-dir "$W/default" --stop-kept >> "$W/status.txt" 2>&1
 fi
 
-# e2e_vl.py on the tiny --vision checkpoint, on GPU $1.
+# SGLang's own video decoding (TorchCodec) where .gpu/torchcodec-bundle.tar.xz is carried: the image has
+# no FFmpeg or TorchCodec (benchmarks/make_torchcodec_bundle.sh makes the bundle). Call in a subshell.
+torchcodec_env() {
+  local tc=/tmp/torchcodec-bundle
+  [ -f .gpu/torchcodec-bundle.tar.xz ] || return 0
+  if [ ! -d "$tc/site/torchcodec" ]; then
+    mkdir -p "$tc" && tar -xJf .gpu/torchcodec-bundle.tar.xz -C "$tc" || echo "torchcodec bundle: unpack failed" >> "$W/status.txt"
+  fi
+  export PYTHONPATH=$tc/site:$PYTHONPATH LD_LIBRARY_PATH=$tc/lib:${LD_LIBRARY_PATH:-}
+}
+
+# e2e_vl.py on the tiny --vision checkpoint, on GPU $1 (E2E_VL_VIDEO=.gpu/video/10s-720p.mp4 adds a video
+# request, which SGLang's side decodes with the carried TorchCodec bundle).
 e2e_vl() {
   (
     export CUDA_VISIBLE_DEVICES=$1
+    torchcodec_env
     python3 -m sglang_msa_tools.tiny_m3 /tmp/tiny-vl --vision > "$W/tiny-vl.log" 2>&1
     video=(); [ -n "${E2E_VL_VIDEO:-}" ] && video=(--video "$E2E_VL_VIDEO")
     timeout $(( $(left) - 10 )) python3 benchmarks/e2e_vl.py --model-path /tmp/tiny-vl --out-dir "$W/e2e-vl" \
@@ -220,11 +233,7 @@ video)
   # weights, clips from .gpu/video (ab_video.py --make-clips on a machine with the ffmpeg CLI).
   (
     export CUDA_VISIBLE_DEVICES=0
-    TC=/tmp/torchcodec-bundle
-    if [ ! -d "$TC/site/torchcodec" ]; then
-      mkdir -p "$TC" && tar -xJf .gpu/torchcodec-bundle.tar.xz -C "$TC" || echo "torchcodec bundle: unpack failed" >> "$W/status.txt"
-    fi
-    export PYTHONPATH=$TC/site:$PYTHONPATH LD_LIBRARY_PATH=$TC/lib:${LD_LIBRARY_PATH:-}
+    torchcodec_env
     python3 -c 'from sglang.srt.utils.video_decoder import _BACKEND; print("sglang video decoder:", _BACKEND)' \
       >> "$W/status.txt" 2>&1
     mkdir -p "${OUT:-$W/video}" && cp "$W/status.txt" "$W/gpus.txt" "${OUT:-$W/video}/" 2>/dev/null
