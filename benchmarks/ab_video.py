@@ -41,14 +41,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.serving.client import RequestOptions  # noqa: E402
-from benchmarks.serving.metrics import compare  # noqa: E402
+from benchmarks.ab_default import read_choices  # noqa: E402
+from benchmarks.serving.metrics import compare, percentile  # noqa: E402
 from benchmarks.serving.runner import SweepConfig, resolve_model, run_sweep  # noqa: E402
 from benchmarks.serving.workload import BenchRequest, words_for_ids  # noqa: E402
 
 MM_TRACE_DIR = ROOT / "benchmarks" / "mm_trace"
 MM_LINE = re.compile(r"\[mm-trace\] ([\d.]+) ([\d.]+) pid=\d+ (\w+) ([\d.]+) (ok|error)")
-A_LOG = re.compile(r"MiniMax-M3 on (\w+): attention_backend=(\w+), page_size=(\w+)")
-B_LOG = re.compile(r"sglang-msa: dense attention layers on (\w+) \((.*?)\), page size (\w+)")
 
 
 # ------------------------------------------------------------------------------------------ clips
@@ -159,15 +158,6 @@ def mm_events(log_text: str) -> list[dict]:
              "ok": m.group(5) == "ok"} for m in MM_LINE.finditer(log_text)]
 
 
-def _pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * p / 100
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
 def preprocess_stats(events: list[dict], start: float, end: float, ttft_mean_ms: float | None) -> dict:
     """Preprocessing calls that started inside a point's measured window, and their share of its TTFT."""
     inside = [e for e in events if start - 0.05 <= e["t0"] <= end]
@@ -176,20 +166,11 @@ def preprocess_stats(events: list[dict], start: float, end: float, ttft_mean_ms:
     return {
         "calls": len(inside),
         "processors": sorted({e["processor"] for e in inside}),
-        "preprocess_ms_p50": _pct(ms, 50),
-        "preprocess_ms_p99": _pct(ms, 99),
+        "preprocess_ms_p50": percentile(ms, 50),
+        "preprocess_ms_p99": percentile(ms, 99),
         "preprocess_ms_mean": mean,
         "preprocess_share_of_ttft": (mean / ttft_mean_ms) if mean is not None and ttft_mean_ms else None,
     }
-
-
-def read_choices(log_text: str) -> dict:
-    out = {}
-    if m := A_LOG.search(log_text):
-        out.update(attention_backend=m.group(2), page_size=m.group(3))
-    if m := B_LOG.search(log_text):
-        out.update(dense_backend=m.group(1), page_size=m.group(3))
-    return out
 
 
 # ------------------------------------------------------------------------------------------ summary
@@ -358,15 +339,17 @@ def main(argv=None) -> int:
                      for label, path in clips]
 
         def save(pts: list[dict]) -> None:
+            choices = {}
             for s in servers:
-                events = mm_events(s.log_path.read_text(errors="replace"))
+                log_text = s.log_path.read_text(errors="replace")
+                choices[s.name] = read_choices(log_text)
+                events = mm_events(log_text)
                 for p in pts:
                     if p["server"] == s.name:
                         p["mm"] = preprocess_stats(events, p["started_at"], p["started_at"] + p["duration_s"],
                                                    p["ttft_ms"].get("mean"))
             summary = summarize(pts, meta)
-            for s in servers:
-                summary.setdefault("server_choices", {})[s.name] = read_choices(s.log_path.read_text(errors="replace"))
+            summary["server_choices"] = choices
             out_path.write_text(json.dumps({"config": vars(args) | {"model_path": str(args.model_path)},
                                             "servers": record, "points": pts, "summary": summary},
                                            indent=1, default=str))

@@ -181,7 +181,7 @@ def test_a_whole_run_against_two_fake_servers(monkeypatch, tmp_path):
     assert c1["preprocess_ms_p50"] == {"A": pytest.approx(60.0), "B": pytest.approx(15.0)}
     assert 0 < c1["preprocess_share_of_ttft"]["B"] < 1
     assert s["preprocess_traced"] is True
-    assert s["server_choices"]["A"] == {"attention_backend": "fa3", "page_size": "128"}
+    assert s["server_choices"]["A"] == {"gpu_family": "Hopper", "attention_backend": "fa3", "page_size": "128"}
     # every measured request sent its own copy of the clip, and the copies are gone afterwards
     bodies = [r.body for f in fakes.values() for r in f.fake.received if r.path.endswith("chat/completions")]
     urls = [b["messages"][0]["content"][0]["video_url"]["url"] for b in bodies]
